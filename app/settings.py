@@ -1,0 +1,86 @@
+"""Every setting Herald reads, read once from the environment (Heroku style).
+
+Web and worker import this same module, so they always agree. Nothing secret has a
+generated default: a missing ``JWT_SECRET`` fails loudly instead of letting web and
+worker disagree.
+"""
+
+from __future__ import annotations
+
+from starlette.config import Config
+from starlette.datastructures import CommaSeparatedStrings, Secret
+
+config = Config(environ=__import__("os").environ)
+
+# --- Processes and stores -------------------------------------------------------------
+PORT = config("PORT", cast=int, default=8000)
+REDIS_URL = config("REDIS_URL", default="redis://127.0.0.1:6379/0")
+DATABASE_URL = config("DATABASE_URL", cast=Secret, default="postgresql://127.0.0.1:5432/test")
+# Every Redis key and pub/sub channel starts with this, so two deployments (or two test
+# runs) can share one Redis: PUBLISH is not scoped by DB number.
+REDIS_PREFIX = config("REDIS_PREFIX", default="herald")
+DB_POOL_MIN = config("DB_POOL_MIN", cast=int, default=1)
+DB_POOL_MAX = config("DB_POOL_MAX", cast=int, default=10)
+LOG_LEVEL = config("LOG_LEVEL", default="INFO")
+SECURITY_LOG_FILE = config("SECURITY_LOG_FILE", default="")
+DEV_MODE = config("HERALD_DEV", cast=bool, default=False)
+
+# --- Authentication (API.md "Authentication and tenancy") -----------------------------
+JWT_SECRET = config("JWT_SECRET", cast=Secret, default="")
+# Pinned by configuration, never read from the token header (RFC 8725 section 3.1).
+JWT_ALGORITHMS = config("JWT_ALGORITHMS", cast=CommaSeparatedStrings, default="HS256")
+JWT_JWKS_URL = config("JWT_JWKS_URL", default="")
+JWT_AUDIENCE = config("JWT_AUDIENCE", default="")
+JWT_ISSUER = config("JWT_ISSUER", default="")
+JWT_LEEWAY_SECONDS = config("JWT_LEEWAY_SECONDS", cast=int, default=0)
+JWT_MAX_BYTES = config("JWT_MAX_BYTES", cast=int, default=8192)
+AUTH_FAILURE_LIMIT = config("AUTH_FAILURE_LIMIT", default="100/minute")
+
+# --- Event streams (API.md "Event streams") -------------------------------------------
+SSE_HEARTBEAT_SECONDS = config("SSE_HEARTBEAT_SECONDS", cast=float, default=15.0)
+SSE_RETRY_MS = config("SSE_RETRY_MS", cast=int, default=2000)
+SSE_MAX_CONNECTIONS_PER_USER = config("SSE_MAX_CONNECTIONS_PER_USER", cast=int, default=5)
+SSE_QUEUE_SIZE = config("SSE_QUEUE_SIZE", cast=int, default=1000)
+EVENT_HISTORY_MAX = config("EVENT_HISTORY_MAX", cast=int, default=1000)
+EVENT_HISTORY_TTL_SECONDS = config("EVENT_HISTORY_TTL_SECONDS", cast=int, default=86400)
+
+# --- Chat (API.md "Chat") ---------------------------------------------------------------
+CHAT_MAX_CHARS = config("CHAT_MAX_CHARS", cast=int, default=5000)
+CHAT_RATE_LIMIT = config("CHAT_RATE_LIMIT", default="50/hour")
+CHAT_MAX_SYMBOL_RATIO = config("CHAT_MAX_SYMBOL_RATIO", cast=float, default=0.30)
+CHAT_HISTORY_CACHE_SECONDS = config("CHAT_HISTORY_CACHE_SECONDS", cast=int, default=30)
+CHAT_JOB_TIMEOUT_SECONDS = config("CHAT_JOB_TIMEOUT_SECONDS", cast=int, default=300)
+GUARD_THRESHOLD = config("GUARD_THRESHOLD", cast=float, default=0.5)
+
+# --- LLM provider and circuit breaker -----------------------------------------------------
+LLM_PROVIDER = config("LLM_PROVIDER", default="demo")  # "demo" (offline) or "openai"
+LLM_BASE_URL = config("LLM_BASE_URL", default="https://api.openai.com/v1")
+LLM_API_KEY = config("LLM_API_KEY", cast=Secret, default="")
+LLM_MODEL = config("LLM_MODEL", default="herald-demo-1")
+LLM_TIMEOUT_SECONDS = config("LLM_TIMEOUT_SECONDS", cast=float, default=60.0)
+LLM_CONNECT_TIMEOUT_SECONDS = config("LLM_CONNECT_TIMEOUT_SECONDS", cast=float, default=5.0)
+LLM_FIRST_TOKEN_TIMEOUT_SECONDS = config("LLM_FIRST_TOKEN_TIMEOUT_SECONDS", cast=float, default=20.0)
+LLM_IDLE_TIMEOUT_SECONDS = config("LLM_IDLE_TIMEOUT_SECONDS", cast=float, default=15.0)
+LLM_RETRIES = config("LLM_RETRIES", cast=int, default=2)
+LLM_BREAKER_FAILURES = config("LLM_BREAKER_FAILURES", cast=int, default=5)
+LLM_BREAKER_RESET_SECONDS = config("LLM_BREAKER_RESET_SECONDS", cast=float, default=60.0)
+DEMO_WORD_DELAY_SECONDS = config("DEMO_WORD_DELAY_SECONDS", cast=float, default=0.02)
+
+# --- CSV uploads (API.md "CSV uploads") -------------------------------------------------
+UPLOAD_MAX_BYTES = config("UPLOAD_MAX_BYTES", cast=int, default=100 * 1024 * 1024)
+UPLOAD_CHUNK_BYTES = config("UPLOAD_CHUNK_BYTES", cast=int, default=1024 * 1024)
+UPLOAD_RATE_LIMIT = config("UPLOAD_RATE_LIMIT", default="20/hour")
+UPLOAD_JOB_TIMEOUT_SECONDS = config("UPLOAD_JOB_TIMEOUT_SECONDS", cast=int, default=3600)
+UPLOAD_SAMPLE_ROWS = config("UPLOAD_SAMPLE_ROWS", cast=int, default=1000)
+UPLOAD_MAX_COLUMNS = config("UPLOAD_MAX_COLUMNS", cast=int, default=1600)
+UPLOAD_MAX_FIELD_BYTES = config("UPLOAD_MAX_FIELD_BYTES", cast=int, default=1024 * 1024)
+UPLOAD_PROGRESS_INTERVAL_SECONDS = config(
+    "UPLOAD_PROGRESS_INTERVAL_SECONDS", cast=float, default=0.25
+)
+UPLOAD_ROWS_PAGE_MAX = config("UPLOAD_ROWS_PAGE_MAX", cast=int, default=1000)
+
+# --- Queues ---------------------------------------------------------------------------------
+CHAT_QUEUE = config("CHAT_QUEUE", default="chat")
+UPLOAD_QUEUE = config("UPLOAD_QUEUE", default="uploads")
+WORKER_CHAT_PROCESSES = config("WORKER_CHAT_PROCESSES", cast=int, default=2)
+WORKER_UPLOAD_PROCESSES = config("WORKER_UPLOAD_PROCESSES", cast=int, default=1)
