@@ -41,6 +41,10 @@ SSE_HEARTBEAT_SECONDS = config("SSE_HEARTBEAT_SECONDS", cast=float, default=15.0
 SSE_RETRY_MS = config("SSE_RETRY_MS", cast=int, default=2000)
 SSE_MAX_CONNECTIONS_PER_USER = config("SSE_MAX_CONNECTIONS_PER_USER", cast=int, default=5)
 SSE_QUEUE_SIZE = config("SSE_QUEUE_SIZE", cast=int, default=1000)
+# A stream's slot lapses this long after its web process stops renewing it (crash).
+SSE_LEASE_SECONDS = config("SSE_LEASE_SECONDS", cast=float, default=30.0)
+# A write that blocks this long means the client stopped reading: drop it.
+SSE_SEND_TIMEOUT_SECONDS = config("SSE_SEND_TIMEOUT_SECONDS", cast=float, default=30.0)
 EVENT_HISTORY_MAX = config("EVENT_HISTORY_MAX", cast=int, default=1000)
 EVENT_HISTORY_TTL_SECONDS = config("EVENT_HISTORY_TTL_SECONDS", cast=int, default=86400)
 
@@ -59,7 +63,9 @@ LLM_API_KEY = config("LLM_API_KEY", cast=Secret, default="")
 LLM_MODEL = config("LLM_MODEL", default="herald-demo-1")
 LLM_TIMEOUT_SECONDS = config("LLM_TIMEOUT_SECONDS", cast=float, default=60.0)
 LLM_CONNECT_TIMEOUT_SECONDS = config("LLM_CONNECT_TIMEOUT_SECONDS", cast=float, default=5.0)
-LLM_FIRST_TOKEN_TIMEOUT_SECONDS = config("LLM_FIRST_TOKEN_TIMEOUT_SECONDS", cast=float, default=20.0)
+LLM_FIRST_TOKEN_TIMEOUT_SECONDS = config(
+    "LLM_FIRST_TOKEN_TIMEOUT_SECONDS", cast=float, default=20.0
+)
 LLM_IDLE_TIMEOUT_SECONDS = config("LLM_IDLE_TIMEOUT_SECONDS", cast=float, default=15.0)
 LLM_RETRIES = config("LLM_RETRIES", cast=int, default=2)
 LLM_BREAKER_FAILURES = config("LLM_BREAKER_FAILURES", cast=int, default=5)

@@ -1,0 +1,51 @@
+"""Enqueue RQ jobs from the web process, by dotted path (``app/`` never imports ``jobs/``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+import redis
+from rq import Queue, Retry
+from rq.job import Job
+
+
+class JobQueue:
+    """RQ is synchronous: enqueue on a small sync Redis pool, off the event loop."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._queues: dict[str, Queue] = {}
+
+    def queue(self, name: str) -> Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = Queue(name, connection=self._client)
+        return queue
+
+    async def enqueue(
+        self,
+        queue_name: str,
+        func_path: str,
+        *args: Any,
+        job_id: str | None = None,
+        timeout: int | None = None,
+        retries: int = 0,
+        at_front: bool = False,
+    ) -> str:
+        queue = self.queue(queue_name)
+
+        def enqueue() -> Job:
+            return queue.enqueue_call(
+                func_path,
+                args=args,
+                job_id=job_id,
+                timeout=timeout,
+                retry=Retry(max=retries, interval=[1, 5, 15][:retries]) if retries else None,
+                result_ttl=3600,
+                failure_ttl=7 * 86400,
+                at_front=at_front,
+            )
+
+        job = await anyio.to_thread.run_sync(enqueue)
+        return str(job.id)

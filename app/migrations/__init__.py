@@ -1,0 +1,53 @@
+"""Ordered SQL migrations, applied once each by ``python -m app.migrations``.
+
+Run by the Procfile's ``release`` phase and by the dev start command. A PostgreSQL
+advisory lock serialises concurrent runs (two releases racing on one database).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+
+from app import settings
+
+logger = logging.getLogger("herald.migrations")
+
+MIGRATIONS_DIR = Path(__file__).parent
+_LOCK_ID = 0x6865_7261  # "hera": any constant shared by every Herald process
+
+
+def pending(applied: set[str]) -> list[Path]:
+    return [p for p in sorted(MIGRATIONS_DIR.glob("*.sql")) if p.stem not in applied]
+
+
+def apply_migrations(conninfo: str | None = None) -> list[str]:
+    """Apply every migration not yet applied; returns the names applied now."""
+    done: list[str] = []
+    with psycopg.connect(conninfo or str(settings.DATABASE_URL), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            applied = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+            for path in pending(applied):
+                with conn.transaction():
+                    conn.execute(path.read_text())
+                    conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (path.stem,))
+                logger.info("applied migration %s", path.stem)
+                done.append(path.stem)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+    return done
+
+
+if __name__ == "__main__":
+    from app.logs import configure_logging
+
+    configure_logging()
+    names = apply_migrations()
+    logger.info("migrations up to date (%d applied now)", len(names))

@@ -1,0 +1,59 @@
+"""The lifespan: every client the web process uses is opened here and closed here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+import redis.asyncio
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+
+from app import settings
+from app.auth import TokenVerifier
+from app.hub import Hub
+from app.jobqueue import JobQueue
+from app.leases import StreamLeases
+
+logger = logging.getLogger("herald.resources")
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    state = app.state
+    state.verifier = TokenVerifier.from_settings()
+    state.redis = redis.asyncio.Redis.from_url(
+        settings.REDIS_URL, health_check_interval=30, socket_connect_timeout=5
+    )
+    # RQ is synchronous; it gets its own small pool, used from worker threads.
+    state.sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    state.jobs = JobQueue(state.sync_redis)
+    # open(wait=False): the web process starts (and /healthz answers) even while
+    # PostgreSQL is down; requests that need it get 503 until it is back.
+    state.pool = AsyncConnectionPool(
+        str(settings.DATABASE_URL),
+        min_size=settings.DB_POOL_MIN,
+        max_size=settings.DB_POOL_MAX,
+        timeout=5,
+        open=False,
+        kwargs={"autocommit": True},
+    )
+    await state.pool.open(wait=False)
+    state.hub = Hub(settings.REDIS_URL, queue_size=settings.SSE_QUEUE_SIZE)
+    await state.hub.start()
+    state.leases = StreamLeases(
+        state.redis,
+        limit=settings.SSE_MAX_CONNECTIONS_PER_USER,
+        ttl=settings.SSE_LEASE_SECONDS,
+    )
+    await state.leases.start()
+    try:
+        yield
+    finally:
+        await state.leases.stop()
+        await state.hub.stop()
+        await state.pool.close()
+        await state.redis.aclose()
+        state.sync_redis.close()

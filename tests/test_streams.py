@@ -1,0 +1,217 @@
+"""The SSE core: exact framing, resume, resync, limits, slow clients, expiry."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+import redis
+
+from app import events, settings
+from tests.support.asgi import StreamCall, running_app, token
+
+pytestmark = pytest.mark.anyio
+
+
+def publish(client: redis.Redis, user: str, n: int, event: str = "chat.chunk") -> list[str]:
+    return [publish_one(client, user, {"index": i, "text": f"t{i}"}, event) for i in range(n)]
+
+
+def publish_one(client: redis.Redis, user: str, data: dict, event: str = "chat.chunk") -> str:
+    return events.publish_event(client, event, data, user_id=user)[0]
+
+
+async def test_finite_stream_exact_bytes(redis_client: redis.Redis) -> None:
+    # A token that expires in ~1.5 s makes the stream finite: opening, replay, expiry.
+    user = "exact-bytes"
+    ids = [publish_one(redis_client, user, {"n": i}) for i in range(3)]
+    async with running_app() as app:
+        call = StreamCall(
+            app,
+            "/events",
+            {"authorization": f"Bearer {token(user, ttl=2)}", "last-event-id": ids[0]},
+        )
+        with anyio.fail_after(5):
+            await call.run()
+    assert call.status == 200
+    assert call.headers["content-type"].startswith("text/event-stream")
+    assert call.headers["cache-control"] == "no-cache"
+    assert call.headers["x-accel-buffering"] == "no"
+    body = bytes(call.body)
+    expected_head = b"retry: %d\n: connected\n\n" % settings.SSE_RETRY_MS + b"".join(
+        b'id: %s\nevent: chat.chunk\ndata: {"n":%d}\n\n' % (ids[i].encode(), i) for i in (1, 2)
+    )
+    assert body.startswith(expected_head)
+    rest = body[len(expected_head) :]
+    tail = b'id: %s\nevent: token_expired\ndata: {"reason":"token_expired"}\n\n' % ids[2].encode()
+    assert rest.endswith(tail)
+    # Whatever lies between is heartbeats only.
+    middle = rest[: -len(tail)]
+    assert middle == b": ping\n\n" * (len(middle) // len(b": ping\n\n"))
+
+
+async def test_live_events_and_disconnect_releases_slot(redis_client: redis.Redis) -> None:
+    user = "live"
+    async with running_app() as app:
+        call = StreamCall(app, "/events", {"authorization": f"Bearer {token(user)}"})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call.run)
+            await call.wait_for(lambda c: b": connected" in c.body)
+            event_id = publish_one(redis_client, user, {"text": "hello\nworld"})
+            await call.wait_for(lambda c: event_id.encode() in c.body)
+            assert b'data: {"text":"hello\\nworld"}\n\n' in call.body
+            assert app.state.hub.connections == 1
+            call.disconnect()
+            with anyio.fail_after(3):
+                await call.wait_for(lambda c: app.state.hub.connections == 0)
+        assert redis_client.zcard(f"{settings.REDIS_PREFIX}:streams:{user}") == 0
+
+
+async def test_resync_when_history_is_gone(redis_client: redis.Redis) -> None:
+    user = "resync"
+    publish(redis_client, user, 2)
+    async with running_app() as app:
+        call = StreamCall(
+            app, "/events?last_event_id=1-0", {"authorization": f"Bearer {token(user)}"}
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call.run)
+            await call.wait_for(lambda c: b"event: resync" in c.body)
+            assert b'data: {"reason":"history_unavailable"}' in call.body
+            call.disconnect()
+
+
+async def test_resume_under_random_disconnects(redis_client: redis.Redis) -> None:
+    """Received = published, in order, no duplicates, across many reconnects."""
+    user = "resume"
+    total = 300
+    received: list[str] = []
+    async with running_app() as app:
+
+        async def producer() -> None:
+            for i in range(total):
+                publish_one(redis_client, user, {"i": i})
+                if i % 7 == 0:
+                    await anyio.sleep(0.001)
+
+        async def consumer() -> None:
+            last = "0-0"  # "before the first event": replay all retained history
+            while len(received) < total:
+                headers = {"authorization": f"Bearer {token(user)}", "last-event-id": last}
+                call = StreamCall(app, "/events", headers)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(call.run)
+                    await anyio.sleep(0.003 + (len(received) % 5) * 0.002)
+                    call.disconnect()
+                for block in bytes(call.body).split(b"\n\n"):
+                    lines = dict(
+                        line.split(b": ", 1) for line in block.split(b"\n") if b": " in line
+                    )
+                    if lines.get(b"event") == b"chat.chunk":
+                        received.append(lines[b"data"].decode())
+                        last = lines[b"id"].decode()
+                    assert lines.get(b"event") != b"resync"
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consumer)
+                await anyio.sleep(0.01)
+                tg.start_soon(producer)
+    assert received == [f'{{"i":{i}}}' for i in range(total)]
+
+
+async def test_per_user_limit_across_two_app_instances(redis_client: redis.Redis) -> None:
+    user = "limited"
+    auth = {"authorization": f"Bearer {token(user)}"}
+    async with running_app() as app_a, running_app() as app_b:
+        calls = [StreamCall(app_a if i % 2 else app_b, "/events", auth) for i in range(5)]
+        async with anyio.create_task_group() as tg:
+            for call in calls:
+                tg.start_soon(call.run)
+            for call in calls:
+                await call.wait_for(lambda c: b": connected" in c.body)
+            extra = StreamCall(app_a, "/events", auth)
+            await extra.run()
+            assert extra.status == 429
+            assert b'"code":"too_many_streams"' in extra.body
+            calls[0].disconnect()
+            key = f"{settings.REDIS_PREFIX}:streams:{user}"
+            await calls[0].wait_for(lambda c: redis_client.zcard(key) == 4)
+            again = StreamCall(app_b, "/events", auth)
+            tg.start_soon(again.run)
+            await again.wait_for(lambda c: c.status == 200)
+            for call in [*calls[1:], again]:
+                call.disconnect()
+
+
+async def test_crashed_process_leases_lapse(redis_client: redis.Redis) -> None:
+    user = "crashed"
+    key = f"{settings.REDIS_PREFIX}:streams:{user}"
+    # Five slots held by a process that died: their leases lapsed a second ago.
+    redis_client.zadd(key, {f"dead-{i}": time.time() - 1 for i in range(5)})
+    async with running_app() as app:
+        call = StreamCall(app, "/events", {"authorization": f"Bearer {token(user)}"})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call.run)
+            await call.wait_for(lambda c: c.status == 200)
+            call.disconnect()
+
+
+async def test_slow_client_is_dropped_and_resumes(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = "slow"
+    async with running_app() as app:
+        call = StreamCall(app, "/events", {"authorization": f"Bearer {token(user)}"})
+        blocked = anyio.Event()
+        original_send = call._send
+
+        async def stuck_send(message: dict) -> None:
+            await original_send(message)
+            if b": connected" in call.body:
+                await blocked.wait()  # the client stops reading
+
+        call._send = stuck_send  # type: ignore[method-assign]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call.run)
+            await call.wait_for(lambda c: b": connected" in c.body)
+            ids = publish(redis_client, user, settings.SSE_QUEUE_SIZE + 5)
+            await call.wait_for(lambda c: app.state.hub.connections == 0)
+            blocked.set()
+            call.disconnect()
+        # It resumes from where it was and gets everything.
+        resumed = StreamCall(
+            app,
+            "/events",
+            {"authorization": f"Bearer {token(user, ttl=1)}", "last-event-id": "0-0"},
+        )
+        with anyio.fail_after(5):
+            await resumed.run()
+        assert resumed.body.count(b"event: chat.chunk") == len(ids)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "Bearer not-a-jwt"},
+        {"authorization": "Basic abc"},
+    ],
+)
+async def test_unauthorized(headers: dict[str, str]) -> None:
+    async with running_app() as app:
+        call = StreamCall(app, "/events", headers)
+        await call.run()
+    assert call.status == 401
+    assert call.headers["www-authenticate"].startswith("Bearer")
+    assert b'"code":"unauthorized"' in call.body
+
+
+async def test_query_token_accepted_on_sse() -> None:
+    async with running_app() as app:
+        call = StreamCall(app, f"/events?token={token('q', ttl=1)}")
+        with anyio.fail_after(5):
+            await call.run()
+    assert call.status == 200
+    assert b"event: token_expired" in call.body
