@@ -9,7 +9,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from app import health, streams
+from app import devtoken, health, settings, streams
 from app.errors import exception_handlers
 from app.logs import AccessLogMiddleware, configure_logging
 from app.resources import lifespan
@@ -19,6 +19,8 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 def create_app() -> Starlette:
     routes: list[BaseRoute] = [*health.routes, *streams.routes]
+    if settings.DEV_MODE:  # a token for anyone who asks: never outside local development
+        routes.extend(devtoken.routes)
     if STATIC_DIR.is_dir():
         routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
     return Starlette(
