@@ -9,6 +9,7 @@ announces atomically, so announcement order is id order on every stream.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,12 +73,17 @@ def frame_id(framed: bytes) -> tuple[int, int]:
     return parse_id(framed[4 : framed.index(b"\n")])
 
 
+# Exactly what XRANGE accepts: "<ms>" or "<ms>-<seq>", each an unsigned 64-bit integer.
+# int() alone is too lenient ("+1", " 1", "1_0") and lets Redis raise on client input.
+_ID_RE = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+_U64_MAX = 2**64 - 1
+
+
 def valid_id(event_id: str) -> bool:
-    try:
-        parse_id(event_id)
-    except ValueError:
-        return False
-    return True
+    match = _ID_RE.fullmatch(event_id)
+    return match is not None and all(
+        int(part) <= _U64_MAX for part in match.groups() if part is not None
+    )
 
 
 def _args(event: str, data: dict[str, Any]) -> list[Any]:

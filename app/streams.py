@@ -57,6 +57,11 @@ async def upload_visible(pool: AsyncConnectionPool, upload_id: str, org_id: str)
 
 
 async def open_stream(request: Request, principal: Principal, key: str) -> EventSourceResponse:
+    if request.method == "HEAD":
+        # sse-starlette answers HEAD with headers only and never starts the body (its
+        # issue #218), so stream_frames' cleanup would never run: a HEAD that took a
+        # slot and a mailbox would leak both for the life of the process.
+        return EventSourceResponse(iter(()), headers=HEADERS, ping=0, sep="\n")
     leases: StreamLeases = request.app.state.leases
     hub: Hub = request.app.state.hub
     lease_id = uuid.uuid4().hex

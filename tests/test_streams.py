@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import anyio
+import psycopg
 import pytest
 import redis
 
@@ -215,3 +217,88 @@ async def test_query_token_accepted_on_sse() -> None:
             await call.run()
     assert call.status == 200
     assert b"event: token_expired" in call.body
+
+
+async def test_head_takes_no_slot_and_no_subscription(redis_client: redis.Redis) -> None:
+    # sse-starlette never starts the body on HEAD, so nothing may be held for one.
+    user = "head"
+    async with running_app() as app:
+        for _ in range(settings.SSE_MAX_CONNECTIONS_PER_USER + 1):
+            call = StreamCall(app, "/events", {"authorization": f"Bearer {token(user)}"})
+            call.scope["method"] = "HEAD"
+            with anyio.fail_after(3):
+                await call.run()
+            assert call.status == 200
+            assert call.headers["content-type"].startswith("text/event-stream")
+            assert bytes(call.body) == b""
+        assert app.state.hub.connections == 0
+        assert redis_client.zcard(f"{settings.REDIS_PREFIX}:streams:{user}") == 0
+        unauthenticated = StreamCall(app, "/events")
+        unauthenticated.scope["method"] = "HEAD"
+        await unauthenticated.run()
+        assert unauthenticated.status == 401
+
+
+async def test_garbage_last_event_id_resyncs(redis_client: redis.Redis) -> None:
+    user = "garbage-id"
+    ids = publish(redis_client, user, 2)
+    async with running_app() as app:
+        for bad in (
+            "not-an-id",
+            "12-x",
+            "-",
+            "9" * 40,
+            "+1-0",
+            " 1-0",
+            "1_0-0",
+            "1-",
+            "99999999999999999999-0",
+        ):
+            call = StreamCall(
+                app, "/events", {"authorization": f"Bearer {token(user)}", "last-event-id": bad}
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call.run)
+                await call.wait_for(lambda c: b"event: resync" in c.body)
+                call.disconnect()
+            # The resync's id moves the client to the present.
+            assert f"id: {ids[-1]}\nevent: resync\n".encode() in call.body, bad
+            assert call.body.count(b"event: chat.chunk") == 0
+
+
+async def test_upload_stream_receives_upload_events(
+    redis_client: redis.Redis, db: psycopg.Connection
+) -> None:
+    upload_id = str(uuid.uuid4())
+    db.execute(
+        "INSERT INTO uploads (id, org_id, user_id, filename) VALUES (%s, 'org-u', 'owner', 'f')",
+        (upload_id,),
+    )
+    async with running_app() as app:
+        mate = StreamCall(
+            app,
+            f"/uploads/{upload_id}/events",
+            {"authorization": f"Bearer {token('mate', org='org-u')}"},
+        )
+        owner = StreamCall(app, "/events", {"authorization": f"Bearer {token('owner')}"})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mate.run)
+            tg.start_soon(owner.run)
+            await mate.wait_for(lambda c: b": connected" in c.body)
+            await owner.wait_for(lambda c: b": connected" in c.body)
+            user_id, upload_event_id = events.publish_event(
+                redis_client,
+                "upload.progress",
+                {"upload_id": upload_id, "percent": 50, "rows_processed": 10},
+                user_id="owner",
+                upload_id=upload_id,
+            )
+            events.publish_event(redis_client, "chat.chunk", {"index": 0}, user_id="owner")
+            await owner.wait_for(lambda c: c.body.count(b"\nevent: ") == 2)
+            await mate.wait_for(lambda c: upload_event_id.encode() in c.body)
+            mate.disconnect()
+            owner.disconnect()
+        # Each stream numbers its own events; the upload stream carries no chat.
+        assert f"id: {upload_event_id}\nevent: upload.progress\n".encode() in mate.body
+        assert f"id: {user_id}\nevent: upload.progress\n".encode() in owner.body
+        assert b"chat.chunk" not in mate.body
