@@ -63,7 +63,7 @@ def start(name: str, command: str | list[str], env: dict[str, str]) -> Proc:
     log_path = ARTIFACTS / f"{name}.log"
     log = log_path.open("wb")
     argv = ["bash", "-c", command] if isinstance(command, str) else command
-    popen = subprocess.Popen(  # noqa: S603 - our own commands
+    popen = subprocess.Popen(
         argv,
         cwd=ROOT,
         env=env,
