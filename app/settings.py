@@ -84,6 +84,10 @@ UPLOAD_PROGRESS_INTERVAL_SECONDS = config(
     "UPLOAD_PROGRESS_INTERVAL_SECONDS", cast=float, default=0.25
 )
 UPLOAD_ROWS_PAGE_MAX = config("UPLOAD_ROWS_PAGE_MAX", cast=int, default=1000)
+# Rows parsed per COPY batch; cancel is checked between batches (memory ~ batch size).
+UPLOAD_BATCH_ROWS = config("UPLOAD_BATCH_ROWS", cast=int, default=5000)
+# A re-run waits this long for a still-running (or just-killed) run of the same upload.
+UPLOAD_LOCK_WAIT_SECONDS = config("UPLOAD_LOCK_WAIT_SECONDS", cast=float, default=30.0)
 
 # --- Queues ---------------------------------------------------------------------------------
 CHAT_QUEUE = config("CHAT_QUEUE", default="chat")

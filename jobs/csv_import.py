@@ -1,0 +1,345 @@
+"""The CSV import job: stream an upload's chunks back from PostgreSQL, type-check every
+cell, COPY the valid rows into a typed per-upload table, report progress and a profile.
+
+Exactly once: the table, its rows, the rejected cells and ``status = 'completed'`` are
+written in ONE transaction, so a run killed at any point (SIGKILL included) leaves
+nothing visible, and a re-run starts from scratch; a run that finds the upload already
+finished does nothing. An advisory lock held by that transaction serialises two runs of
+one upload (RQ re-queueing an "abandoned" job whose worker is in fact still alive).
+
+Two connections per run: ``load`` holds that long transaction; ``ctl`` (autocommit)
+reads chunks, publishes status/progress into ``uploads`` and checks for a cancel
+between batches, so the web sees progress while the rows themselves stay invisible.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import redis
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from app import events, metrics, settings
+from jobs.csvformat import CsvFormatError, detect_format, fit_row, iter_rows
+from jobs.csvprofile import ColumnProfile
+from jobs.csvtypes import ColumnSpec, parse_cell
+
+logger = logging.getLogger("herald.csv_import")
+
+ACTIVE = ["queued", "validating", "processing"]
+PG_TYPES = {
+    "int": "bigint",
+    "float": "double precision",
+    "bool": "boolean",
+    "date": "date",
+    "datetime": "timestamptz",
+    "text": "text",
+}
+# PostgreSQL allows 1600 columns per table (docs, Appendix K "Limits"); one is ``_row``.
+PG_MAX_COLUMNS = 1599
+# A rejected value is kept for the error report up to this many characters.
+ERROR_VALUE_MAX_CHARS = 1000
+# Start at most this many bytes of the file into format detection (sniffing + inference).
+SAMPLE_BYTES = 1024 * 1024
+# A batch is also cut after this many characters of cells, so wide rows stay bounded.
+BATCH_MAX_CHARS = 8 * 1024 * 1024
+
+
+class Cancelled(Exception):
+    """The upload was cancelled or deleted while this run held it."""
+
+
+def table_name(upload_id: str) -> str:
+    return "upload_rows_" + uuid.UUID(upload_id).hex
+
+
+def lock_key(upload_id: str) -> int:
+    # pg_advisory_xact_lock takes a signed 64-bit key; crc32 of the id is plenty apart.
+    return 0x4845_0000_0000 + zlib.crc32(uuid.UUID(upload_id).bytes)
+
+
+class Run:
+    """One attempt at one upload: its two connections, its events, its counters."""
+
+    def __init__(
+        self,
+        upload_id: str,
+        user_id: str,
+        size: int,
+        ctl: psycopg.Connection[Any],
+        client: redis.Redis,
+    ) -> None:
+        self.upload_id = upload_id
+        self.user_id = user_id
+        self.size = max(size, 1)
+        self.ctl = ctl
+        self.redis = client
+        self.bytes_read = 0
+        self.rows_processed = 0
+        self.last_progress = time.monotonic()
+
+    def publish(self, event: str, data: dict[str, Any]) -> None:
+        events.publish_event(
+            self.redis,
+            event,
+            {"upload_id": self.upload_id, **data},
+            user_id=self.user_id,
+            upload_id=self.upload_id,
+        )
+
+    def set_status(self, status: str) -> None:
+        cur = self.ctl.execute(
+            "UPDATE uploads SET status = %s, updated_at = now()"
+            " WHERE id = %s AND status = ANY(%s) RETURNING id",
+            (status, self.upload_id, ACTIVE),
+        )
+        if cur.fetchone() is None:
+            raise Cancelled
+        self.publish("upload.status", {"status": status})
+
+    def chunks(self) -> Iterator[bytes]:
+        # One chunk per query, by primary key: never more than one chunk in memory, and
+        # no cursor held open across the COPYs on the other connection.
+        with self.ctl.cursor(binary=True) as cur:
+            for seq in itertools.count():
+                row = cur.execute(
+                    "SELECT data FROM upload_chunks WHERE upload_id = %s AND seq = %s",
+                    (self.upload_id, seq),
+                ).fetchone()
+                if row is None:
+                    return
+                self.bytes_read += len(row[0])
+                yield row[0]
+
+    def between_batches(self) -> None:
+        row = self.ctl.execute("SELECT status FROM uploads WHERE id = %s", (self.upload_id,))
+        status = row.fetchone()
+        if status is None or status[0] not in ACTIVE:
+            raise Cancelled
+        interval = settings.UPLOAD_PROGRESS_INTERVAL_SECONDS
+        now = time.monotonic()
+        if interval > 0 and now - self.last_progress >= interval:
+            self.last_progress = now
+            self.progress(min(99, self.bytes_read * 100 // self.size))
+
+    def progress(self, percent: int) -> None:
+        self.ctl.execute(
+            "UPDATE uploads SET progress_percent = %s, rows_processed = %s WHERE id = %s",
+            (percent, self.rows_processed, self.upload_id),
+        )
+        self.publish("upload.progress", {"percent": percent, "rows_processed": self.rows_processed})
+
+    def fail(self, code: str, message: str) -> None:
+        cur = self.ctl.execute(
+            "UPDATE uploads SET status = 'failed', error = %s, updated_at = now()"
+            " WHERE id = %s AND status = ANY(%s) RETURNING id",
+            (Jsonb({"code": code, "message": message}), self.upload_id, ACTIVE),
+        )
+        if cur.fetchone() is None:
+            return
+        self.ctl.execute("DELETE FROM upload_chunks WHERE upload_id = %s", (self.upload_id,))
+        self.publish("upload.status", {"status": "failed"})
+        self.publish("upload.error", {"code": code, "message": message})
+        metrics.record_job_metric(self.redis, "herald_upload_imports_total", outcome="failed")
+
+    def load(self, conn: psycopg.Connection[Any], column_types: dict[str, str] | None) -> Any:
+        """Everything inside the one transaction; returns the result of API.md."""
+        self.set_status("validating")
+        chunks = self.chunks()
+        head: list[bytes] = []
+        for chunk in chunks:
+            head.append(chunk)
+            if sum(map(len, head)) >= SAMPLE_BYTES:
+                break
+        sample = b"".join(head)
+        is_final = self.bytes_read >= self.size
+        fmt = detect_format(sample, column_types, is_final=is_final)
+        if len(fmt.columns) > PG_MAX_COLUMNS:
+            raise CsvFormatError(
+                "too_many_columns", f"{len(fmt.columns)} columns; at most {PG_MAX_COLUMNS}"
+            )
+        self.set_status("processing")
+        table = table_name(self.upload_id)
+        create_table(conn, table, fmt.columns)
+        profiles = [ColumnProfile(col) for col in fmt.columns]
+        rows = iter_rows(itertools.chain(head, chunks), fmt)
+        valid = invalid = 0
+        while True:
+            batch, errors, bad = parse_batch(rows, fmt.columns, profiles, fmt.delimiter)
+            if not batch and not errors:
+                break
+            copy_batch(conn, table, fmt.columns, batch, self.upload_id, errors)
+            valid += len(batch)
+            invalid += bad
+            self.rows_processed = valid + invalid
+            self.between_batches()
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
+        result = summarise(valid, invalid, profiles)
+        result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
+        result["warnings"] = fmt.warnings
+        cur = conn.execute(
+            "UPDATE uploads SET status = 'completed', result = %s, table_name = %s,"
+            " progress_percent = 100, rows_processed = %s, updated_at = now()"
+            " WHERE id = %s AND status = 'processing' RETURNING id",
+            (Jsonb(result), table, valid + invalid, self.upload_id),
+        )
+        if cur.fetchone() is None:
+            raise Cancelled  # cancelled or deleted at the last moment: roll it all back
+        conn.execute("DELETE FROM upload_chunks WHERE upload_id = %s", (self.upload_id,))
+        return result
+
+
+def create_table(conn: psycopg.Connection[Any], table: str, columns: list[ColumnSpec]) -> None:
+    defs = [sql.SQL("_row bigint NOT NULL")] + [
+        sql.SQL("{} {}").format(sql.Identifier(c.sql_name), sql.SQL(PG_TYPES[c.type]))
+        for c in columns
+    ]
+    conn.execute(
+        sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(", ").join(defs))
+    )
+
+
+def parse_batch(
+    rows: Iterator[tuple[int, list[str]]],
+    columns: list[ColumnSpec],
+    profiles: list[ColumnProfile],
+    delimiter: str,
+) -> tuple[list[tuple[Any, ...]], list[tuple[int, str, str, str]], int]:
+    """Up to UPLOAD_BATCH_ROWS rows: (valid typed rows, rejected cells, rejected rows)."""
+    width = len(columns)
+    pairs = list(zip(columns, profiles, strict=True))
+    batch: list[tuple[Any, ...]] = []
+    errors: list[tuple[int, str, str, str]] = []
+    bad_rows = 0
+    chars = 0
+    for number, fields in rows:
+        fitted, reason = fit_row(fields, width)
+        if fitted is None:
+            # A ragged row is rejected whole: its cells can't be matched to columns.
+            assert reason is not None
+            errors.append((number, "", delimiter.join(fields)[:ERROR_VALUE_MAX_CHARS], reason))
+            bad_rows += 1
+        else:
+            values: list[Any] = [number]
+            ok = True
+            for cell, (col, profile) in zip(fitted, pairs):  # noqa: B905 - fitted to width
+                value, error = parse_cell(cell, col)
+                profile.add(value, error)
+                if error is not None:
+                    ok = False
+                    errors.append((number, col.name, cell[:ERROR_VALUE_MAX_CHARS], error))
+                values.append(value)
+            if ok:
+                batch.append(tuple(values))
+            else:
+                bad_rows += 1
+            chars += sum(map(len, fitted))
+        if len(batch) + bad_rows >= settings.UPLOAD_BATCH_ROWS or chars >= BATCH_MAX_CHARS:
+            break
+    return batch, errors, bad_rows
+
+
+def copy_batch(
+    conn: psycopg.Connection[Any],
+    table: str,
+    columns: list[ColumnSpec],
+    batch: list[tuple[Any, ...]],
+    upload_id: str,
+    errors: list[tuple[int, str, str, str]],
+) -> None:
+    names = sql.SQL(", ").join(
+        [sql.Identifier("_row"), *(sql.Identifier(c.sql_name) for c in columns)]
+    )
+    with conn.cursor() as cur:
+        try:
+            if batch:
+                query = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(table), names)
+                with cur.copy(query) as copy:
+                    for row in batch:
+                        copy.write_row(row)
+            if errors:
+                with cur.copy(
+                    "COPY upload_errors (upload_id, row_number, column_name, value, error)"
+                    " FROM STDIN"
+                ) as copy:
+                    for number, column, value, error in errors:
+                        copy.write_row((upload_id, number, column, value, error))
+        except (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
+            # e.g. a NUL character deep in the file (PostgreSQL text cannot hold one) or
+            # a row wider than a heap page: the file cannot be stored as it is.
+            raise CsvFormatError("unloadable_row", str(exc).splitlines()[0]) from exc
+
+
+def summarise(valid: int, invalid: int, profiles: list[ColumnProfile]) -> dict[str, Any]:
+    total = valid + invalid
+    cells = sum(p.count for p in profiles)
+    nulls = sum(p.nulls for p in profiles)
+    # Quality: 80% the share of rows that loaded, 20% the share of cells that are filled.
+    validity = valid / total if total else 1.0
+    completeness = 1 - nulls / cells if cells else 1.0
+    return {
+        "rows_total": total,
+        "rows_valid": valid,
+        "rows_invalid": invalid,
+        "data_quality_score": round(100 * (0.8 * validity + 0.2 * completeness), 1),
+        "columns": [p.to_dict() for p in profiles],
+    }
+
+
+def import_upload(upload_id: str) -> dict[str, Any] | None:
+    """RQ job: import one upload. Returns its result, or None when there was nothing to do."""
+    dsn = str(settings.DATABASE_URL)
+    with (
+        redis.Redis.from_url(settings.REDIS_URL) as client,
+        psycopg.connect(dsn, autocommit=True) as ctl,
+        psycopg.connect(dsn) as conn,
+    ):
+        found = ctl.execute(
+            "SELECT user_id, status, size_bytes, column_types FROM uploads WHERE id = %s",
+            (upload_id,),
+        ).fetchone()
+        if found is None or found[1] not in ACTIVE:
+            return None
+        run = Run(upload_id, found[0], found[2], ctl, client)
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL TIME ZONE 'UTC'")  # naive datetimes are UTC
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)",
+                    (f"{int(settings.UPLOAD_LOCK_WAIT_SECONDS * 1000)}ms",),
+                )
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(upload_id),))
+                conn.execute("SELECT set_config('lock_timeout', '0', true)")
+                again = conn.execute("SELECT status FROM uploads WHERE id = %s", (upload_id,))
+                status = again.fetchone()
+                if status is None or status[0] not in ACTIVE:
+                    return None  # another run finished it while this one waited
+                result = run.load(conn, found[3])
+        except psycopg.errors.LockNotAvailable:
+            logger.warning("upload %s is being imported by another run; leaving it", upload_id)
+            return None
+        except Cancelled:
+            ctl.execute("DELETE FROM upload_chunks WHERE upload_id = %s", (upload_id,))
+            metrics.record_job_metric(client, "herald_upload_imports_total", outcome="cancelled")
+            return None
+        except CsvFormatError as exc:
+            run.fail(exc.code, exc.message)
+            return None
+        except Exception:
+            logger.exception("upload %s import crashed", upload_id)
+            run.fail("internal_error", "The import failed unexpectedly.")
+            raise
+        run.publish("upload.progress", {"percent": 100, "rows_processed": run.rows_processed})
+        run.publish("upload.status", {"status": "completed"})
+        run.publish("upload.done", {"result": result})
+        metrics.record_job_metric(client, "herald_upload_imports_total", outcome="completed")
+        metrics.record_job_metric(client, "herald_upload_rows_total", result["rows_valid"])
+        return dict(result)
