@@ -9,7 +9,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from app import devtoken, health, settings, streams, uploads
+from app import chat, devtoken, health, settings, streams, uploads
 from app.errors import exception_handlers
 from app.logs import AccessLogMiddleware, configure_logging
 from app.resources import lifespan
@@ -18,7 +18,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def create_app() -> Starlette:
-    routes: list[BaseRoute] = [*health.routes, *streams.routes, *uploads.routes]
+    routes: list[BaseRoute] = [*health.routes, *streams.routes, *chat.routes, *uploads.routes]
     if settings.DEV_MODE:  # a token for anyone who asks: never outside local development
         routes.extend(devtoken.routes)
     if STATIC_DIR.is_dir():

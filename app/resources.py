@@ -16,6 +16,7 @@ from app.auth import TokenVerifier
 from app.hub import Hub
 from app.jobqueue import JobQueue
 from app.leases import StreamLeases
+from app.ratelimit import RateLimiter
 
 logger = logging.getLogger("herald.resources")
 
@@ -30,6 +31,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     # RQ is synchronous; it gets its own small pool, used from worker threads.
     state.sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
     state.jobs = JobQueue(state.sync_redis)
+    state.ratelimiter = RateLimiter.from_settings()
     # open(wait=False): the web process starts (and /healthz answers) even while
     # PostgreSQL is down; requests that need it get 503 until it is back.
     state.pool = AsyncConnectionPool(
@@ -55,5 +57,6 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.leases.stop()
         await state.hub.stop()
         await state.pool.close()
+        await state.ratelimiter.aclose()
         await state.redis.aclose()
         state.sync_redis.close()

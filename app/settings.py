@@ -55,6 +55,14 @@ CHAT_MAX_SYMBOL_RATIO = config("CHAT_MAX_SYMBOL_RATIO", cast=float, default=0.30
 CHAT_HISTORY_CACHE_SECONDS = config("CHAT_HISTORY_CACHE_SECONDS", cast=int, default=30)
 CHAT_JOB_TIMEOUT_SECONDS = config("CHAT_JOB_TIMEOUT_SECONDS", cast=int, default=300)
 GUARD_THRESHOLD = config("GUARD_THRESHOLD", cast=float, default=0.5)
+CHAT_CONVERSATIONS_PAGE_MAX = config("CHAT_CONVERSATIONS_PAGE_MAX", cast=int, default=100)
+CHAT_HISTORY_MAX_MESSAGES = config("CHAT_HISTORY_MAX_MESSAGES", cast=int, default=1000)
+# Earlier turns sent to the model with each message (the checkpointer keeps them all).
+CHAT_CONTEXT_MESSAGES = config("CHAT_CONTEXT_MESSAGES", cast=int, default=20)
+CHAT_JOB_RETRIES = config("CHAT_JOB_RETRIES", cast=int, default=1)
+CHAT_SYSTEM_PROMPT = config(
+    "CHAT_SYSTEM_PROMPT", default="You are Herald, a concise and helpful assistant."
+)
 
 # --- LLM provider and circuit breaker -----------------------------------------------------
 LLM_PROVIDER = config("LLM_PROVIDER", default="demo")  # "demo" (offline) or "openai"
@@ -68,6 +76,7 @@ LLM_FIRST_TOKEN_TIMEOUT_SECONDS = config(
 )
 LLM_IDLE_TIMEOUT_SECONDS = config("LLM_IDLE_TIMEOUT_SECONDS", cast=float, default=15.0)
 LLM_RETRIES = config("LLM_RETRIES", cast=int, default=2)
+LLM_RETRY_BACKOFF_SECONDS = config("LLM_RETRY_BACKOFF_SECONDS", cast=float, default=0.5)
 LLM_BREAKER_FAILURES = config("LLM_BREAKER_FAILURES", cast=int, default=5)
 LLM_BREAKER_RESET_SECONDS = config("LLM_BREAKER_RESET_SECONDS", cast=float, default=60.0)
 DEMO_WORD_DELAY_SECONDS = config("DEMO_WORD_DELAY_SECONDS", cast=float, default=0.02)

@@ -40,9 +40,29 @@ def apply_migrations(conninfo: str | None = None) -> list[str]:
                     conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (path.stem,))
                 logger.info("applied migration %s", path.stem)
                 done.append(path.stem)
+            setup_checkpointer(conninfo)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return done
+
+
+def setup_checkpointer(conninfo: str | None = None) -> None:
+    """Create or upgrade the LangGraph checkpointer's tables (chat memory).
+
+    Its own migration list, idempotent; it uses unqualified names, so it honours the
+    connection's search_path like the SQL files above.
+    """
+    # Imported here: only the release phase needs langgraph, not the web process.
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(
+        conninfo or str(settings.DATABASE_URL),
+        autocommit=True,
+        prepare_threshold=0,
+        row_factory=dict_row,
+    ) as conn:
+        PostgresSaver(conn).setup()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,251 @@
+"""Chat over HTTP (API.md "Chat"): accept a message, enqueue the reply, read history.
+
+The reply itself is made by ``jobs.chat.run_chat`` on a worker and streamed as
+``chat.*`` events. History is read from PostgreSQL through a short-lived Redis cache;
+every write bumps a generation number that is part of the cache key, so a reader that
+raced a writer caches under a key nobody reads again (no stale window beyond a read).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio
+from psycopg.rows import dict_row
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app import ratelimit, settings
+from app.auth import authenticate
+from app.errors import BadRequest, InvalidJSON, NotFound, PayloadTooLarge
+
+RUN_CHAT = "jobs.chat.run_chat"
+# Room for JSON escapes: a message of CHAT_MAX_CHARS characters is at most 12 bytes
+# each as "\\uXXXX\\uXXXX" surrogate pairs; anything bigger is refused unread.
+_BODY_OVERHEAD = 4096
+
+
+# --- Cache keys, shared with the worker (jobs may import app) --------------------------
+def _generation_key(kind: str, owner: str) -> str:
+    return f"{settings.REDIS_PREFIX}:chat:gen:{kind}:{owner}"
+
+
+def _cache_key(kind: str, owner: str, generation: bytes | str | None) -> str:
+    gen = generation.decode() if isinstance(generation, bytes) else (generation or "0")
+    return f"{settings.REDIS_PREFIX}:chat:cache:{kind}:{owner}:{gen}"
+
+
+def invalidate_history(client: redis.Redis, user_id: str, conversation_id: str) -> None:
+    """Make cached history of this conversation and user's list unreadable (worker side)."""
+    pipe = client.pipeline(transaction=False)
+    for kind, owner in (("messages", conversation_id), ("conversations", user_id)):
+        pipe.incr(_generation_key(kind, owner))
+        pipe.expire(_generation_key(kind, owner), 86400)
+    pipe.execute()
+
+
+async def ainvalidate_history(
+    client: redis.asyncio.Redis, user_id: str, conversation_id: str
+) -> None:
+    pipe = client.pipeline(transaction=False)
+    for kind, owner in (("messages", conversation_id), ("conversations", user_id)):
+        pipe.incr(_generation_key(kind, owner))
+        pipe.expire(_generation_key(kind, owner), 86400)
+    await pipe.execute()
+
+
+async def cached(request: Request, kind: str, owner: str, load: Any) -> bytes:
+    client: redis.asyncio.Redis = request.app.state.redis
+    generation = await client.get(_generation_key(kind, owner))
+    key = _cache_key(kind, owner, generation)
+    hit = await client.get(key)
+    if hit is not None:
+        return hit if isinstance(hit, bytes) else hit.encode()
+    body: bytes = orjson.dumps(await load())
+    await client.set(key, body, ex=max(1, settings.CHAT_HISTORY_CACHE_SECONDS))
+    return body
+
+
+# --- Input ---------------------------------------------------------------------------------
+def iso(value: dt.datetime) -> str:
+    # API.md: ISO 8601 with a zone; PostgreSQL timestamptz comes back zone-aware.
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_uuid(value: str) -> str | None:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+async def read_message(request: Request) -> tuple[str, str | None]:
+    limit = settings.CHAT_MAX_CHARS * 12 + _BODY_OVERHEAD
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large()
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidJSON() from None
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object.")
+    message = data.get("message")
+    if not isinstance(message, str):
+        raise BadRequest("'message' must be a string.", details={"field": "message"})
+    if not message.strip():
+        raise BadRequest("'message' must not be empty.", details={"field": "message"})
+    if len(message) > settings.CHAT_MAX_CHARS:
+        raise _too_large()
+    conversation_id = data.get("conversation_id")
+    if conversation_id is not None and not isinstance(conversation_id, str):
+        raise BadRequest(
+            "'conversation_id' must be a string.", details={"field": "conversation_id"}
+        )
+    return message, conversation_id
+
+
+def _too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"A message may hold at most {settings.CHAT_MAX_CHARS} characters.",
+        code="message_too_large",
+        details={"max_chars": settings.CHAT_MAX_CHARS},
+    )
+
+
+# --- Routes -----------------------------------------------------------------------------------
+async def post_message(request: Request) -> Response:
+    principal = await authenticate(request)
+    message, conversation_id = await read_message(request)
+    if conversation_id is not None:
+        conversation_id = parse_uuid(conversation_id)
+        if conversation_id is None or not await owns(request, conversation_id, principal.user_id):
+            raise NotFound("No such conversation.")
+    headers = await ratelimit.hit(request, "chat", settings.CHAT_RATE_LIMIT, principal.user_id)
+    message_id = str(uuid.uuid4())
+    async with request.app.state.pool.connection() as conn, conn.transaction():
+        if conversation_id is None:
+            conversation_id = str(uuid.uuid4())
+            await conn.execute(
+                "INSERT INTO conversations (id, user_id, org_id, title) VALUES (%s, %s, %s, %s)",
+                (conversation_id, principal.user_id, principal.org_id, _title(message)),
+            )
+        else:
+            await conn.execute(
+                "UPDATE conversations SET updated_at = now() WHERE id = %s", (conversation_id,)
+            )
+        await conn.execute(
+            "INSERT INTO messages (id, conversation_id, role, text, status)"
+            " VALUES (%s, %s, 'user', %s, 'queued')",
+            (message_id, conversation_id, message),
+        )
+    await ainvalidate_history(request.app.state.redis, principal.user_id, conversation_id)
+    # The job id is derived from the message: a duplicate enqueue cannot make two replies.
+    job_id = await request.app.state.jobs.enqueue(
+        settings.CHAT_QUEUE,
+        RUN_CHAT,
+        message_id,
+        job_id=f"chat-{message_id}",
+        timeout=settings.CHAT_JOB_TIMEOUT_SECONDS,
+        retries=settings.CHAT_JOB_RETRIES,
+    )
+    body = {"conversation_id": conversation_id, "message_id": message_id, "job_id": job_id}
+    return JSONResponse(body, status_code=202, headers=headers)
+
+
+def _title(message: str) -> str:
+    first = " ".join(message.split())
+    return first if len(first) <= 80 else first[:79] + "…"
+
+
+async def owns(request: Request, conversation_id: str, user_id: str) -> bool:
+    async with request.app.state.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT 1 FROM conversations WHERE id = %s AND user_id = %s",
+            (conversation_id, user_id),
+        )
+        return await cur.fetchone() is not None
+
+
+async def list_conversations(request: Request) -> Response:
+    principal = await authenticate(request)
+
+    async def load() -> dict[str, Any]:
+        async with request.app.state.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT id, title, created_at, updated_at FROM conversations"
+                " WHERE user_id = %s ORDER BY updated_at DESC, id DESC LIMIT %s",
+                (principal.user_id, settings.CHAT_CONVERSATIONS_PAGE_MAX),
+            )
+            rows = await cur.fetchall()
+        return {
+            "conversations": [
+                {
+                    "conversation_id": str(r["id"]),
+                    "title": r["title"],
+                    "created_at": iso(r["created_at"]),
+                    "updated_at": iso(r["updated_at"]),
+                }
+                for r in rows
+            ]
+        }
+
+    body = await cached(request, "conversations", principal.user_id, load)
+    return Response(body, media_type="application/json")
+
+
+async def list_messages(request: Request) -> Response:
+    principal = await authenticate(request)
+    conversation_id = parse_uuid(request.path_params["conversation_id"])
+    if conversation_id is None or not await owns(request, conversation_id, principal.user_id):
+        raise NotFound("No such conversation.")
+
+    async def load() -> dict[str, Any]:
+        async with request.app.state.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            # The newest CHAT_HISTORY_MAX_MESSAGES, returned oldest first.
+            await cur.execute(
+                "SELECT * FROM (SELECT id, role, text, status, model, error_code, created_at"
+                " FROM messages WHERE conversation_id = %s"
+                " ORDER BY created_at DESC, id DESC LIMIT %s) recent"
+                " ORDER BY created_at, id",
+                (conversation_id, settings.CHAT_HISTORY_MAX_MESSAGES),
+            )
+            rows = await cur.fetchall()
+        return {
+            "conversation_id": conversation_id,
+            "messages": [
+                {
+                    "message_id": str(r["id"]),
+                    "role": r["role"],
+                    "text": r["text"],
+                    "status": r["status"],
+                    "created_at": iso(r["created_at"]),
+                    **({"model": r["model"]} if r["model"] else {}),
+                    **({"error_code": r["error_code"]} if r["error_code"] else {}),
+                }
+                for r in rows
+            ],
+        }
+
+    # Tenancy was checked above, before the cache: a cached body never skips it.
+    body = await cached(request, "messages", conversation_id, load)
+    return Response(body, media_type="application/json")
+
+
+routes = [
+    Route("/chat/messages", post_message, methods=["POST"]),
+    Route("/chat/conversations", list_conversations, methods=["GET"]),
+    Route("/chat/conversations/{conversation_id}/messages", list_messages, methods=["GET"]),
+]

@@ -1,0 +1,197 @@
+"""The chat job: ``run_chat(message_id)`` turns one user message into a streamed reply.
+
+Runs the agent graph (jobs/agent.py) and publishes what it streams as ``chat.chunk``
+events, then ``chat.done`` or ``chat.error`` (API.md "Event streams"), after the reply
+row is stored, so a client that refetches history on ``chat.done`` finds it.
+
+Under an RQ retry the job is idempotent enough: a turn whose reply is already stored
+only re-announces its end; otherwise it re-runs with the same reply id (no second row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import psycopg
+import redis
+from psycopg.rows import dict_row
+from rq import get_current_job
+
+from app import settings
+from app.events import publish_event
+from app.metrics import record_job_metric
+from jobs.agent import GRAPH, AgentContext, ChatState, reply_id
+from jobs.breaker import Breaker
+from jobs.llm import configured_model, open_provider
+
+logger = logging.getLogger("herald.chat")
+
+ERROR_MESSAGES = {
+    "internal_error": "Something went wrong on our side.",
+}
+
+
+def run_chat(message_id: str) -> dict[str, Any]:
+    """RQ entry point (``jobs.chat.run_chat``): one message, one reply."""
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    try:
+        return asyncio.run(_run(client, message_id))
+    finally:
+        client.close()
+
+
+def _labels() -> dict[str, str]:
+    return {"provider": settings.LLM_PROVIDER, "model": configured_model()}
+
+
+async def _run(client: redis.Redis, message_id: str) -> dict[str, Any]:
+    started = _enqueued_at()
+    labels = _labels()
+    async with await psycopg.AsyncConnection.connect(
+        str(settings.DATABASE_URL), autocommit=True, prepare_threshold=0, row_factory=dict_row
+    ) as conn:
+        row = await _load(conn, message_id)
+        if row is None:
+            logger.warning("chat message %s no longer exists; nothing to do", message_id)
+            return {"outcome": "missing"}
+        user_id, conversation_id = row["user_id"], str(row["conversation_id"])
+        base = {"conversation_id": conversation_id, "message_id": message_id}
+        if row["reply_status"] in ("completed", "failed"):
+            # A retry of a turn that already finished: say how it ended, once more.
+            _announce_end(client, user_id, base, row, labels)
+            return {"outcome": "replayed"}
+        try:
+            return await _turn(client, conn, row, base, labels, started)
+        except BaseException:
+            job = get_current_job()
+            if job is None or not job.retries_left:
+                _publish(
+                    client,
+                    user_id,
+                    "chat.error",
+                    {**base, "code": "internal_error", "message": ERROR_MESSAGES["internal_error"]},
+                )
+                _metric(client, "herald_chat_jobs_total", labels, outcome="internal_error")
+            raise
+
+
+async def _load(conn: psycopg.AsyncConnection[Any], message_id: str) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        "SELECT m.text, m.conversation_id, c.user_id, r.status AS reply_status,"
+        " r.text AS reply_text, r.model AS reply_model, r.error_code AS reply_error"
+        " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+        " LEFT JOIN messages r ON r.id = %s"
+        " WHERE m.id = %s AND m.role = 'user'",
+        (reply_id(message_id), message_id),
+    )
+    return await cur.fetchone()
+
+
+async def _turn(
+    client: redis.Redis,
+    conn: psycopg.AsyncConnection[Any],
+    row: dict[str, Any],
+    base: dict[str, Any],
+    labels: dict[str, str],
+    started: float,
+) -> dict[str, Any]:
+    user_id = row["user_id"]
+    handle = open_provider()
+    try:
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        saver = AsyncPostgresSaver(conn)
+        graph = GRAPH.compile(checkpointer=saver)
+        ctx = AgentContext(
+            conn=conn,
+            db_lock=saver.lock,
+            redis=client,
+            provider=handle.provider,
+            breaker=Breaker.for_llm(client, handle.provider.name, configured_model()),
+            user_id=user_id,
+            labels=labels,
+        )
+        state: dict[str, Any] = {}
+        chunks = 0
+        turn: ChatState = {
+            "conversation_id": base["conversation_id"],
+            "message_id": base["message_id"],
+            "text": row["text"],
+            "reply": "",
+            "error_code": "",
+            "error_message": "",
+        }
+        config: Any = {"configurable": {"thread_id": base["conversation_id"]}}
+        data: Any
+        async for mode, data in graph.astream(
+            turn, config, context=ctx, stream_mode=["custom", "values"]
+        ):
+            if mode == "custom":
+                if chunks == 0:
+                    first = max(0.0, time.time() - started)
+                    _metric(client, "herald_chat_first_chunk_seconds_sum_total", labels, first)
+                    _metric(client, "herald_chat_first_chunk_seconds_count_total", labels)
+                    _metric(client, "herald_chat_first_chunk_seconds_last", labels, first)
+                _publish(client, user_id, "chat.chunk", {**base, **data})
+                chunks += 1
+            else:
+                state = data
+    finally:
+        await handle.aclose()
+    if chunks:
+        _metric(client, "herald_chat_tokens_total", labels, chunks)
+    code = state.get("error_code", "")
+    if code:
+        if code == "message_blocked":
+            _metric(client, "herald_chat_blocked_total", labels)
+        _publish(
+            client, user_id, "chat.error", {**base, "code": code, "message": state["error_message"]}
+        )
+    else:
+        _publish(
+            client,
+            user_id,
+            "chat.done",
+            {**base, "text": state.get("reply", ""), "model": handle.provider.model},
+        )
+    outcome = code or "completed"
+    _metric(client, "herald_chat_jobs_total", labels, outcome=outcome)
+    return {"outcome": outcome, "chunks": chunks}
+
+
+def _announce_end(
+    client: redis.Redis,
+    user_id: str,
+    base: dict[str, Any],
+    row: dict[str, Any],
+    labels: dict[str, str],
+) -> None:
+    if row["reply_status"] == "completed":
+        data = {**base, "text": row["reply_text"], "model": row["reply_model"]}
+        _publish(client, user_id, "chat.done", data)
+    else:
+        code = row["reply_error"] or "internal_error"
+        message = ERROR_MESSAGES.get(code, "The reply failed.")
+        _publish(client, user_id, "chat.error", {**base, "code": code, "message": message})
+
+
+def _metric(
+    client: redis.Redis, name: str, labels: dict[str, str], amount: float = 1, **extra: str
+) -> None:
+    record_job_metric(client, name, amount, **{**labels, **extra})
+
+
+def _publish(client: redis.Redis, user_id: str, event: str, data: dict[str, Any]) -> None:
+    publish_event(client, event, data, user_id=user_id)
+
+
+def _enqueued_at() -> float:
+    # Time to first chunk is measured from the enqueue, as a user feels it (queue
+    # wait included); outside RQ (bench baseline, direct calls) from now.
+    job = get_current_job()
+    if job is not None and job.enqueued_at is not None:
+        return float(job.enqueued_at.timestamp())
+    return time.time()

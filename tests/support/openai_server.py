@@ -1,0 +1,126 @@
+"""A real loopback HTTP server speaking the OpenAI chat-completions streaming protocol.
+
+A tiny Starlette app under uvicorn in a thread, on a free port. Each request takes the
+next scripted ``Fault`` (or streams normally when none is queued):
+
+- ``Fault("500")``: HTTP 500;
+- ``Fault("stall", after=n)``: sends n chunks, then goes silent (connection open);
+- ``Fault("malformed", after=n)``: n good chunks, then a line that is not JSON;
+- ``Fault("slow_first", delay=s)``: waits s seconds before the first chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+DEFAULT_REPLY = ["Hello", " from", " the", " loopback", " model", "."]
+
+
+@dataclass
+class Fault:
+    kind: str
+    after: int = 0
+    delay: float = 0.0
+
+
+class OpenAIServer:
+    def __init__(self, reply: list[str] | None = None, chunk_delay: float = 0.0) -> None:
+        self.reply = list(reply or DEFAULT_REPLY)
+        self.chunk_delay = chunk_delay
+        self.faults: deque[Fault] = deque()
+        self.requests: list[dict[str, object]] = []
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        app = Starlette(routes=[Route("/v1/chat/completions", self._complete, methods=["POST"])])
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self._server.run(sockets=[self._sock])
+
+    def start(self) -> OpenAIServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("loopback OpenAI server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def script(self, *faults: Fault) -> None:
+        self.faults.extend(faults)
+
+    async def _complete(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)
+        fault = self.faults.popleft() if self.faults else Fault("ok")
+        if fault.kind == "500":
+            return JSONResponse({"error": {"message": "upstream exploded"}}, status_code=500)
+        return StreamingResponse(self._chunks(body, fault), media_type="text/event-stream")
+
+    async def _chunks(self, body: dict[str, object], fault: Fault) -> AsyncIterator[bytes]:
+        model = str(body.get("model", "loopback"))
+        if fault.kind == "slow_first":
+            await self._sleep(fault.delay)
+        # The role-only delta real servers send first: it carries no text.
+        yield _sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}], "model": model})
+        for i, piece in enumerate(self.reply):
+            if fault.kind in ("stall", "malformed") and i == fault.after:
+                if fault.kind == "malformed":
+                    yield b"data: {this is not json\n\n"
+                    return
+                await self._sleep(3600)
+                return
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            delta = {"choices": [{"index": 0, "delta": {"content": piece}}], "model": model}
+            yield _sse(delta)
+        yield _sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        yield b"data: [DONE]\n\n"
+
+    async def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._stop.is_set():
+            await asyncio.sleep(0.02)
+
+
+def _sse(data: dict[str, object]) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+@contextmanager
+def openai_server(
+    reply: list[str] | None = None, chunk_delay: float = 0.0
+) -> Iterator[OpenAIServer]:
+    server = OpenAIServer(reply, chunk_delay).start()
+    try:
+        yield server
+    finally:
+        server.stop()
