@@ -1,0 +1,112 @@
+"""Chat end to end: real uvicorn, a real ``python -m jobs.worker``, a real SSE client,
+and the loopback OpenAI-style upstream, all over sockets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import pytest
+
+from app.embedded import free_port
+from tests.support.asgi import token
+from tests.support.openai_server import DEFAULT_REPLY, OpenAIServer, openai_server
+from tests.support.procs import Proc, process_env, start, wait_ready
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+
+@pytest.fixture
+def upstream() -> Iterator[OpenAIServer]:
+    with openai_server() as server:
+        yield server
+
+
+@pytest.fixture
+def stack(upstream: OpenAIServer) -> Iterator[str]:
+    port = free_port()
+    env = process_env(
+        LLM_PROVIDER="openai",
+        LLM_BASE_URL=upstream.base_url,
+        LLM_MODEL="loopback-e2e",
+        WORKER_CHAT_PROCESSES="1",
+        WORKER_UPLOAD_PROCESSES="0",
+    )
+    procs: list[Proc] = []
+    try:
+        web = start(
+            "e2e-chat-web",
+            [
+                "python",
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            env,
+        )
+        procs.append(web)
+        procs.append(start("e2e-chat-worker", ["python", "-m", "jobs.worker"], env))
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(web, base)
+        yield base
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def parse_frames(buffer: str) -> tuple[list[tuple[str, dict]], str]:
+    """Complete SSE frames in ``buffer`` (event, data), and the incomplete rest."""
+    out = []
+    *frames, rest = buffer.split("\n\n")
+    for frame in frames:
+        fields = dict(
+            line.split(": ", 1) for line in frame.splitlines() if ": " in line and line[0] != ":"
+        )
+        if "event" in fields and "data" in fields:
+            out.append((fields["event"], json.loads(fields["data"])))
+    return out, rest
+
+
+async def test_post_then_stream_chunks_to_done(stack: str, upstream: OpenAIServer) -> None:
+    headers = {"authorization": f"Bearer {token('e2e-chat-user')}"}
+    got: list[tuple[str, dict]] = []
+    async with httpx.AsyncClient(base_url=stack, headers=headers, timeout=30) as client:
+        with anyio.fail_after(60):  # a hang guard, not a speed assertion
+            async with client.stream("GET", "/events") as stream:
+                assert stream.status_code == 200
+                chunks = stream.aiter_text()
+                buffer = ""
+                while ": connected" not in buffer:
+                    buffer += await anext(chunks)
+                r = await client.post("/chat/messages", json={"message": "Hello end to end"})
+                assert r.status_code == 202, r.text
+                accepted = r.json()
+                assert "ratelimit-remaining" in r.headers
+                while not any(e in ("chat.done", "chat.error") for e, _ in got):
+                    buffer += await anext(chunks)
+                    frames, buffer = parse_frames(buffer)
+                    got += [
+                        (e, d) for e, d in frames if d.get("message_id") == accepted["message_id"]
+                    ]
+        history = await client.get(f"/chat/conversations/{accepted['conversation_id']}/messages")
+    names = [e for e, _ in got]
+    assert names == ["chat.chunk"] * len(DEFAULT_REPLY) + ["chat.done"], got
+    chunks_text = [d["text"] for e, d in got if e == "chat.chunk"]
+    done = got[-1][1]
+    assert done["text"] == "".join(chunks_text) == "".join(DEFAULT_REPLY)
+    assert done["model"] == "loopback-e2e"
+    assert done["conversation_id"] == accepted["conversation_id"]
+    messages = history.json()["messages"]
+    assert [(m["role"], m["status"]) for m in messages] == [
+        ("user", "answered"),
+        ("assistant", "completed"),
+    ]
+    assert messages[1]["text"] == done["text"]
+    assert upstream.requests[-1]["messages"][-1]["content"] == "Hello end to end"
