@@ -196,11 +196,15 @@ async def get_rows(request: Request) -> Response:
         cur = await conn.execute(query, (limit, offset))
         records = await cur.fetchall()
     names = [c["name"] for c in columns]
+    wide = row["result"].get("storage") == "jsonb"  # jobs.csv_import: too wide for columns
     return JSONResponse(
         {
             "upload_id": str(row["id"]),
             "columns": [{"name": c["name"], "type": c["type"]} for c in columns],
-            "rows": [dict(zip(names, r[1:], strict=True)) for r in records],
+            "rows": [
+                {n: r[1].get(n) for n in names} if wide else dict(zip(names, r[1:], strict=True))
+                for r in records
+            ],
             "limit": limit,
             "offset": offset,
             "total": row["result"]["rows_valid"],

@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import psycopg
 import redis
 from psycopg import sql
@@ -45,6 +46,10 @@ PG_TYPES = {
 }
 # PostgreSQL allows 1600 columns per table (docs, Appendix K "Limits"); one is ``_row``.
 PG_MAX_COLUMNS = 1599
+# Bytes per value of the fixed-width types (docs, chapter 8); text counts as a TOAST pointer.
+FIXED_BYTES = {"int": 8, "float": 8, "datetime": 8, "date": 4, "bool": 1}
+# Above this estimated row size the "wide" layout (one jsonb column) is used.
+WIDE_ROW_BYTES = 6000
 # A rejected value is kept for the error report up to this many characters.
 ERROR_VALUE_MAX_CHARS = 1000
 # Start at most this many bytes of the file into format detection (sniffing + inference).
@@ -162,10 +167,6 @@ class Run:
         sample = b"".join(head)
         is_final = self.bytes_read >= self.size
         fmt = detect_format(sample, column_types, is_final=is_final)
-        if len(fmt.columns) > PG_MAX_COLUMNS:
-            raise CsvFormatError(
-                "too_many_columns", f"{len(fmt.columns)} columns; at most {PG_MAX_COLUMNS}"
-            )
         self.set_status("processing")
         table = table_name(self.upload_id)
         create_table(conn, table, fmt.columns)
@@ -184,6 +185,7 @@ class Run:
         conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
         result = summarise(valid, invalid, profiles)
         result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
+        result["storage"] = "jsonb" if is_wide(fmt.columns) else "columns"
         result["warnings"] = fmt.warnings
         cur = conn.execute(
             "UPDATE uploads SET status = 'completed', result = %s, table_name = %s,"
@@ -197,14 +199,25 @@ class Run:
         return result
 
 
+def is_wide(columns: list[ColumnSpec]) -> bool:
+    """Too wide for one row per heap tuple? Fixed-width values cannot be TOASTed, and a
+    heap tuple holds at most ~8160 bytes (docs, "TOAST"); such files go into one jsonb
+    column instead, which TOAST compresses and moves out of line as one value."""
+    estimate = 24 + len(columns) // 8 + sum(FIXED_BYTES.get(c.type, 18) for c in columns)
+    return len(columns) > PG_MAX_COLUMNS or estimate > WIDE_ROW_BYTES
+
+
 def create_table(conn: psycopg.Connection[Any], table: str, columns: list[ColumnSpec]) -> None:
-    defs = [sql.SQL("_row bigint NOT NULL")] + [
-        sql.SQL("{} {}").format(sql.Identifier(c.sql_name), sql.SQL(PG_TYPES[c.type]))
-        for c in columns
-    ]
-    conn.execute(
-        sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(", ").join(defs))
-    )
+    defs: list[sql.Composable] = [sql.SQL("_row bigint NOT NULL")]
+    if is_wide(columns):
+        defs.append(sql.SQL("data jsonb NOT NULL"))
+    else:
+        defs += [
+            sql.SQL("{} {}").format(sql.Identifier(c.sql_name), sql.SQL(PG_TYPES[c.type]))
+            for c in columns
+        ]
+    query = sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(", ").join(defs))
+    conn.execute(query)
 
 
 def parse_batch(
@@ -255,9 +268,15 @@ def copy_batch(
     upload_id: str,
     errors: list[tuple[int, str, str, str]],
 ) -> None:
-    names = sql.SQL(", ").join(
-        [sql.Identifier("_row"), *(sql.Identifier(c.sql_name) for c in columns)]
-    )
+    if is_wide(columns):
+        names: sql.Composable = sql.SQL("_row, data")
+        keys = [c.name for c in columns]
+        # orjson writes dates and datetimes as ISO 8601, as GET /rows returns them.
+        batch = [(r[0], orjson.dumps(dict(zip(keys, r[1:], strict=True))).decode()) for r in batch]
+    else:
+        names = sql.SQL(", ").join(
+            [sql.Identifier("_row"), *(sql.Identifier(c.sql_name) for c in columns)]
+        )
     with conn.cursor() as cur:
         try:
             if batch:

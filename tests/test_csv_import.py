@@ -1,0 +1,423 @@
+"""The import job, the RQ way (SimpleWorker burst): generated files for each quirk, real
+files end to end, the event sequence, and exactly-once under re-runs and SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from app import settings
+from tests.support.asgi import running_app, token
+from tests.support.uploads import (
+    chunk_count,
+    error_rows,
+    run_import,
+    stage,
+    table_exists,
+    table_rows,
+    upload_events,
+    upload_row,
+    user_events,
+)
+
+DATA = Path("/work/shared/data/csv")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported(
+    db: psycopg.Connection, client: redis.Redis, data: bytes, **kwargs: Any
+) -> tuple[str, dict[str, Any]]:
+    upload_id, _ = stage(db, data, **kwargs)
+    run_import(client, upload_id)
+    return upload_id, upload_row(db, upload_id)
+
+
+def types_of(row: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["type"] for c in row["result"]["columns"]}
+
+
+def counts(row: dict[str, Any]) -> tuple[int, int, int]:
+    r = row["result"]
+    return r["rows_total"], r["rows_valid"], r["rows_invalid"]
+
+
+TEXT = "name,city\nZoë,Köln\nJosé,São Paulo\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding"),
+    [
+        (TEXT.encode(), "utf-8"),
+        (TEXT.encode("utf-8-sig"), "utf-8-sig"),
+        (TEXT.encode("latin-1"), "latin-1"),
+        ("name,city\nCafé €,“Köln”\nJosé,São Paulo\n".encode("cp1252"), "cp1252"),
+        (TEXT.encode("utf-16"), "utf-16"),
+    ],
+    ids=["utf8", "utf8-bom", "latin1", "cp1252", "utf16-bom"],
+)
+def test_encodings(
+    db: psycopg.Connection, redis_client: redis.Redis, data: bytes, encoding: str
+) -> None:
+    upload_id, row = imported(db, redis_client, data)
+    assert row["status"] == "completed"
+    assert row["result"]["format"]["encoding"] == encoding
+    text = data.decode(encoding)
+    expected = [(i, *line.split(",")) for i, line in enumerate(text.splitlines()[1:], 1)]
+    assert table_rows(db, upload_id) == expected
+    assert [c["name"] for c in row["result"]["columns"]] == ["name", "city"]
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_delimiters(db: psycopg.Connection, redis_client: redis.Redis, delimiter: str) -> None:
+    lines = ["id,label,ratio", *(f"{i},item {i},{i / 4}" for i in range(1, 6))]
+    data = "\n".join(line.replace(",", delimiter) for line in lines).encode()
+    upload_id, row = imported(db, redis_client, data)
+    assert row["result"]["format"]["delimiter"] == delimiter
+    assert types_of(row) == {"id": "int", "label": "text", "ratio": "float"}
+    assert counts(row) == (5, 5, 0)
+    assert table_rows(db, upload_id)[4] == (5, 5, "item 5", 1.25)
+
+
+def test_quoted_newlines_quotes_and_crlf(db: psycopg.Connection, redis_client: redis.Redis) -> None:
+    data = (
+        b'id,note\r\n1,"first line\r\nsecond line"\r\n2,"say ""hi"", then go"\r\n'
+        b'3,"a\nb\rc"\r\n4,plain\r\n'
+    )
+    upload_id, row = imported(db, redis_client, data)
+    assert counts(row) == (4, 4, 0)
+    assert [r[2] for r in table_rows(db, upload_id)] == [
+        "first line\r\nsecond line",
+        'say "hi", then go',
+        "a\nb\rc",
+        "plain",
+    ]
+
+
+def test_ragged_rows_are_rejected_with_a_reason(
+    db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    data = b"a,b,c\n1,2,3\n4,5\n6,7,8,9\n10,11,12,,\n"
+    upload_id, row = imported(db, redis_client, data)
+    assert row["status"] == "completed"
+    assert counts(row) == (4, 2, 2)
+    assert [r[0] for r in table_rows(db, upload_id)] == [1, 4]  # trailing ",," is padding
+    assert error_rows(db, upload_id) == [
+        (2, "", "4,5", "too few fields: expected 3, got 2"),
+        (3, "", "6,7,8,9", "too many fields: expected 3, got 4"),
+    ]
+
+
+def test_mixed_types_reject_the_odd_cell(db: psycopg.Connection, redis_client: redis.Redis) -> None:
+    lines = ["id,amount,when"] + [f"{i},{i * 10},2024-01-{i % 28 + 1:02d}" for i in range(1, 41)]
+    lines[17] = "17,abc,2024-01-18"
+    lines[30] = "30,300,someday"
+    upload_id, row = imported(db, redis_client, "\n".join(lines).encode())
+    assert types_of(row) == {"id": "int", "amount": "int", "when": "date"}
+    assert counts(row) == (40, 38, 2)
+    assert error_rows(db, upload_id) == [
+        (17, "amount", "abc", "not an integer"),
+        (30, "when", "someday", "not a date"),
+    ]
+    amount = row["result"]["columns"][1]
+    assert (amount["invalid"], amount["nulls"], amount["min"], amount["max"]) == (1, 0, 10, 400)
+    assert len(table_rows(db, upload_id)) == 38
+
+
+def test_empty_cells_are_nulls(db: psycopg.Connection, redis_client: redis.Redis) -> None:
+    data = b"n,x,t\n1,,a\n,2,\n3,NA,c\n4,5,d\n"
+    upload_id, row = imported(db, redis_client, data)
+    assert counts(row) == (4, 4, 0)
+    assert [(c["name"], c["nulls"]) for c in row["result"]["columns"]] == [
+        ("n", 1),
+        ("x", 2),
+        ("t", 1),
+    ]
+    assert table_rows(db, upload_id) == [
+        (1, 1, None, "a"),
+        (2, None, 2, None),
+        (3, 3, None, "c"),
+        (4, 4, 5, "d"),
+    ]
+
+
+def test_dates_in_several_formats(db: psycopg.Connection, redis_client: redis.Redis) -> None:
+    data = (
+        b"iso,us,eu_dot,eu_slash,long,stamp\n"
+        b'2024-01-31,01/31/2024,31.01.2024,31/01/2024,"Jan 31, 2024",2024-01-31T10:20:30Z\n'
+        b'2024-02-15,02/15/2024,15.02.2024,15/02/2024,"Feb 15, 2024",2024-02-15 08:00:00+02:00\n'
+    )
+    upload_id, row = imported(db, redis_client, data)
+    assert types_of(row) == {
+        "iso": "date",
+        "us": "date",
+        "eu_dot": "date",
+        "eu_slash": "date",
+        "long": "date",
+        "stamp": "datetime",
+    }
+    jan, feb = dt.date(2024, 1, 31), dt.date(2024, 2, 15)
+    utc = dt.UTC
+    assert table_rows(db, upload_id) == [
+        (1, jan, jan, jan, jan, jan, dt.datetime(2024, 1, 31, 10, 20, 30, tzinfo=utc)),
+        (2, feb, feb, feb, feb, feb, dt.datetime(2024, 2, 15, 6, 0, tzinfo=utc)),
+    ]
+
+
+def test_header_only(db: psycopg.Connection, redis_client: redis.Redis) -> None:
+    upload_id, row = imported(db, redis_client, b"a,b,c\n")
+    assert row["status"] == "completed"
+    assert counts(row) == (0, 0, 0)
+    assert row["result"]["data_quality_score"] == 100.0
+    assert table_exists(db, upload_id) and table_rows(db, upload_id) == []
+
+
+def test_very_wide(db: psycopg.Connection, redis_client: redis.Redis) -> None:
+    width = 1200  # more fixed-width values than one heap tuple holds: the jsonb layout
+    header = ",".join(f"c{i}" for i in range(width))
+    body = "\n".join(",".join(str(r * i) for i in range(width)) for r in range(1, 4))
+    upload_id, row = imported(db, redis_client, f"{header}\n{body}\n".encode())
+    assert row["status"] == "completed"
+    assert counts(row) == (3, 3, 0)
+    assert row["result"]["storage"] == "jsonb"
+    rows = table_rows(db, upload_id)
+    assert rows[2][1]["c1199"] == 3 * 1199 and len(rows[2][1]) == width
+
+
+def test_too_many_columns(db: psycopg.Connection, redis_client: redis.Redis) -> None:
+    header = ",".join(f"c{i}" for i in range(settings.UPLOAD_MAX_COLUMNS + 1))
+    upload_id, row = imported(db, redis_client, f"{header}\n".encode())
+    assert row["status"] == "failed"
+    assert row["error"]["code"] == "too_many_columns"
+    assert not table_exists(db, upload_id)
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "stages"),
+    [
+        (bytes(range(256)) * 64, "not_text", ["validating"]),
+        # Found while streaming rows, after the format was read from the first MiB.
+        (
+            b"a,b\n" + b"x" * (10 * 1024 * 1024) + b",y\n",
+            "line_too_long",
+            ["validating", "processing"],
+        ),
+        (b"x" * (10 * 1024 * 1024), "header_too_large", ["validating"]),
+        (b"   \n\n", "empty", ["validating"]),
+    ],
+    ids=["binary", "10mb-line-after-header", "10mb-single-line", "blank"],
+)
+def test_unreadable_files_fail_with_a_code(
+    db: psycopg.Connection, redis_client: redis.Redis, data: bytes, code: str, stages: list[str]
+) -> None:
+    upload_id, user = stage(db, data)
+    run_import(redis_client, upload_id)
+    row = upload_row(db, upload_id)
+    assert row["status"] == "failed"
+    assert row["error"]["code"] == code
+    assert not table_exists(db, upload_id)
+    assert chunk_count(db, upload_id) == 0
+    names = [(e, d.get("status") or d.get("code")) for e, d in user_events(redis_client, user)]
+    assert names == [
+        *(("upload.status", s) for s in stages),
+        ("upload.status", "failed"),
+        ("upload.error", code),
+    ]
+
+
+def test_columns_mapping_overrides_inference(
+    db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    data = b"zip,amount\n02134,1\n10001,2\n"
+    upload_id, row = imported(db, redis_client, data, columns={"amount": "float", "zip": "int"})
+    assert types_of(row) == {"zip": "int", "amount": "float"}
+    assert table_rows(db, upload_id) == [(1, 2134, 1.0), (2, 10001, 2.0)]
+    _, bad = imported(db, redis_client, data, columns={"nope": "int"})
+    assert bad["status"] == "failed" and bad["error"]["code"] == "invalid_columns"
+
+
+# Independent oracle for the row counts: Python's csv module with the known dialect.
+REAL_FILES = [
+    # name, encoding, delimiter, rows_valid, rows_invalid, errors recorded
+    ("538_congress_data_aging.csv", "utf-8", ",", 29120, 0, 0),
+    ("538_mayweather_mcgregor_tweets.csv", "utf-8", ",", 12118, 0, 0),
+    ("538_pollster_raw_polls_2014.tsv", "utf-8", "\t", 6085, 529, 1075),
+    ("538_cabinet_turnover_bom.csv", "utf-8-sig", ",", 364, 15, 23),
+    ("538_poll_of_pollsters_cr_only.tsv", "utf-8", "\t", 27, 0, 0),
+    ("538_nutrition_very_wide.csv", "utf-8", ",", 20, 34, 63),
+    ("duckdb_fdic_banklist_cp1252.csv", "cp1252", ",", 568, 0, 0),
+    ("duckdb_header_only_bom.csv", "utf-8-sig", ",", 0, 0, 0),
+    ("plotly_gapminder_pipe_decimal_comma.csv", "utf-8", "|", 1704, 0, 0),
+    ("plotly_olympic_winners_bom_dmy.csv", "utf-8-sig", ",", 8618, 0, 0),
+    ("plotly_volcano_db_latin1.csv", "latin-1", ",", 1571, 0, 0),
+    ("csvkit_bad_ragged_fixture.csv", "utf-8", ",", 1, 2, 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "encoding", "delimiter", "valid", "invalid", "errors"),
+    REAL_FILES,
+    ids=[f[0] for f in REAL_FILES],
+)
+def test_real_files(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    name: str,
+    encoding: str,
+    delimiter: str,
+    valid: int,
+    invalid: int,
+    errors: int,
+) -> None:
+    data = (DATA / name).read_bytes()
+    text = data.decode(encoding)
+    records = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if r]
+    upload_id, row = imported(db, redis_client, data)
+    assert row["status"] == "completed", row["error"]
+    assert row["result"]["format"] == {"encoding": encoding, "delimiter": delimiter}
+    assert counts(row) == (len(records) - 1, valid, invalid)
+    assert len(table_rows(db, upload_id)) == valid
+    assert len(error_rows(db, upload_id)) == errors
+
+
+def test_event_sequence_and_rerun_is_a_no_op(
+    db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "UPLOAD_BATCH_ROWS", 500)
+    monkeypatch.setattr(settings, "UPLOAD_PROGRESS_INTERVAL_SECONDS", 1e-9)
+    data = "a,b\n" + "".join(f"{i},v{i}\n" for i in range(5000))
+    upload_id, user = stage(db, data.encode(), chunk=4096)
+    run_import(redis_client, upload_id)
+    seen = user_events(redis_client, user)
+    assert seen == upload_events(redis_client, upload_id)  # both streams got every event
+    kinds = [e if e != "upload.status" else d["status"] for e, d in seen]
+    assert kinds[:2] == ["validating", "processing"]
+    assert kinds[-2:] == ["completed", "upload.done"]
+    progress = [d for e, d in seen if e == "upload.progress"]
+    assert len(progress) >= 5 and kinds[-3] == "upload.progress"
+    assert progress[-1] == {"upload_id": upload_id, "percent": 100, "rows_processed": 5000}
+    assert [p["percent"] for p in progress] == sorted(p["percent"] for p in progress)
+    assert all(p["percent"] < 100 for p in progress[:-1])
+    row = upload_row(db, upload_id)
+    assert seen[-1][1] == {"upload_id": upload_id, "result": row["result"]}
+    assert (row["progress_percent"], row["rows_processed"]) == (100, 5000)
+    # A re-run (RQ retry, or by hand) finds it completed: same rows, no new events.
+    job = run_import(redis_client, upload_id)
+    assert job.return_value() is None
+    assert len(table_rows(db, upload_id)) == 5000
+    assert len(user_events(redis_client, user)) == len(seen)
+
+
+def large_file(rows: int) -> bytes:
+    out = io.StringIO()
+    out.write("id,name,amount,day,flag\n")
+    for i in range(rows):
+        bad = "oops" if i % 1000 == 999 else str(i * 3)
+        out.write(f"{i},name {i},{bad},2024-{i % 12 + 1:02d}-{i % 28 + 1:02d},{i % 2 == 0}\n")
+    return out.getvalue().encode()
+
+
+def start_worker() -> subprocess.Popen[bytes]:
+    """A real worker process (SimpleWorker, burst) on the upload queue."""
+    code = (
+        "import redis\n"
+        "from rq import Queue, SimpleWorker\n"
+        "from app import settings\n"
+        "c = redis.Redis.from_url(settings.REDIS_URL)\n"
+        "SimpleWorker([Queue(settings.UPLOAD_QUEUE, connection=c)], connection=c)"
+        ".work(burst=True)\n"
+        "c.close()\n"
+    )
+    env = {**os.environ, "UPLOAD_PROGRESS_INTERVAL_SECONDS": "0.01", "UPLOAD_BATCH_ROWS": "2000"}
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
+
+
+def wait_until_loading(
+    db: psycopg.Connection, upload_id: str, proc: subprocess.Popen[bytes]
+) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        row = upload_row(db, upload_id)
+        if row["status"] == "processing" and row["rows_processed"] > 0:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the worker never got going: {upload_row(db, upload_id)['status']}")
+
+
+def enqueue(client: redis.Redis, upload_id: str) -> None:
+    from rq import Queue
+
+    Queue(settings.UPLOAD_QUEUE, connection=client).enqueue(
+        "jobs.csv_import.import_upload", upload_id
+    )
+
+
+def test_sigkill_mid_load_then_rerun_leaves_exactly_one_copy(
+    db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    total = 200_000
+    upload_id, _ = stage(db, large_file(total))
+    enqueue(redis_client, upload_id)
+    proc = start_worker()
+    try:
+        wait_until_loading(db, upload_id, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # Killed mid-load: nothing of it is visible, and the file is still there to re-run.
+    assert upload_row(db, upload_id)["status"] == "processing"
+    assert not table_exists(db, upload_id)
+    assert error_rows(db, upload_id) == []
+    assert chunk_count(db, upload_id) > 0
+    run_import(redis_client, upload_id)  # the retry
+    row = upload_row(db, upload_id)
+    assert row["status"] == "completed"
+    assert counts(row) == (total, total - total // 1000, total // 1000)
+    rows = table_rows(db, upload_id)
+    assert len(rows) == len({r[0] for r in rows}) == total - total // 1000
+    assert len(error_rows(db, upload_id)) == total // 1000
+    run_import(redis_client, upload_id)  # and once more, by hand
+    assert len(table_rows(db, upload_id)) == total - total // 1000
+
+
+@pytest.mark.anyio
+async def test_cancel_a_large_import(db: psycopg.Connection, redis_client: redis.Redis) -> None:
+    upload_id, user = stage(db, large_file(300_000), org="org-cancel")
+    enqueue(redis_client, upload_id)
+    proc = start_worker()
+    try:
+        wait_until_loading(db, upload_id, proc)
+        async with running_app() as app:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                auth = {"authorization": f"Bearer {token(user, org='org-cancel')}"}
+                response = await client.post(f"/uploads/{upload_id}/cancel", headers=auth)
+        assert response.status_code == 200
+        assert response.json()["status"] == "cancelled"
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    row = upload_row(db, upload_id)
+    assert row["status"] == "cancelled"
+    assert 0 < row["rows_processed"] < 300_000  # it stopped part-way
+    assert not table_exists(db, upload_id)
+    assert error_rows(db, upload_id) == []
+    assert chunk_count(db, upload_id) == 0
+    statuses = [d["status"] for e, d in user_events(redis_client, user) if e == "upload.status"]
+    assert statuses == ["validating", "processing", "cancelled"]
