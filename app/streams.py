@@ -81,12 +81,25 @@ async def open_stream(request: Request, principal: Principal, key: str) -> Event
         "last_event_id"
     )
     body = stream_frames(request, principal, key, mailbox, last_event_id, lease_id)
+    # On SIGTERM sse-starlette sets `shutdown` and, after the grace period, cancels the
+    # response mid-body (the client sees a truncated chunked stream). Closing the
+    # mailbox instead ends stream_frames, so the body ends properly and EventSource
+    # reconnects, with Last-Event-ID, to another web process (issue 5, "Deploy").
+    shutdown = anyio.Event()
+
+    async def close_on_shutdown() -> None:
+        await shutdown.wait()
+        mailbox.close("shutdown")
+
     return EventSourceResponse(
         body,
         headers=HEADERS,
         ping=0,  # heartbeats come from stream_frames, which is waiting anyway
         sep="\n",
         send_timeout=settings.SSE_SEND_TIMEOUT_SECONDS,
+        shutdown_event=shutdown,
+        shutdown_grace_period=settings.SSE_SHUTDOWN_GRACE_SECONDS,
+        data_sender_callable=close_on_shutdown,
     )
 
 
