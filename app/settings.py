@@ -15,6 +15,12 @@ config = Config(environ=__import__("os").environ)
 # --- Processes and stores -------------------------------------------------------------
 PORT = config("PORT", cast=int, default=8000)
 REDIS_URL = config("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Heroku Redis serves TLS (rediss://) with a self-signed certificate, so clients must
+# skip verification there (Heroku Dev Center, "Connecting to Heroku Redis"); app.json
+# sets REDIS_TLS_VERIFY=false. Everywhere else certificates are verified.
+REDIS_TLS_VERIFY = config("REDIS_TLS_VERIFY", cast=bool, default=True)
+if REDIS_URL.startswith("rediss://") and not REDIS_TLS_VERIFY and "ssl_cert_reqs" not in REDIS_URL:
+    REDIS_URL += ("&" if "?" in REDIS_URL else "?") + "ssl_cert_reqs=none"
 DATABASE_URL = config("DATABASE_URL", cast=Secret, default="postgresql://127.0.0.1:5432/test")
 # Every Redis key and pub/sub channel starts with this, so two deployments (or two test
 # runs) can share one Redis: PUBLISH is not scoped by DB number.
