@@ -15,8 +15,9 @@ import anyio.to_thread
 import jwt
 from starlette.requests import HTTPConnection
 
-from app import settings
+from app import metrics, settings
 from app.errors import Unauthorized
+from app.throttle import AuthThrottle, client_address
 
 COOKIE_NAME = "herald_token"
 _HMAC_ALGORITHMS = {"HS256", "HS384", "HS512"}
@@ -150,11 +151,31 @@ def extract_token(conn: HTTPConnection, *, allow_query: bool) -> str | None:
 
 
 async def authenticate(conn: HTTPConnection, *, allow_query: bool = False) -> Principal:
-    token = extract_token(conn, allow_query=allow_query)
-    if token is None:
-        raise Unauthorized("A bearer token is required.")
-    verifier: TokenVerifier = conn.app.state.verifier
-    return await verifier.verify(token)
+    app = conn.scope.get("app")
+    throttle: AuthThrottle | None = getattr(app.state, "auth_throttle", None) if app else None
+    address = client_address(conn)
+    if throttle is not None:
+        await throttle.check(address)  # over the limit: 429 before any verification
+    try:
+        token = extract_token(conn, allow_query=allow_query)
+        if token is None:
+            raise Unauthorized("A bearer token is required.")
+        verifier: TokenVerifier = conn.app.state.verifier
+        return await verifier.verify(token)
+    except Unauthorized:
+        # Only rejected credentials count; "no token at all" is not a guess.
+        if throttle is not None and _presented(conn):
+            metrics.AUTH_FAILURES.inc()
+            await throttle.record_failure(address)
+        raise
+
+
+def _presented(conn: HTTPConnection) -> bool:
+    return bool(
+        conn.headers.get("authorization")
+        or conn.cookies.get(COOKIE_NAME)
+        or conn.query_params.get("token")
+    )
 
 
 def mint_token(

@@ -17,6 +17,7 @@ from app.hub import Hub
 from app.jobqueue import JobQueue
 from app.leases import StreamLeases
 from app.ratelimit import RateLimiter
+from app.throttle import AuthThrottle
 
 logger = logging.getLogger("herald.resources")
 
@@ -32,6 +33,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     state.sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
     state.jobs = JobQueue(state.sync_redis)
     state.ratelimiter = RateLimiter.from_settings()
+    state.auth_throttle = AuthThrottle.from_settings()
     # open(wait=False): the web process starts (and /healthz answers) even while
     # PostgreSQL is down; requests that need it get 503 until it is back.
     state.pool = AsyncConnectionPool(
@@ -58,5 +60,6 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.hub.stop()
         await state.pool.close()
         await state.ratelimiter.aclose()
+        await state.auth_throttle.aclose()
         await state.redis.aclose()
         state.sync_redis.close()

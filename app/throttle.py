@@ -1,0 +1,120 @@
+"""Throttle token guessing: too many failed authentications from one address → 429.
+
+Failures are counted per client address in Redis (the ``limits`` library, moving
+window), so every web process sees the same count. Once an address is over
+``AUTH_FAILURE_LIMIT`` its requests are refused *before* the token is verified: a
+flood costs one Redis round trip per request instead of a signature check (or a JWKS
+fetch), and a guessed token cannot be confirmed while the address is blocked (OWASP
+Authentication Cheat Sheet, "Protect against automated attacks").
+
+Only presented-and-rejected tokens count: a request with no credentials at all is a
+browser before login, not a guess.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import redis.exceptions
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from starlette.requests import HTTPConnection
+
+from app import metrics, settings
+from app.errors import RateLimited
+
+security_log = logging.getLogger("herald.security")
+_MAX_BLOCKED = 10_000
+
+
+def client_address(conn: HTTPConnection) -> str:
+    # Behind a proxy, uvicorn's --proxy-headers (with --forwarded-allow-ips) already
+    # puts the X-Forwarded-For address here; trusting the header ourselves would let
+    # any client pick a fresh address per request.
+    return conn.client.host if conn.client else "unknown"
+
+
+class AuthThrottle:
+    """One per web process (lifespan); the counts live in Redis."""
+
+    def __init__(self, redis_url: str, key_prefix: str, limit: str) -> None:
+        self.limit: RateLimitItem = parse(limit)
+        # limits builds its own redis.asyncio client from "async+redis://..." (limits
+        # docs, "Storage backends"); it is closed in aclose().
+        self._storage = RedisStorage(
+            "async+" + redis_url,
+            implementation="redispy",
+            key_prefix=key_prefix,
+            socket_connect_timeout=5,
+        )
+        self._limiter = MovingWindowRateLimiter(self._storage)
+        # Addresses known to be over the limit, and until when: repeat offenders are
+        # refused without even the Redis round trip.
+        self._blocked: dict[str, float] = {}
+
+    @classmethod
+    def from_settings(cls) -> AuthThrottle:
+        return cls(
+            settings.REDIS_URL, f"{settings.REDIS_PREFIX}:authfail", settings.AUTH_FAILURE_LIMIT
+        )
+
+    async def aclose(self) -> None:
+        # limits has no close(); its redis-py client is the bridge's ``storage``.
+        bridge: Any = self._storage.bridge
+        await bridge.storage.aclose()
+
+    async def check(self, address: str) -> None:
+        """Raise ``RateLimited`` when ``address`` has used up its failures."""
+        until = self._blocked.get(address)
+        now = time.time()
+        if until is not None:
+            if until > now:
+                self._refuse(address, until - now)
+            del self._blocked[address]
+        try:
+            allowed = await self._limiter.test(self.limit, "auth", address)
+            if allowed:
+                return
+            reset_at, _ = await self._limiter.get_window_stats(self.limit, "auth", address)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            # Fail open: the throttle is a defence in depth, and refusing every login
+            # while Redis restarts would turn a blip into an outage.
+            security_log.warning("auth throttle unavailable: %s", exc)
+            return
+        if len(self._blocked) >= _MAX_BLOCKED:  # many addresses: forget the lapsed ones
+            self._blocked = {a: t for a, t in self._blocked.items() if t > now}
+        self._blocked[address] = reset_at
+        self._refuse(address, reset_at - now)
+
+    async def record_failure(self, address: str) -> None:
+        try:
+            allowed = await self._limiter.hit(self.limit, "auth", address)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            security_log.warning("auth throttle unavailable: %s", exc)
+            return
+        if not allowed:
+            return
+        _, remaining = await self._limiter.get_window_stats(self.limit, "auth", address)
+        if remaining == 0:
+            # Logged once per block, when the address reaches the limit.
+            security_log.warning(
+                "authentication failures over the limit; address blocked",
+                extra={"address": address, "limit": str(self.limit)},
+            )
+
+    async def clear(self, address: str) -> None:
+        self._blocked.pop(address, None)
+        await self._limiter.clear(self.limit, "auth", address)
+
+    def _refuse(self, address: str, retry_in: float) -> None:
+        metrics.RATE_LIMITED.labels("auth_failures").inc()
+        seconds = max(1, math.ceil(retry_in))
+        raise RateLimited(
+            f"Too many failed authentications; retry in {seconds} s.",
+            details={"retry_after_seconds": seconds},
+            headers={"Retry-After": str(seconds)},
+        )

@@ -1,0 +1,29 @@
+"""Fixtures of the fault suite: one private Redis + PostgreSQL for the session (so a
+test can stop and restart them), and a fresh set of processes for each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.faults.procs import Stack, private_stack
+
+
+@pytest.fixture(scope="session")
+def private() -> Iterator[Stack]:
+    with private_stack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def stack(private: Stack) -> Iterator[Stack]:
+    """The private servers, running; every process a test starts is stopped after it."""
+    if private.redis.proc is None:
+        private.redis.start()
+    if not private.pg.ready():
+        private.pg.start()
+    try:
+        yield private
+    finally:
+        private.stop_all()
