@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import orjson
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -70,9 +71,9 @@ async def create_upload(request: Request) -> Response:
     query_columns = parse_columns(request.query_params.get("columns"))
     pool: AsyncConnectionPool = request.app.state.pool
     body: UploadBody = await read_upload(request, principal, pool)
-    columns = query_columns if body.columns is None else parse_columns(body.columns)
     upload_id = body.upload_id
     try:
+        columns = query_columns if body.columns is None else parse_columns(body.columns)
         async with pool.connection() as conn:
             await conn.execute(
                 "UPDATE uploads SET status = 'queued', job_id = %s, column_types = %s,"
@@ -96,8 +97,10 @@ async def create_upload(request: Request) -> Response:
             retries=1,
         )
     except BaseException:
-        async with pool.connection() as conn:
-            await conn.execute("DELETE FROM uploads WHERE id = %s", (upload_id,))
+        # Refused after all (bad `columns` field, Redis down): keep nothing of it.
+        with anyio.CancelScope(shield=True):
+            async with pool.connection() as conn:
+                await conn.execute("DELETE FROM uploads WHERE id = %s", (upload_id,))
         raise
     return JSONResponse(
         {"upload_id": upload_id, "job_id": upload_id, "status": "queued"},

@@ -1,0 +1,336 @@
+"""The /uploads routes (API.md "CSV uploads") through the real ASGI app, PostgreSQL and
+Redis; imports run the RQ way (SimpleWorker, burst)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+from rq import Queue, SimpleWorker
+
+from app import settings
+from tests.support.asgi import running_app, token
+from tests.support.uploads import chunk_count, table_exists, upload_events
+
+pytestmark = pytest.mark.anyio
+
+PEOPLE = (
+    b"id,name,joined,active,score\n"
+    b"1,Ann,2024-01-02,true,1.5\n2,Bob,,false,2\n3,Cy,2024-03-04,yes,\n"
+)
+
+
+def who(org: str | None = None) -> tuple[str, str, dict[str, str]]:
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    org = org or f"org-{uuid.uuid4().hex[:8]}"
+    return user, org, {"authorization": f"Bearer {token(user, org=org)}"}
+
+
+def auth(user: str, org: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token(user, org=org)}"}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with running_app() as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+
+
+def work(redis_client: redis.Redis) -> None:
+    queue = Queue(settings.UPLOAD_QUEUE, connection=redis_client)
+    SimpleWorker([queue], connection=redis_client).work(burst=True)
+
+
+async def post_raw(
+    client: httpx.AsyncClient, headers: dict[str, str], data: Any, query: str = "?filename=p.csv"
+) -> httpx.Response:
+    return await client.post(
+        "/uploads" + query, content=data, headers={**headers, "content-type": "text/csv"}
+    )
+
+
+def uploads_of(db: psycopg.Connection, org: str) -> int:
+    row = db.execute("SELECT count(*) FROM uploads WHERE org_id = %s", (org,)).fetchone()
+    return int(row[0])
+
+
+async def test_raw_upload_then_import(
+    client: httpx.AsyncClient, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    _user, _org, headers = who()
+    response = await post_raw(client, headers, PEOPLE, "?filename=people.csv")
+    assert response.status_code == 202
+    body = response.json()
+    assert body == {"upload_id": body["upload_id"], "job_id": body["upload_id"], "status": "queued"}
+    assert response.headers["ratelimit-limit"] == settings.UPLOAD_RATE_LIMIT.split("/")[0]
+    upload_id = body["upload_id"]
+    assert chunk_count(db, upload_id) == 1
+    queued = (await client.get(f"/uploads/{upload_id}", headers=headers)).json()
+    assert queued["status"] == "queued" and queued["result"] is None
+    work(redis_client)
+    got = (await client.get(f"/uploads/{upload_id}", headers=headers)).json()
+    assert set(got) == {
+        "upload_id",
+        "filename",
+        "status",
+        "created_at",
+        "progress",
+        "result",
+        "error",
+    }
+    assert got["filename"] == "people.csv"
+    assert got["status"] == "completed"
+    assert got["progress"] == {"percent": 100, "rows_processed": 3}
+    assert got["error"] is None
+    result = got["result"]
+    assert (result["rows_total"], result["rows_valid"], result["rows_invalid"]) == (3, 3, 0)
+    assert 0 <= result["data_quality_score"] <= 100
+    assert [(c["name"], c["type"]) for c in result["columns"]] == [
+        ("id", "int"),
+        ("name", "text"),
+        ("joined", "date"),
+        ("active", "bool"),
+        ("score", "float"),
+    ]
+    assert result["columns"][0] | {"min": 1, "max": 3, "mean": 2.0} == result["columns"][0]
+    statuses = [
+        d["status"] for e, d in upload_events(redis_client, upload_id) if e == "upload.status"
+    ]
+    assert statuses == ["queued", "validating", "processing", "completed"]
+
+
+async def test_multipart_upload_with_columns(
+    client: httpx.AsyncClient,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(settings, "UPLOAD_CHUNK_BYTES", 16)  # several chunks
+    _user, _org, headers = who()
+    response = await client.post(
+        "/uploads",
+        headers=headers,
+        files={"file": ("../../etc/people.csv", PEOPLE, "application/vnd.ms-excel")},
+        data={"columns": '{"id": "text", "score": "float"}'},
+    )
+    assert response.status_code == 202, response.text
+    upload_id = response.json()["upload_id"]
+    assert chunk_count(db, upload_id) == -(-len(PEOPLE) // 16)
+    work(redis_client)
+    got = (await client.get(f"/uploads/{upload_id}", headers=headers)).json()
+    assert got["filename"] == "people.csv"
+    assert [c["type"] for c in got["result"]["columns"]][:1] == ["text"]
+    rows = (await client.get(f"/uploads/{upload_id}/rows", headers=headers)).json()
+    assert rows["rows"][0]["id"] == "1"
+
+
+@pytest.mark.parametrize("columns", ['{"id": "money"}', "[1, 2]", "not json", '{"id": 3}'])
+async def test_invalid_columns_is_400_and_nothing_is_kept(
+    client: httpx.AsyncClient, db: psycopg.Connection, columns: str
+) -> None:
+    _user, org, headers = who()
+    by_query = await post_raw(client, headers, PEOPLE, "?filename=a.csv&columns=" + columns)
+    by_form = await client.post(
+        "/uploads", headers=headers, files={"file": ("a.csv", PEOPLE)}, data={"columns": columns}
+    )
+    for response in (by_query, by_form):
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "validation_error"
+    assert uploads_of(db, org) == 0
+
+
+async def test_too_large_while_streaming_leaves_nothing(
+    client: httpx.AsyncClient, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "UPLOAD_MAX_BYTES", 10_000)
+    monkeypatch.setattr(settings, "UPLOAD_CHUNK_BYTES", 1000)
+    _user, org, headers = who()
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:  # no Content-Length: chunked
+        nonlocal sent
+        for _ in range(40):
+            sent += 500
+            yield b"a,b\n" * 125
+
+    response = await post_raw(client, headers, body())
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "upload_too_large"
+    assert 10_000 < sent < 20_000  # refused as the bytes arrived, not after the whole body
+    assert uploads_of(db, org) == 0
+    orphans = db.execute(
+        "SELECT count(*) FROM upload_chunks c WHERE NOT EXISTS"
+        " (SELECT 1 FROM uploads u WHERE u.id = c.upload_id)"
+    ).fetchone()
+    assert orphans == (0,)
+    # A declared Content-Length over the limit is refused before anything is stored.
+    declared = await post_raw(client, headers, b"x" * 10_001)
+    assert declared.status_code == 413
+    multipart = await client.post(
+        "/uploads", headers=headers, files={"file": ("a.csv", b"a\n" * 40_000)}
+    )
+    assert multipart.status_code == 413
+    assert uploads_of(db, org) == 0
+
+
+async def test_empty_and_not_text(client: httpx.AsyncClient, db: psycopg.Connection) -> None:
+    _user, org, headers = who()
+    empty = await post_raw(client, headers, b"")
+    assert (empty.status_code, empty.json()["error"]["code"]) == (400, "empty_file")
+    blank = await client.post("/uploads", headers=headers, files={"file": ("a.csv", b"\n \n")})
+    assert (blank.status_code, blank.json()["error"]["code"]) == (400, "empty_file")
+    binary = await post_raw(client, headers, b"PK\x03\x04\x00\x00garbage" * 100)
+    assert (binary.status_code, binary.json()["error"]["code"]) == (415, "unsupported_media_type")
+    wrong = await client.post(
+        "/uploads", headers={**headers, "content-type": "application/json"}, content=b"{}"
+    )
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (415, "unsupported_media_type")
+    missing = await client.post("/uploads", headers=headers, files={"other": ("a.csv", PEOPLE)})
+    assert (missing.status_code, missing.json()["error"]["code"]) == (400, "validation_error")
+    assert uploads_of(db, org) == 0
+
+
+async def test_tenancy(client: httpx.AsyncClient, redis_client: redis.Redis) -> None:
+    _owner, org, headers = who()
+    upload_id = (await post_raw(client, headers, PEOPLE)).json()["upload_id"]
+    work(redis_client)
+    mate = auth("someone-else", org)
+    assert (await client.get(f"/uploads/{upload_id}", headers=mate)).status_code == 200
+    listed = (await client.get("/uploads", headers=mate)).json()["uploads"]
+    assert [u["upload_id"] for u in listed] == [upload_id]
+    _, _, stranger = who()
+    assert (await client.get("/uploads", headers=stranger)).json()["uploads"] == []
+    for method, path in [
+        ("GET", f"/uploads/{upload_id}"),
+        ("GET", f"/uploads/{upload_id}/rows"),
+        ("GET", f"/uploads/{upload_id}/errors"),
+        ("POST", f"/uploads/{upload_id}/cancel"),
+        ("DELETE", f"/uploads/{upload_id}"),
+        ("GET", "/uploads/not-a-uuid"),
+        ("GET", f"/uploads/{uuid.uuid4()}"),
+    ]:
+        response = await client.request(method, path, headers=stranger)
+        assert response.status_code == 404, (method, path)
+        assert response.json()["error"]["code"] == "not_found"
+    assert (await client.get(f"/uploads/{upload_id}", headers=headers)).status_code == 200
+    assert (await client.get("/uploads", headers={})).status_code == 401
+
+
+async def test_list_is_newest_first(client: httpx.AsyncClient) -> None:
+    _user, _org, headers = who()
+    ids = [(await post_raw(client, headers, PEOPLE)).json()["upload_id"] for _ in range(3)]
+    listed = (await client.get("/uploads", headers=headers)).json()["uploads"]
+    assert [u["upload_id"] for u in listed] == ids[::-1]
+    assert all(u["status"] == "queued" for u in listed)
+
+
+async def test_rows_are_typed_and_paged(
+    client: httpx.AsyncClient, redis_client: redis.Redis
+) -> None:
+    _user, _org, headers = who()
+    upload_id = (await post_raw(client, headers, PEOPLE)).json()["upload_id"]
+    early = await client.get(f"/uploads/{upload_id}/rows", headers=headers)
+    assert (early.status_code, early.json()["error"]["code"]) == (409, "upload_not_completed")
+    work(redis_client)
+    page = (await client.get(f"/uploads/{upload_id}/rows?limit=2&offset=1", headers=headers)).json()
+    assert page["total"] == 3 and (page["limit"], page["offset"]) == (2, 1)
+    assert page["rows"] == [
+        {"id": 2, "name": "Bob", "joined": None, "active": False, "score": 2.0},
+        {"id": 3, "name": "Cy", "joined": "2024-03-04", "active": True, "score": None},
+    ]
+    for query in [
+        "limit=0",
+        "limit=abc",
+        f"limit={settings.UPLOAD_ROWS_PAGE_MAX + 1}",
+        "offset=-1",
+    ]:
+        bad = await client.get(f"/uploads/{upload_id}/rows?{query}", headers=headers)
+        assert (bad.status_code, bad.json()["error"]["code"]) == (400, "validation_error"), query
+
+
+async def test_errors_csv_is_neutralised(
+    client: httpx.AsyncClient, redis_client: redis.Redis
+) -> None:
+    _user, _org, headers = who()
+    lines = ["n,label"] + [f"{i},x{i}" for i in range(1, 101)]
+    lines[10] = "=HYPERLINK(1),a"
+    lines[20] = "@SUM(A1),b"
+    lines[30] = "-cmd|' /C calc'!A0,c"
+    lines[40] = "+1+1,d"
+    lines[50] = "1,2,3"
+    data = "\n".join(lines).encode()
+    upload_id = (await post_raw(client, headers, data, "?filename=q=1.csv")).json()["upload_id"]
+    work(redis_client)
+    response = await client.get(f"/uploads/{upload_id}/errors", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    assert response.headers["content-disposition"] == 'attachment; filename="q=1-errors.csv"'
+    rows = list(csv.reader(io.StringIO(response.content.decode("utf-8-sig"))))
+    assert rows == [
+        ["row", "column", "value", "error"],
+        ["10", "n", "'=HYPERLINK(1)", "not an integer"],
+        ["20", "n", "'@SUM(A1)", "not an integer"],
+        ["30", "n", "'-cmd|' /C calc'!A0", "not an integer"],
+        ["40", "n", "'+1+1", "not an integer"],
+        ["50", "", "1,2,3", "too many fields: expected 2, got 3"],
+    ]
+
+
+async def test_delete_removes_everything(
+    client: httpx.AsyncClient, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    _user, org, headers = who()
+    upload_id = (await post_raw(client, headers, PEOPLE + b"x,y,z,w,v\n")).json()["upload_id"]
+    work(redis_client)
+    assert table_exists(db, upload_id)
+    response = await client.delete(f"/uploads/{upload_id}", headers=headers)
+    assert response.status_code == 204
+    assert (await client.get(f"/uploads/{upload_id}", headers=headers)).status_code == 404
+    assert not table_exists(db, upload_id)
+    assert db.execute(
+        "SELECT count(*) FROM upload_errors WHERE upload_id = %s", (upload_id,)
+    ).fetchone() == (0,)
+    assert uploads_of(db, org) == 0
+    assert upload_events(redis_client, upload_id) == []
+
+
+async def test_cancel_before_the_worker_runs(
+    client: httpx.AsyncClient, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    _user, _org, headers = who()
+    upload_id = (await post_raw(client, headers, PEOPLE)).json()["upload_id"]
+    response = await client.post(f"/uploads/{upload_id}/cancel", headers=headers)
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    again = await client.post(f"/uploads/{upload_id}/cancel", headers=headers)
+    assert again.status_code == 200
+    work(redis_client)  # the job finds it cancelled and does nothing
+    assert (await client.get(f"/uploads/{upload_id}", headers=headers)).json()[
+        "status"
+    ] == "cancelled"
+    assert not table_exists(db, upload_id)
+    done_id = (await post_raw(client, headers, PEOPLE)).json()["upload_id"]
+    work(redis_client)
+    late = await client.post(f"/uploads/{done_id}/cancel", headers=headers)
+    assert (late.status_code, late.json()["error"]["code"]) == (409, "upload_finished")
+
+
+async def test_rate_limited(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "UPLOAD_RATE_LIMIT", "2/minute")
+    _user, _org, headers = who()
+    for remaining in ("1", "0"):
+        ok = await post_raw(client, headers, PEOPLE)
+        assert ok.status_code == 202 and ok.headers["ratelimit-remaining"] == remaining
+    refused = await post_raw(client, headers, PEOPLE)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-limit"] == "2"
