@@ -1,0 +1,185 @@
+"""CSV import throughput and memory, beside ``psql \\copy`` of the same file (issue 4).
+
+    .venv/bin/python scripts/bench_csv.py [--rows 1000000] [--small 100000]
+
+Uses REDIS_URL / DATABASE_URL (defaults: this machine's servers) with a throwaway
+PostgreSQL schema and Redis key prefix. Each import runs in a fresh worker process
+(``jobs.csv_import.import_upload``, as RQ would call it) that reports its own peak RSS.
+Reported: rows/s of the full job (detect, parse, type-check, profile, COPY, commit)
+against ``psql \\copy`` into an equivalent typed table; peak worker RSS for a small and
+the large file; the job with progress events off, at the default interval, and after
+every batch. The upload step (HTTP body -> upload_chunks) is timed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = (
+    "id bigint, amount double precision, name text, day date, active boolean,"
+    " seen timestamptz, qty bigint, city text, ratio double precision, note text"
+)
+CITIES = ["Berlin", "Lyon", "Porto", "Oslo", "Turin", "Ghent", "Cork", "Brno"]
+
+
+def generate(path: Path, rows: int) -> None:
+    rng = random.Random(4)
+    with path.open("w", newline="") as f:
+        f.write("id,amount,name,day,active,seen,qty,city,ratio,note\n")
+        lines = []
+        for i in range(rows):
+            lines.append(
+                f"{i},{rng.random() * 1e4:.2f},name {i % 9973},"
+                f"2024-{i % 12 + 1:02d}-{i % 28 + 1:02d},{'true' if i % 3 else 'false'},"
+                f"2024-05-{i % 28 + 1:02d}T{i % 24:02d}:{i % 60:02d}:00Z,{i % 500},"
+                f'{CITIES[i % 8]},{rng.random():.4f},"note, {i % 101}"\n'
+            )
+            if len(lines) == 10_000:
+                f.writelines(lines)
+                lines.clear()
+        f.writelines(lines)
+
+
+def stage(dsn: str, path: Path, chunk: int) -> tuple[str, float]:
+    upload_id = str(uuid.uuid4())
+    started = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn, path.open("rb") as f:
+        conn.execute(
+            "INSERT INTO uploads (id, org_id, user_id, filename, status, size_bytes)"
+            " VALUES (%s, 'bench', 'bench', %s, 'queued', %s)",
+            (upload_id, path.name, path.stat().st_size),
+        )
+        seq = 0
+        while data := f.read(chunk):
+            conn.execute(
+                "INSERT INTO upload_chunks (upload_id, seq, data) VALUES (%s, %s, %b)",
+                (upload_id, seq, data),
+            )
+            seq += 1
+    return upload_id, time.perf_counter() - started
+
+
+_JOB = """
+import resource, sys, time
+from jobs.csv_import import import_upload
+t = time.perf_counter()
+result = import_upload(sys.argv[1])
+elapsed = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(elapsed, rss, result["rows_valid"] if result else -1)
+"""
+
+
+def run_job(env: dict[str, str], upload_id: str, interval: str) -> tuple[float, int, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", _JOB, upload_id],
+        env={**env, "UPLOAD_PROGRESS_INTERVAL_SECONDS": interval, "LOG_LEVEL": "WARNING"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    elapsed, rss_kb, rows = out.stdout.split()
+    return float(elapsed), int(rss_kb) // 1024, int(rows)
+
+
+def psql_copy(dsn: str, path: Path) -> float:
+    table = f"bench_copy_{uuid.uuid4().hex[:8]}"
+    psql = shutil.which("psql")
+    assert psql, "psql is not installed"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} ({COLUMNS})")
+    started = time.perf_counter()
+    subprocess.run(
+        [psql, dsn, "-q", "-c", f"\\copy {table} FROM '{path}' WITH (FORMAT csv, HEADER true)"],
+        check=True,
+        env={**os.environ, "PGTZ": "UTC"},
+    )
+    elapsed = time.perf_counter() - started
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE {table}")
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--small", type=int, default=100_000)
+    args = parser.parse_args()
+    base_db = os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/test")
+    run = uuid.uuid4().hex[:8]
+    schema = f"bench_{run}"
+    sep = "&" if "?" in base_db else "?"
+    dsn = f"{base_db}{sep}options={quote(f'-csearch_path={schema}')}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "REDIS_PREFIX": f"herald-bench-{run}",
+        "JWT_SECRET": "bench",
+    }
+    with psycopg.connect(base_db, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    tmp = Path(tempfile.mkdtemp(prefix="herald-bench-"))
+    try:
+        subprocess.run([sys.executable, "-m", "app.migrations"], env=env, cwd=ROOT, check=True)
+        sys.path.insert(0, str(ROOT))
+        os.environ.update(env)
+        from app import settings
+
+        chunk = settings.UPLOAD_CHUNK_BYTES
+        small, large = tmp / "small.csv", tmp / "large.csv"
+        generate(small, args.small)
+        generate(large, args.rows)
+        size_mb = large.stat().st_size / 1e6
+        print(f"file: {args.rows} rows x 10 columns, {size_mb:.1f} MB")
+
+        copy_s = psql_copy(dsn, large)
+        print(f"psql \\copy          : {copy_s:6.2f} s  {args.rows / copy_s:>10,.0f} rows/s")
+
+        results = {}
+        for label, interval in [("progress off", "0"), ("progress 0.25 s", "0.25"),
+                                ("progress every batch", "0.000001")]:  # fmt: skip
+            upload_id, stage_s = stage(dsn, large, chunk)
+            elapsed, rss, rows = run_job(env, upload_id, interval)
+            assert rows == args.rows, rows
+            results[label] = elapsed
+            print(
+                f"job, {label:<20}: {elapsed:6.2f} s  {args.rows / elapsed:>10,.0f} rows/s"
+                f"  peak RSS {rss} MiB  ({elapsed / copy_s:.1f}x \\copy time;"
+                f" staging the upload took {stage_s:.2f} s)"
+            )
+        upload_id, _ = stage(dsn, small, chunk)
+        elapsed, rss, _ = run_job(env, upload_id, "0.25")
+        print(f"job, {args.small} rows     : {elapsed:6.2f} s  peak RSS {rss} MiB")
+        off, on = results["progress off"], results["progress 0.25 s"]
+        every = results["progress every batch"]
+        print(f"progress cost: {100 * (on - off) / off:+.1f}% at 0.25 s, "
+              f"{100 * (every - off) / off:+.1f}% every batch")  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        with psycopg.connect(base_db, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        import redis
+
+        client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        for key in client.scan_iter(f"herald-bench-{run}:*"):
+            client.delete(key)
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
