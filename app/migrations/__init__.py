@@ -40,9 +40,13 @@ def apply_migrations(conninfo: str | None = None) -> list[str]:
                     conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (path.stem,))
                 logger.info("applied migration %s", path.stem)
                 done.append(path.stem)
-            setup_checkpointer(conninfo)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+    # Outside the advisory lock, never under it: the checkpointer's migrations use
+    # CREATE INDEX CONCURRENTLY, which waits for every older transaction in the
+    # database, including other runs waiting on that lock: a deadlock PostgreSQL
+    # cannot see (PostgreSQL docs, CREATE INDEX, "Building Indexes Concurrently").
+    setup_checkpointer(conninfo)
     return done
 
 
