@@ -27,6 +27,7 @@ import psycopg
 import redis
 from psycopg import sql
 from psycopg.types.json import Jsonb
+from rq.timeouts import JobTimeoutException
 
 from app import events, metrics, settings
 from jobs.csvformat import CsvFormatError, detect_format, fit_row, iter_rows
@@ -352,6 +353,10 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
         except CsvFormatError as exc:
             run.fail(exc.code, exc.message)
             return None
+        except JobTimeoutException:
+            limit = settings.UPLOAD_JOB_TIMEOUT_SECONDS
+            run.fail("timeout", f"The import took longer than {limit} seconds.")
+            raise
         except Exception:
             logger.exception("upload %s import crashed", upload_id)
             run.fail("internal_error", "The import failed unexpectedly.")

@@ -237,6 +237,19 @@ def test_unreadable_files_fail_with_a_code(
     ]
 
 
+def test_nul_after_the_sample_fails_cleanly(
+    db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the first MiB, the binary check has been passed; PostgreSQL text cannot hold NUL.
+    monkeypatch.setattr(settings, "UPLOAD_BATCH_ROWS", 1000)
+    data = b"a,b\n" + b"1,x\n" * 300_000 + b"2,a\x00b\n" + b"3,y\n" * 10
+    upload_id, row = imported(db, redis_client, data)
+    assert row["status"] == "failed"
+    assert row["error"]["code"] == "unloadable_row"
+    assert not table_exists(db, upload_id)
+    assert error_rows(db, upload_id) == []
+
+
 def test_columns_mapping_overrides_inference(
     db: psycopg.Connection, redis_client: redis.Redis
 ) -> None:
