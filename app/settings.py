@@ -25,6 +25,10 @@ DATABASE_URL = config("DATABASE_URL", cast=Secret, default="postgresql://127.0.0
 # Every Redis key and pub/sub channel starts with this, so two deployments (or two test
 # runs) can share one Redis: PUBLISH is not scoped by DB number.
 REDIS_PREFIX = config("REDIS_PREFIX", default="herald")
+# The web process's asyncio Redis pool: requests past this many wait (up to the
+# timeout) for a free connection instead of failing.
+REDIS_POOL_MAX = config("REDIS_POOL_MAX", cast=int, default=100)
+REDIS_POOL_TIMEOUT_SECONDS = config("REDIS_POOL_TIMEOUT_SECONDS", cast=float, default=5.0)
 DB_POOL_MIN = config("DB_POOL_MIN", cast=int, default=1)
 DB_POOL_MAX = config("DB_POOL_MAX", cast=int, default=10)
 LOG_LEVEL = config("LOG_LEVEL", default="INFO")
@@ -112,3 +116,5 @@ CHAT_QUEUE = config("CHAT_QUEUE", default="chat")
 UPLOAD_QUEUE = config("UPLOAD_QUEUE", default="uploads")
 WORKER_CHAT_PROCESSES = config("WORKER_CHAT_PROCESSES", cast=int, default=2)
 WORKER_UPLOAD_PROCESSES = config("WORKER_UPLOAD_PROCESSES", cast=int, default=1)
+# RQ registry maintenance (abandoned jobs of a crashed machine); RQ's default is 600 s.
+WORKER_MAINTENANCE_SECONDS = config("WORKER_MAINTENANCE_SECONDS", cast=int, default=60)

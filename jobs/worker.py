@@ -4,19 +4,33 @@ Chat jobs run on their own ``SimpleWorker`` processes, so they never wait behind
 long CSV import, and without a fork per job (forking costs milliseconds before the
 first token; README "Workers" has the figures). Imports run on forking ``Worker``s:
 a crash or a leak in one import dies with its work horse.
+
+A worker that dies mid-job (SIGKILL, OOM) leaves its job in RQ's StartedJobRegistry,
+where RQ itself only notices it once the execution's heartbeat lapses (job monitoring
+interval + 60 s) *and* a worker runs registry maintenance (every 10 minutes by default;
+rq/worker/base.py ``should_run_maintenance_tasks``). So the supervisor, which sees the
+death at once, expires that worker's executions and runs RQ's own
+``StartedJobRegistry.cleanup()``: the job is retried (or failed) within a second or
+two, with RQ's retry count and failure callbacks. For a crash of the whole machine,
+workers run maintenance every ``WORKER_MAINTENANCE_SECONDS`` instead of 10 minutes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import signal
+import socket
 import sys
 import time
+import uuid
 from types import FrameType
 
 import redis
-from rq import SimpleWorker, Worker
+from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.executions import Execution
 
 from app import settings
 from app.logs import configure_logging
@@ -24,18 +38,69 @@ from app.logs import configure_logging
 logger = logging.getLogger("herald.worker")
 
 
-def run_worker(queues: list[str], simple: bool) -> None:
+def run_worker(queues: list[str], simple: bool, name: str | None = None) -> None:
     configure_logging()
     connection = redis.Redis.from_url(settings.REDIS_URL)
     worker_class = SimpleWorker if simple else Worker
-    worker = worker_class(queues, connection=connection)
+    worker = worker_class(
+        queues,
+        connection=connection,
+        name=name,
+        maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
+    )
     worker.work(with_scheduler=True, logging_level=settings.LOG_LEVEL)
 
 
-def _spawn(queues: list[str], simple: bool) -> multiprocessing.Process:
-    proc = multiprocessing.Process(target=run_worker, args=(queues, simple), daemon=False)
+def reap_abandoned(connection: redis.Redis, worker_name: str, queues: list[str]) -> list[str]:
+    """Retry (or fail) the jobs a dead worker was running; returns their ids.
+
+    Only executions owned by ``worker_name`` are touched: their registry score is set
+    to 0, i.e. "expired", and RQ's cleanup does the rest exactly as it would later.
+    """
+    reaped: list[str] = []
+    for name in queues:
+        registry = Queue(name, connection=connection).started_job_registry
+        expire: dict[str, float] = {}
+        for member in connection.zrange(registry.key, 0, -1):
+            key = member.decode() if isinstance(member, bytes) else str(member)
+            execution = Execution.from_composite_key(key, connection)
+            try:
+                execution.refresh()  # type: ignore[no-untyped-call]
+            except (ValueError, KeyError):
+                # Its hash already lapsed: RQ's own cleanup will find it expired.
+                logger.info("execution %s has no record; left to RQ's cleanup", key)
+                continue
+            if execution.worker_name == worker_name:
+                expire[key] = 0
+                reaped.append(execution.job_id)
+        if expire:
+            connection.zadd(registry.key, expire, xx=True)
+            registry.cleanup(timestamp=1)
+            # A retry with an interval lands in the ScheduledJobRegistry, which only a
+            # worker holding the queue's scheduler lock enqueues; the dead worker may have
+            # held it (it lapses after 61 s). A crash is no transient error to back off
+            # from, so run the retry now.
+            scheduled = Queue(name, connection=connection).scheduled_job_registry
+            for job_id in reaped:
+                if connection.zscore(scheduled.key, job_id) is not None:
+                    with contextlib.suppress(InvalidJobOperation, NoSuchJobError):
+                        scheduled.requeue(job_id)
+    # Drop the dead worker from RQ's registry (Worker.all() would list it for a while).
+    worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + worker_name, connection)
+    if worker is not None:
+        worker.register_death()  # type: ignore[no-untyped-call]
+    return reaped
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
+
+
+def _spawn(queues: list[str], simple: bool) -> tuple[multiprocessing.Process, str]:
+    name = _worker_name()
+    proc = multiprocessing.Process(target=run_worker, args=(queues, simple, name), daemon=False)
     proc.start()
-    return proc
+    return proc, name
 
 
 def main() -> int:
@@ -43,28 +108,44 @@ def main() -> int:
     plan = [([settings.CHAT_QUEUE], True)] * settings.WORKER_CHAT_PROCESSES + [
         ([settings.UPLOAD_QUEUE], False)
     ] * settings.WORKER_UPLOAD_PROCESSES
-    procs = [(_spawn(q, simple), q, simple) for q, simple in plan]
+    procs = [(*_spawn(q, simple), q, simple) for q, simple in plan]
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
         # RQ's warm shutdown: each worker finishes its current job, then exits.
-        for proc, _, _ in procs:
+        for proc, _, _, _ in procs:
             if proc.is_alive() and proc.pid is not None:
                 proc.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    while not stopping:
-        for i, (proc, queues, simple) in enumerate(procs):
-            if not proc.is_alive() and not stopping:
-                logger.warning("worker for %s exited (%s); restarting", queues, proc.exitcode)
-                procs[i] = (_spawn(queues, simple), queues, simple)
-        time.sleep(1)
-    for proc, _, _ in procs:
-        proc.join(timeout=60)
+    connection = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    try:
+        while not stopping:
+            for i, (proc, name, queues, simple) in enumerate(procs):
+                if not proc.is_alive() and not stopping:
+                    logger.warning("worker for %s exited (%s); restarting", queues, proc.exitcode)
+                    _reap_quietly(connection, name, queues)
+                    procs[i] = (*_spawn(queues, simple), queues, simple)
+            time.sleep(0.5)
+        for proc, _, _, _ in procs:
+            proc.join(timeout=60)
+    finally:
+        connection.close()
     return 0
+
+
+def _reap_quietly(connection: redis.Redis, name: str, queues: list[str]) -> None:
+    try:
+        reaped = reap_abandoned(connection, name, queues)
+    except (redis.exceptions.RedisError, OSError) as exc:
+        # Redis down: RQ's periodic maintenance picks the job up later instead.
+        logger.warning("could not reap jobs of dead worker %s: %s", name, exc)
+        return
+    if reaped:
+        logger.warning("worker %s died mid-job; re-queued or failed %s", name, reaped)
 
 
 if __name__ == "__main__":

@@ -332,4 +332,7 @@ def private_stack() -> Iterator[Stack]:
         stack.stop_all()
         redis_server.stop()
         pg.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if os.environ.get("HERALD_FAULTS_KEEP"):  # keep the logs for a post-mortem
+            print(f"fault-suite logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
