@@ -26,8 +26,17 @@ logger = logging.getLogger("herald.resources")
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     state = app.state
     state.verifier = TokenVerifier.from_settings()
-    state.redis = redis.asyncio.Redis.from_url(
-        settings.REDIS_URL, health_check_interval=30, socket_connect_timeout=5
+    # A blocking pool: redis-py 8's default pool raises MaxConnectionsError at once past
+    # 100 connections, so a burst of SSE connects (each a lease round trip) got 503s.
+    # Waiting for a free connection is what a burst needs (scripts/bench_sse.py).
+    state.redis = redis.asyncio.Redis.from_pool(
+        redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=settings.REDIS_POOL_MAX,
+            timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
+            health_check_interval=30,
+            socket_connect_timeout=5,
+        )
     )
     # RQ is synchronous; it gets its own small pool, used from worker threads.
     state.sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)

@@ -13,6 +13,7 @@ import hmac
 import http.server
 import json
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -32,7 +33,8 @@ from app import settings
 from app.auth import TokenVerifier, extract_token, mint_token
 from app.errors import Unauthorized
 from app.logs import JSONFormatter
-from tests.support.asgi import StreamCall, running_app, token
+from tests.support.asgi import StreamCall as _StreamCall
+from tests.support.asgi import running_app, token
 
 pytestmark = pytest.mark.anyio
 
@@ -102,7 +104,15 @@ BAD_TOKENS = {
 }
 
 
-def assert_unauthorized(call: StreamCall) -> None:
+def StreamCall(app: Starlette, path: str, headers: dict[str, str] | None = None) -> _StreamCall:
+    # Each request from its own address: the failed-auth throttle (app/throttle.py)
+    # counts per address, and these tests fail on purpose many times a minute.
+    call = _StreamCall(app, path, headers)
+    call.scope["client"] = (f"10.{secrets.randbelow(256)}.{secrets.randbelow(256)}.1", 1)
+    return call
+
+
+def assert_unauthorized(call: _StreamCall) -> None:
     assert call.status == 401, bytes(call.body)
     assert call.headers["www-authenticate"].startswith("Bearer")
     assert json.loads(bytes(call.body))["error"]["code"] == "unauthorized"
@@ -110,7 +120,7 @@ def assert_unauthorized(call: StreamCall) -> None:
 
 async def get_events(
     app: Starlette, bearer: str | None = None, path: str = "/events"
-) -> StreamCall:
+) -> _StreamCall:
     headers = {"authorization": f"Bearer {bearer}"} if bearer is not None else {}
     call = StreamCall(app, path, headers)
     with anyio.fail_after(5):
