@@ -201,3 +201,35 @@ async def test_sigterm_on_worker_finishes_the_job_in_hand(
     assert all(e["event"] != "chat.error" for e in first + rest)
     code = await anyio.to_thread.run_sync(lambda: worker.popen.wait(timeout=60))
     assert code == 0, worker.log()
+
+
+async def test_sigterm_on_worker_finishes_the_import_in_hand(
+    stack: tuple[dict[str, str], list[Proc]],
+) -> None:
+    # Imports run in RQ's forked work horse, which RQ puts in its own session: a
+    # dyno-wide SIGTERM reaches the worker (warm shutdown), not the horse mid-COPY.
+    env, procs = stack
+    worker = procs[0]
+    web, base = start_web(env, "procfile-web-u")
+    procs.append(web)
+    rows = "".join(f"{i},name{i},{i * 1.5},2024-01-01\n" for i in range(200_000))
+    data = ("id,name,price,day\n" + rows).encode()
+    headers = auth(f"warm-{uuid.uuid4().hex[:8]}")
+    async with (
+        httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client,
+        client.stream("GET", "/events") as response,
+    ):
+        stream = sse(response)
+        with anyio.fail_after(120):
+            posted = await client.post("/uploads", files={"file": ("big.csv", data, "text/csv")})
+            assert posted.status_code == 202, posted.text
+            upload_id = posted.json()["upload_id"]
+            seen = await until(stream, "upload.progress", upload_id=upload_id)
+            assert seen[-1]["data"]["percent"] < 100, "signal came too late"
+            worker.signal(signal.SIGTERM)
+            done = await until(stream, "upload.done", upload_id=upload_id)
+        assert done[-1]["data"]["result"]["rows_total"] == 200_000
+        code = await anyio.to_thread.run_sync(lambda: worker.popen.wait(timeout=60))
+        assert code == 0, worker.log()
+        got = await client.get(f"/uploads/{upload_id}")
+        assert got.json()["status"] == "completed"
