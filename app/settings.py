@@ -105,6 +105,7 @@ UPLOAD_MAX_FIELD_BYTES = config("UPLOAD_MAX_FIELD_BYTES", cast=int, default=1024
 UPLOAD_PROGRESS_INTERVAL_SECONDS = config(
     "UPLOAD_PROGRESS_INTERVAL_SECONDS", cast=float, default=0.25
 )
+UPLOAD_JOB_RETRIES = config("UPLOAD_JOB_RETRIES", cast=int, default=3)
 UPLOAD_ROWS_PAGE_MAX = config("UPLOAD_ROWS_PAGE_MAX", cast=int, default=1000)
 # Rows parsed per COPY batch; cancel is checked between batches (memory ~ batch size).
 UPLOAD_BATCH_ROWS = config("UPLOAD_BATCH_ROWS", cast=int, default=5000)

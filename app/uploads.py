@@ -94,7 +94,9 @@ async def create_upload(request: Request) -> Response:
             upload_id,
             job_id=upload_id,
             timeout=settings.UPLOAD_JOB_TIMEOUT_SECONDS,
-            retries=1,
+            # Exactly-once import (jobs/csv_import.py), so retrying is safe; 3 retries
+            # (1 + 5 + 15 s apart) ride out a PostgreSQL restart (tests/faults).
+            retries=settings.UPLOAD_JOB_RETRIES,
         )
     except BaseException:
         # Refused after all (bad `columns` field, Redis down): keep nothing of it.
