@@ -10,22 +10,25 @@ only re-announces its end; otherwise it re-runs with the same reply id (no secon
 
 from __future__ import annotations
 
-import asyncio
+import atexit
+import functools
 import logging
 import time
 from typing import Any
 
 import psycopg
 import redis
-from psycopg.rows import dict_row
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from rq import get_current_job
 
 from app import settings
 from app.events import publish_event
 from app.metrics import record_job_metric
+from jobs import runtime
 from jobs.agent import GRAPH, AgentContext, ChatState, reply_id
 from jobs.breaker import Breaker
-from jobs.llm import configured_model, open_provider
+from jobs.llm import ProviderHandle, configured_model
+from jobs.runtime import ProcessRuntime
 
 logger = logging.getLogger("herald.chat")
 
@@ -36,46 +39,57 @@ ERROR_MESSAGES = {
 
 def run_chat(message_id: str) -> dict[str, Any]:
     """RQ entry point (``jobs.chat.run_chat``): one message, one reply."""
+    client = redis_client()
+    return runtime.run(lambda rt: _run(rt, client, message_id))
+
+
+@functools.cache
+def redis_client() -> redis.Redis:
+    """One client per worker process: a new one costs ~3 ms (redis-py resolves its
+    version from package metadata per connection). redis-py's pool notices a fork and
+    reconnects in the child, so a forking Worker's horse is safe too."""
     client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
-    try:
-        return asyncio.run(_run(client, message_id))
-    finally:
-        client.close()
+    atexit.register(client.close)
+    return client
+
+
+@functools.cache
+def compiled_graph() -> Any:
+    # Compiling costs ~1 ms; per job only the checkpointer differs (``copy`` is cheap).
+    return GRAPH.compile()
 
 
 def _labels() -> dict[str, str]:
     return {"provider": settings.LLM_PROVIDER, "model": configured_model()}
 
 
-async def _run(client: redis.Redis, message_id: str) -> dict[str, Any]:
+async def _run(rt: ProcessRuntime, client: redis.Redis, message_id: str) -> dict[str, Any]:
     started = _enqueued_at()
     labels = _labels()
-    async with await psycopg.AsyncConnection.connect(
-        str(settings.DATABASE_URL), autocommit=True, prepare_threshold=0, row_factory=dict_row
-    ) as conn:
-        row = await _load(conn, message_id)
-        if row is None:
-            logger.warning("chat message %s no longer exists; nothing to do", message_id)
-            return {"outcome": "missing"}
-        user_id, conversation_id = row["user_id"], str(row["conversation_id"])
-        base = {"conversation_id": conversation_id, "message_id": message_id}
-        if row["reply_status"] in ("completed", "failed"):
-            # A retry of a turn that already finished: say how it ended, once more.
-            _announce_end(client, user_id, base, row, labels)
-            return {"outcome": "replayed"}
-        try:
-            return await _turn(client, conn, row, base, labels, started)
-        except BaseException:
-            job = get_current_job()
-            if job is None or not job.retries_left:
-                _publish(
-                    client,
-                    user_id,
-                    "chat.error",
-                    {**base, "code": "internal_error", "message": ERROR_MESSAGES["internal_error"]},
-                )
-                _metric(client, "herald_chat_jobs_total", labels, outcome="internal_error")
-            raise
+    conn = await rt.connection()
+    row = await _load(conn, message_id)
+    if row is None:
+        logger.warning("chat message %s no longer exists; nothing to do", message_id)
+        return {"outcome": "missing"}
+    user_id, conversation_id = row["user_id"], str(row["conversation_id"])
+    base = {"conversation_id": conversation_id, "message_id": message_id}
+    if row["reply_status"] in ("completed", "failed"):
+        # A retry of a turn that already finished: say how it ended, once more.
+        _announce_end(client, user_id, base, row, labels)
+        return {"outcome": "replayed"}
+    try:
+        return await _turn(client, conn, await rt.provider(), row, base, labels, started)
+    except BaseException:
+        job = get_current_job()
+        if job is None or not job.retries_left:
+            _publish(
+                client,
+                user_id,
+                "chat.error",
+                {**base, "code": "internal_error", "message": ERROR_MESSAGES["internal_error"]},
+            )
+            _metric(client, "herald_chat_jobs_total", labels, outcome="internal_error")
+        raise
 
 
 async def _load(conn: psycopg.AsyncConnection[Any], message_id: str) -> dict[str, Any] | None:
@@ -93,54 +107,55 @@ async def _load(conn: psycopg.AsyncConnection[Any], message_id: str) -> dict[str
 async def _turn(
     client: redis.Redis,
     conn: psycopg.AsyncConnection[Any],
+    handle: ProviderHandle,
     row: dict[str, Any],
     base: dict[str, Any],
     labels: dict[str, str],
     started: float,
 ) -> dict[str, Any]:
     user_id = row["user_id"]
-    handle = open_provider()
-    try:
-        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
-        saver = AsyncPostgresSaver(conn)
-        graph = GRAPH.compile(checkpointer=saver)
-        ctx = AgentContext(
-            conn=conn,
-            db_lock=saver.lock,
-            redis=client,
-            provider=handle.provider,
-            breaker=Breaker.for_llm(client, handle.provider.name, configured_model()),
-            user_id=user_id,
-            labels=labels,
-        )
-        state: dict[str, Any] = {}
-        chunks = 0
-        turn: ChatState = {
-            "conversation_id": base["conversation_id"],
-            "message_id": base["message_id"],
-            "text": row["text"],
-            "reply": "",
-            "error_code": "",
-            "error_message": "",
-        }
-        config: Any = {"configurable": {"thread_id": base["conversation_id"]}}
-        data: Any
-        async for mode, data in graph.astream(
-            turn, config, context=ctx, stream_mode=["custom", "values"]
-        ):
-            if mode == "custom":
-                if chunks == 0:
-                    first = max(0.0, time.time() - started)
-                    _metric(client, "herald_chat_first_chunk_seconds_sum_total", labels, first)
-                    _metric(client, "herald_chat_first_chunk_seconds_count_total", labels)
-                    _metric(client, "herald_chat_first_chunk_seconds_last", labels, first)
-                _publish(client, user_id, "chat.chunk", {**base, **data})
-                chunks += 1
-            else:
-                state = data
-    finally:
-        await handle.aclose()
+    saver = AsyncPostgresSaver(conn)
+    graph = compiled_graph().copy(update={"checkpointer": saver})
+    ctx = AgentContext(
+        conn=conn,
+        db_lock=saver.lock,
+        redis=client,
+        provider=handle.provider,
+        breaker=Breaker.for_llm(client, handle.provider.name, configured_model()),
+        user_id=user_id,
+        labels=labels,
+    )
+    state: dict[str, Any] = {}
+    chunks = 0
+    turn: ChatState = {
+        "conversation_id": base["conversation_id"],
+        "message_id": base["message_id"],
+        "text": row["text"],
+        "reply": "",
+        "error_code": "",
+        "error_message": "",
+    }
+    config: Any = {"configurable": {"thread_id": base["conversation_id"]}}
+    data: Any
+    async for mode, data in graph.astream(
+        turn,
+        config,
+        context=ctx,
+        stream_mode=["custom", "values"],
+        # Memory is saved once, when the turn ends: no checkpoint writes before the
+        # first token (a crashed turn is re-run whole by the RQ retry anyway).
+        durability="exit",
+    ):
+        if mode == "custom":
+            _publish(client, user_id, "chat.chunk", {**base, **data})
+            chunks += 1
+            if chunks == 1:  # recorded after the chunk is out, not before it
+                first = max(0.0, time.time() - started)
+                _metric(client, "herald_chat_first_chunk_seconds_sum_total", labels, first)
+                _metric(client, "herald_chat_first_chunk_seconds_count_total", labels)
+                _metric(client, "herald_chat_first_chunk_seconds_last", labels, first)
+        else:
+            state = data
     if chunks:
         _metric(client, "herald_chat_tokens_total", labels, chunks)
     code = state.get("error_code", "")

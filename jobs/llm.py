@@ -12,7 +12,9 @@ worker. Failures are ``LLMError`` with the ``chat.error`` code they map to.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -232,6 +234,12 @@ class ProviderHandle:
             await self.client.aclose()
 
 
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs ~20 ms; a client per job must not pay it each time.
+    return httpx.create_ssl_context()
+
+
 def open_provider() -> ProviderHandle:
     """The configured provider; close the handle when the job (or process) is done."""
     if settings.LLM_PROVIDER == "demo":
@@ -245,7 +253,7 @@ def open_provider() -> ProviderHandle:
         write=settings.LLM_CONNECT_TIMEOUT_SECONDS,
         pool=settings.LLM_CONNECT_TIMEOUT_SECONDS,
     )
-    client = httpx.AsyncClient(timeout=timeout)
+    client = httpx.AsyncClient(timeout=timeout, verify=ssl_context())
     provider = OpenAIProvider(
         client,
         base_url=settings.LLM_BASE_URL,

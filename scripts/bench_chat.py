@@ -1,0 +1,360 @@
+#!/usr/bin/env python
+"""Chat latency and throughput on loopback, beside an in-process baseline, in one run.
+
+    .venv/bin/python scripts/bench_chat.py [--chats 200 --concurrency 8 --workers 2]
+
+Starts everything itself: Redis and PostgreSQL (REDIS_URL / DATABASE_URL if set, else
+the embedded servers; a private key prefix and schema, dropped at the end), a
+zero-latency OpenAI-compatible loopback upstream (tests/support/openai_server.py), one
+uvicorn web process and RQ chat worker processes (``--worker-class simple|fork``).
+
+Measures, with the ``openai`` provider pointed at the loopback upstream:
+
+  baseline  the same upstream called directly (OpenAIProvider + httpx, no web/queue/job):
+            request → first chunk, and the whole reply;
+  job       ``run_chat`` called in-process (graph, guard, checkpointer, PostgreSQL,
+            publishing), no web, no queue: start → first chunk published;
+  e2e       POST /chat/messages → first ``chat.chunk`` on the caller's /events stream,
+            one chat at a time (p50/p99), for a SimpleWorker and a forking Worker;
+  rate      chats/s with ``--concurrency`` chats in flight on ``--workers`` processes;
+  rss       resident memory of one chat worker process after the run.
+
+Prints a Markdown table (README "Chat").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RUN = secrets.token_hex(4)
+# Settings are read once at import: the environment is set before any app import.
+from app import embedded  # noqa: E402 - embedded reads no settings
+
+embedded.ensure_services()
+_base_db = os.environ["DATABASE_URL"]
+SCHEMA = f"bench_{RUN}"
+_sep = "&" if "?" in _base_db else "?"
+os.environ.update(
+    DATABASE_URL=f"{_base_db}{_sep}options=-csearch_path%3D{SCHEMA}",
+    REDIS_PREFIX=f"bench-chat-{RUN}",
+    JWT_SECRET=os.environ.get("JWT_SECRET") or "bench-" + secrets.token_hex(24),
+    LOG_LEVEL="WARNING",
+    CHAT_RATE_LIMIT="1000000/hour",
+    LLM_PROVIDER="openai",
+    LLM_MODEL="loopback-bench",
+    LLM_API_KEY="not-a-key",
+    # Its own queue: workers of a dev stack on the same Redis never see bench jobs.
+    CHAT_QUEUE=f"bench-chat-{RUN}",
+)
+
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+
+from app.auth import mint_token  # noqa: E402
+from tests.support.openai_server import OpenAIServer  # noqa: E402
+
+WORKER = """
+import sys, redis
+import jobs.chat  # preloaded: a forking Worker's horse then inherits the imports
+from rq import SimpleWorker, Worker
+from app import settings
+from app.logs import configure_logging
+configure_logging()
+cls = {"simple": SimpleWorker, "fork": Worker}[sys.argv[1]]
+cls([settings.CHAT_QUEUE], connection=redis.Redis.from_url(settings.REDIS_URL)).work(
+    logging_level="WARNING"
+)
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(v: float) -> str:
+    return f"{v * 1000:.1f}"
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50": statistics.median(values), "p99": pct(values, 0.99), "n": len(values)}
+
+
+# --- Baseline: the upstream called directly ---------------------------------------------
+async def baseline(base_url: str, n: int) -> tuple[list[float], list[float]]:
+    from jobs.llm import OpenAIProvider
+
+    first: list[float] = []
+    whole: list[float] = []
+    async with httpx.AsyncClient() as client:
+        provider = OpenAIProvider(
+            client,
+            base_url=base_url,
+            api_key="",
+            model="loopback-bench",
+            first_token_timeout=10,
+            idle_timeout=10,
+        )
+        messages = [{"role": "user", "content": "hello"}]
+        for _ in range(n):
+            t0 = time.perf_counter()
+            got_first = False
+            async for _text in provider.stream(messages, asyncio.get_running_loop().time() + 30):
+                if not got_first:
+                    first.append(time.perf_counter() - t0)
+                    got_first = True
+            whole.append(time.perf_counter() - t0)
+    return first, whole
+
+
+# --- The job in-process --------------------------------------------------------------------
+def job_in_process(n: int) -> list[float]:
+    from app import settings
+    from jobs.chat import run_chat
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    metric = b"herald_chat_first_chunk_seconds_last|model=loopback-bench,provider=openai"
+    out = []
+    try:
+        with psycopg.connect(str(settings.DATABASE_URL), autocommit=True) as db:
+            for _ in range(n):
+                conv, msg = str(uuid.uuid4()), str(uuid.uuid4())
+                db.execute(
+                    "INSERT INTO conversations (id, user_id, org_id) VALUES (%s, 'bench', 'b')",
+                    (conv,),
+                )
+                db.execute(
+                    "INSERT INTO messages (id, conversation_id, role, text, status)"
+                    " VALUES (%s, %s, 'user', 'hello there', 'queued')",
+                    (msg, conv),
+                )
+                run_chat(msg)
+                out.append(float(client.hget(f"{settings.REDIS_PREFIX}:metrics", metric) or 0))
+    finally:
+        client.close()
+    return out
+
+
+# --- Through web + queue + worker -----------------------------------------------------------
+class Events:
+    """The user's /events stream: records when each message's first chunk and end arrive."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, float] = {}
+        self.done: dict[str, float] = {}
+        self.connected = asyncio.Event()
+        self.changed = asyncio.Event()
+
+    async def run(self, client: httpx.AsyncClient) -> None:
+        async with client.stream("GET", "/events", timeout=None) as stream:
+            buffer = ""
+            async for text in stream.aiter_text():
+                buffer += text
+                if ": connected" in buffer:
+                    self.connected.set()
+                *frames, buffer = buffer.split("\n\n")
+                now = time.perf_counter()
+                for frame in frames:
+                    lines = dict(
+                        line.split(": ", 1) for line in frame.splitlines() if line[:1] != ":"
+                    )
+                    if "data" not in lines:
+                        continue
+                    message_id = json.loads(lines["data"]).get("message_id")
+                    if lines.get("event") == "chat.chunk":
+                        self.first.setdefault(message_id, now)
+                    elif lines.get("event") in ("chat.done", "chat.error"):
+                        self.done[message_id] = now
+                        self.changed.set()
+
+    async def wait_done(self, message_id: str) -> None:
+        while message_id not in self.done:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def post(client: httpx.AsyncClient) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    r = await client.post("/chat/messages", json={"message": "hello there"})
+    r.raise_for_status()
+    return r.json()["message_id"], t0
+
+
+async def through_stack(
+    base: str, sequential: int, parallel: int, concurrency: int
+) -> dict[str, Any]:
+    headers = {"authorization": f"Bearer {mint_token('bench-user-' + uuid.uuid4().hex[:6])}"}
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, limits=limits, timeout=60
+    ) as client:
+        events = Events()
+        reader = asyncio.create_task(events.run(client))
+        await asyncio.wait_for(events.connected.wait(), 10)
+        for _ in range(5):  # warm-up: imports, pools, first compile
+            mid, _t = await post(client)
+            await events.wait_done(mid)
+        ttfc = []
+        for _ in range(sequential):
+            mid, t0 = await post(client)
+            await events.wait_done(mid)
+            ttfc.append(events.first[mid] - t0)
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with sem:
+                mid, _t = await post(client)
+                await events.wait_done(mid)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(parallel)))
+        rate = parallel / (time.perf_counter() - t0)
+        reader.cancel()
+    return {"ttfc": ttfc, "rate": rate}
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def start(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def stack_run(args: argparse.Namespace, worker_class: str, workers: int) -> dict[str, Any]:
+    port = embedded.free_port()
+    web = start(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    )
+    procs = [start([sys.executable, "-c", WORKER, worker_class]) for _ in range(workers)]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("web did not start")
+            time.sleep(0.1)
+        result = asyncio.run(through_stack(base, args.chats, args.chats, args.concurrency))
+        result["rss_kib"] = [rss_kib(p.pid) for p in procs]
+        return result
+    finally:
+        for p in [web, *procs]:
+            stop(p)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chats", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    with psycopg.connect(_base_db, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{SCHEMA}"')
+    server = OpenAIServer().start()
+    os.environ["LLM_BASE_URL"] = server.base_url
+    from app import settings
+
+    settings.LLM_BASE_URL = server.base_url
+    try:
+        from app.migrations import apply_migrations
+
+        apply_migrations()
+        first, whole = asyncio.run(baseline(server.base_url, args.chats))
+        job = job_in_process(args.chats)
+        simple = stack_run(args, "simple", args.workers)
+        fork = stack_run(args, "fork", args.workers)
+        one = stack_run(
+            argparse.Namespace(chats=args.chats // 2, concurrency=args.concurrency), "simple", 1
+        )
+    finally:
+        server.stop()
+        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        try:
+            keys = list(client.scan_iter(match=f"bench-chat-{RUN}:*", count=1000))
+            keys += list(client.scan_iter(match=f"rq:*bench-chat-{RUN}*", count=1000))
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i : i + 500])
+        finally:
+            client.close()
+        with psycopg.connect(_base_db, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
+
+    b, j = summary(first), summary(job)
+    s, f = summary(simple["ttfc"]), summary(fork["ttfc"])
+    print(f"machine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}")
+    print(f"chats per measurement: {args.chats}; upstream reply: 6 chunks, zero latency\n")
+    print("| path | first chunk p50 (ms) | p99 (ms) |")
+    print("|---|---|---|")
+    print(f"| baseline: upstream called directly | {ms(b['p50'])} | {ms(b['p99'])} |")
+    print(f"| run_chat in-process (no web, no queue) | {ms(j['p50'])} | {ms(j['p99'])} |")
+    print(f"| POST → /events chunk, SimpleWorker | {ms(s['p50'])} | {ms(s['p99'])} |")
+    print(f"| POST → /events chunk, forking Worker | {ms(f['p50'])} | {ms(f['p99'])} |")
+    print()
+    print(f"median overhead over baseline (SimpleWorker): {ms(s['p50'] - b['p50'])} ms")
+    print(f"whole reply, baseline p50: {ms(statistics.median(whole))} ms")
+    print(
+        f"chats/s, {args.workers} SimpleWorker processes, {args.concurrency} in flight: "
+        f"{simple['rate']:.1f}"
+    )
+    print(f"chats/s, {args.workers} forking Worker processes: {fork['rate']:.1f}")
+    print(f"chats/s, 1 SimpleWorker process: {one['rate']:.1f}")
+    print(f"worker RSS after run (KiB): simple {simple['rss_kib']}, fork {fork['rss_kib']}")
+
+
+if __name__ == "__main__":
+    main()
