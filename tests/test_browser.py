@@ -365,3 +365,53 @@ def test_rate_limit_is_shown_with_the_wait(stack: str, browser: WebDriver) -> No
     assert message.startswith("Too many requests. You can try again in ")
     assert "minutes" in message or "seconds" in message
     shot(browser, "10-rate-limited")
+
+
+def test_page_reconnects_by_itself_after_a_web_restart(
+    stack: str, browser: WebDriver, redis_client: redis.Redis
+) -> None:
+    # Its own web process, so stopping it leaves the module's stack alone.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = process_env(HERALD_DEV="1")
+    argv = ["python", "-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log"]
+    web = start("browser-web-restart-1", argv, env)
+    try:
+        wait_ready(web, base)
+        sign_in(browser, base)
+        conversation = str(uuid.uuid4())
+        browser.execute_script("state.conversationId = arguments[0];", conversation)
+        marker = events.publish_event(
+            redis_client,
+            "upload.status",
+            {"upload_id": "u-x", "status": "queued"},
+            user_id="dev-user",
+        )[0]
+        wait_until(
+            browser, lambda d: d.execute_script("return state.lastEventId") == marker, "the marker"
+        )
+        web.stop()  # SIGTERM: the stream ends cleanly and the browser starts retrying
+        wait_until(browser, lambda d: "Reconnecting" in text(d, "#conn-text"), "reconnecting state")
+        shot(browser, "11-reconnecting")
+        message = str(uuid.uuid4())
+        for i, word in enumerate(["Resumed ", "after ", "restart."]):
+            data = {
+                "conversation_id": conversation,
+                "message_id": message,
+                "index": i,
+                "text": word,
+            }
+            events.publish_event(redis_client, "chat.chunk", data, user_id="dev-user")
+        web = start("browser-web-restart-2", argv, env)
+        wait_ready(web, base)
+        # The browser's own retry sends Last-Event-ID: the missed chunks arrive once.
+        wait_until(
+            browser,
+            lambda d: text(d, ".msg.assistant .text") == "Resumed after restart.",
+            "the chunks published while the server was down",
+        )
+        wait_until(browser, lambda d: "reconnected" in text(d, "#conn-text"), "live again")
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".msg.assistant")) == 1
+        shot(browser, "12-reconnected")
+    finally:
+        web.stop()
