@@ -334,3 +334,17 @@ async def test_rate_limited(client: httpx.AsyncClient, monkeypatch: pytest.Monke
     assert refused.json()["error"]["code"] == "rate_limited"
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["ratelimit-limit"] == "2"
+
+
+async def test_rows_of_a_wide_file(client: httpx.AsyncClient, redis_client: redis.Redis) -> None:
+    _user, _org, headers = who()
+    width = 1100  # too wide for one column per field: stored as jsonb, read back the same
+    header = ",".join(f"c{i}" for i in range(width))
+    body = "\n".join(",".join(str(r + i) for i in range(width)) for r in range(2))
+    data = f"{header}\n{body}\n".encode()
+    upload_id = (await post_raw(client, headers, data)).json()["upload_id"]
+    work(redis_client)
+    page = (await client.get(f"/uploads/{upload_id}/rows?offset=1", headers=headers)).json()
+    assert page["total"] == 2 and len(page["columns"]) == width
+    assert list(page["rows"][0]) == [f"c{i}" for i in range(width)]
+    assert page["rows"][0]["c0"] == 1 and page["rows"][0]["c1099"] == 1100
