@@ -22,6 +22,7 @@ from collections import deque
 import redis.asyncio
 import redis.exceptions
 from redis.asyncio.connection import AbstractConnection
+from sse_starlette import EventSourceResponse
 
 from app import metrics
 
@@ -107,14 +108,29 @@ class Hub:
         self._connected = asyncio.Event()
         self._connect_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._shutdown_watch: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_loop(), name="herald-hub-reader")
+        self._shutdown_watch = asyncio.create_task(
+            self._close_on_shutdown(), name="herald-hub-shutdown"
+        )
+
+    async def _close_on_shutdown(self) -> None:
+        # sse-starlette's own detection of uvicorn's SIGTERM (its AppStatus / Server
+        # should_exit watcher), awaited once per process rather than once per stream.
+        # Closing every mailbox ends each body properly; clients resume elsewhere.
+        await EventSourceResponse._listen_for_exit_signal()
+        self._drop_all("shutdown")
 
     async def stop(self) -> None:
         self._stopping = True
         self._drop_all("shutdown")
+        if self._shutdown_watch is not None:
+            self._shutdown_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._shutdown_watch
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
