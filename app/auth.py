@@ -155,7 +155,7 @@ async def authenticate(conn: HTTPConnection, *, allow_query: bool = False) -> Pr
     throttle: AuthThrottle | None = getattr(app.state, "auth_throttle", None) if app else None
     address = client_address(conn)
     if throttle is not None:
-        await throttle.check(address)  # over the limit: 429 before any verification
+        throttle.check(address)  # over the limit: 429 before any verification
     try:
         token = extract_token(conn, allow_query=allow_query)
         if token is None:

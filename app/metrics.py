@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import orjson
 import redis
 import redis.asyncio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -70,7 +71,9 @@ def record_job_metric(client: redis.Redis, name: str, amount: float = 1, **label
 
     ``name`` ending in ``_total`` is a counter; anything else is a gauge set to amount.
     """
-    field = name + "|" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    # Labels as JSON: a value may hold any character (a model name with a comma broke
+    # the old "k=v,k=v" form and with it every /metrics scrape; found by tests/faults).
+    field = name + "|" + orjson.dumps(dict(sorted(labels.items()))).decode()
     if name.endswith("_total"):
         client.hincrbyfloat(worker_metrics_key(), field, amount)
     else:
@@ -87,7 +90,10 @@ class WorkerMetricsCollector(Collector):
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
         for raw_field, raw_value in sorted(self.snapshot.items()):
             name, _, label_text = raw_field.decode().partition("|")
-            labels = dict(p.split("=", 1) for p in label_text.split(",") if p)
+            try:
+                labels = {str(k): str(v) for k, v in orjson.loads(label_text or "{}").items()}
+            except (orjson.JSONDecodeError, AttributeError):
+                continue  # a field written by an older version: skip, never fail the scrape
             family = families.get(name)
             if family is None:
                 if name.endswith("_total"):

@@ -3,7 +3,7 @@
 Failures are counted per client address in Redis (the ``limits`` library, moving
 window), so every web process sees the same count. Once an address is over
 ``AUTH_FAILURE_LIMIT`` its requests are refused *before* the token is verified: a
-flood costs one Redis round trip per request instead of a signature check (or a JWKS
+flood costs a dictionary lookup per request instead of a signature check (or a JWKS
 fetch), and a guessed token cannot be confirmed while the address is blocked (OWASP
 Authentication Cheat Sheet, "Protect against automated attacks").
 
@@ -67,16 +67,26 @@ class AuthThrottle:
         bridge: Any = self._storage.bridge
         await bridge.storage.aclose()
 
-    async def check(self, address: str) -> None:
-        """Raise ``RateLimited`` when ``address`` has used up its failures."""
+    def check(self, address: str) -> None:
+        """Raise ``RateLimited`` when ``address`` is known to be over its failures.
+
+        In memory only, so a good request costs no Redis round trip (under 1,000 SSE
+        connects at once a Redis check per request exhausted the client pool). Another
+        process learns of a block on that address's next failure there: at most one
+        more verification per process, then 429 without verifying.
+        """
         until = self._blocked.get(address)
+        if until is None:
+            return
         now = time.time()
-        if until is not None:
-            if until > now:
-                self._refuse(address, until - now)
-            del self._blocked[address]
+        if until > now:
+            self._refuse(until - now)
+        del self._blocked[address]
+
+    async def record_failure(self, address: str) -> None:
+        """Count one rejected token; raises ``RateLimited`` once over the limit."""
         try:
-            allowed = await self._limiter.test(self.limit, "auth", address)
+            allowed = await self._limiter.hit(self.limit, "auth", address)
             if allowed:
                 return
             reset_at, _ = await self._limiter.get_window_stats(self.limit, "auth", address)
@@ -85,32 +95,22 @@ class AuthThrottle:
             # while Redis restarts would turn a blip into an outage.
             security_log.warning("auth throttle unavailable: %s", exc)
             return
-        if len(self._blocked) >= _MAX_BLOCKED:  # many addresses: forget the lapsed ones
-            self._blocked = {a: t for a, t in self._blocked.items() if t > now}
-        self._blocked[address] = reset_at
-        self._refuse(address, reset_at - now)
-
-    async def record_failure(self, address: str) -> None:
-        try:
-            allowed = await self._limiter.hit(self.limit, "auth", address)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            security_log.warning("auth throttle unavailable: %s", exc)
-            return
-        if not allowed:
-            return
-        _, remaining = await self._limiter.get_window_stats(self.limit, "auth", address)
-        if remaining == 0:
-            # Logged once per block, when the address reaches the limit.
+        now = time.time()
+        if address not in self._blocked:
             security_log.warning(
                 "authentication failures over the limit; address blocked",
                 extra={"address": address, "limit": str(self.limit)},
             )
+        if len(self._blocked) >= _MAX_BLOCKED:  # many addresses: forget the lapsed ones
+            self._blocked = {a: t for a, t in self._blocked.items() if t > now}
+        self._blocked[address] = max(reset_at, now + 1)
+        self._refuse(reset_at - now)
 
     async def clear(self, address: str) -> None:
         self._blocked.pop(address, None)
         await self._limiter.clear(self.limit, "auth", address)
 
-    def _refuse(self, address: str, retry_in: float) -> None:
+    def _refuse(self, retry_in: float) -> None:
         metrics.RATE_LIMITED.labels("auth_failures").inc()
         seconds = max(1, math.ceil(retry_in))
         raise RateLimited(
