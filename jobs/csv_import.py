@@ -14,6 +14,7 @@ between batches, so the web sees progress while the rows themselves stay invisib
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -27,6 +28,7 @@ import psycopg
 import redis
 from psycopg import sql
 from psycopg.types.json import Jsonb
+from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from app import events, metrics, settings
@@ -36,6 +38,7 @@ from jobs.csvtypes import ColumnSpec, parse_cell
 
 logger = logging.getLogger("herald.csv_import")
 
+APP_NAME = "herald-csv-import"
 ACTIVE = ["queued", "validating", "processing"]
 PG_TYPES = {
     "int": "bigint",
@@ -317,10 +320,12 @@ def summarise(valid: int, invalid: int, profiles: list[ColumnProfile]) -> dict[s
 def import_upload(upload_id: str) -> dict[str, Any] | None:
     """RQ job: import one upload. Returns its result, or None when there was nothing to do."""
     dsn = str(settings.DATABASE_URL)
+    app_name = f"{APP_NAME} {upload_id}"[:63]  # NAMEDATALEN - 1
     with (
         redis.Redis.from_url(settings.REDIS_URL) as client,
-        psycopg.connect(dsn, autocommit=True) as ctl,
-        psycopg.connect(dsn) as conn,
+        # Named, so an operator can find (or end) an import in pg_stat_activity.
+        psycopg.connect(dsn, autocommit=True, application_name=app_name) as ctl,
+        psycopg.connect(dsn, application_name=app_name) as conn,
     ):
         found = ctl.execute(
             "SELECT user_id, status, size_bytes, column_types FROM uploads WHERE id = %s",
@@ -357,9 +362,18 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
             limit = settings.UPLOAD_JOB_TIMEOUT_SECONDS
             run.fail("timeout", f"The import took longer than {limit} seconds.")
             raise
+        except psycopg.OperationalError:
+            # PostgreSQL went away (restart, failover): nothing was committed, so leave the
+            # status alone while RQ has a retry left; the re-run starts clean.
+            job = get_current_job()
+            if job is None or not job.retries_left:
+                with contextlib.suppress(psycopg.Error):
+                    run.fail("database_unavailable", "PostgreSQL was unavailable.")
+            raise
         except Exception:
             logger.exception("upload %s import crashed", upload_id)
-            run.fail("internal_error", "The import failed unexpectedly.")
+            with contextlib.suppress(psycopg.Error):
+                run.fail("internal_error", "The import failed unexpectedly.")
             raise
         run.publish("upload.progress", {"percent": 100, "rows_processed": run.rows_processed})
         run.publish("upload.status", {"status": "completed"})

@@ -406,6 +406,39 @@ def test_sigkill_mid_load_then_rerun_leaves_exactly_one_copy(
     assert len(table_rows(db, upload_id)) == total - total // 1000
 
 
+def test_postgres_connection_lost_mid_load_is_retried(
+    db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    from rq import Queue, Retry
+
+    total = 200_000
+    upload_id, _ = stage(db, large_file(total))
+    Queue(settings.UPLOAD_QUEUE, connection=redis_client).enqueue(
+        "jobs.csv_import.import_upload", upload_id, retry=Retry(max=1)
+    )
+    proc = start_worker()
+    try:
+        wait_until_loading(db, upload_id, proc)
+        # What a PostgreSQL restart does to the job: both its sessions end mid-transaction.
+        ended = db.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            (f"herald-csv-import {upload_id}",),
+        ).fetchone()
+        assert ended == (2,)
+        proc.wait(timeout=120)  # the burst worker runs the retry, then exits
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    row = upload_row(db, upload_id)
+    assert row["status"] == "completed"
+    assert counts(row) == (total, total - total // 1000, total // 1000)
+    rows = table_rows(db, upload_id)
+    assert len(rows) == len({r[0] for r in rows}) == total - total // 1000
+    assert len(error_rows(db, upload_id)) == total // 1000
+
+
 @pytest.mark.anyio
 async def test_cancel_a_large_import(db: psycopg.Connection, redis_client: redis.Redis) -> None:
     upload_id, user = stage(db, large_file(300_000), org="org-cancel")
