@@ -189,10 +189,14 @@ class Events:
             await self.changed.wait()
 
 
+POST_TIMES: list[float] = []
+
+
 async def post(client: httpx.AsyncClient) -> tuple[str, float]:
     t0 = time.perf_counter()
     r = await client.post("/chat/messages", json={"message": "hello there"})
     r.raise_for_status()
+    POST_TIMES.append(time.perf_counter() - t0)
     return r.json()["message_id"], t0
 
 
@@ -211,10 +215,12 @@ async def through_stack(
             mid, _t = await post(client)
             await events.wait_done(mid)
         ttfc = []
+        POST_TIMES.clear()
         for _ in range(sequential):
             mid, t0 = await post(client)
             await events.wait_done(mid)
             ttfc.append(events.first[mid] - t0)
+        posts = list(POST_TIMES)
         sem = asyncio.Semaphore(concurrency)
 
         async def one() -> None:
@@ -226,7 +232,7 @@ async def through_stack(
         await asyncio.gather(*(one() for _ in range(parallel)))
         rate = parallel / (time.perf_counter() - t0)
         reader.cancel()
-    return {"ttfc": ttfc, "rate": rate}
+    return {"ttfc": ttfc, "rate": rate, "post": posts}
 
 
 def rss_kib(pid: int) -> int:
@@ -346,6 +352,7 @@ def main() -> None:
     print(f"| POST → /events chunk, forking Worker | {ms(f['p50'])} | {ms(f['p99'])} |")
     print()
     print(f"median overhead over baseline (SimpleWorker): {ms(s['p50'] - b['p50'])} ms")
+    print(f"POST /chat/messages response p50: {ms(statistics.median(simple['post']))} ms")
     print(f"whole reply, baseline p50: {ms(statistics.median(whole))} ms")
     print(
         f"chats/s, {args.workers} SimpleWorker processes, {args.concurrency} in flight: "
