@@ -129,7 +129,12 @@ def job_in_process(n: int) -> list[float]:
     from jobs.chat import run_chat
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    metric = b"herald_chat_first_chunk_seconds_last|model=loopback-bench,provider=openai"
+    # The field record_job_metric writes: name|{sorted labels as JSON}.
+    labels = {"model": "loopback-bench", "provider": "openai"}
+    metric = (
+        b"herald_chat_first_chunk_seconds_last|"
+        + json.dumps(labels, separators=(",", ":")).encode()
+    )
     out = []
     try:
         with psycopg.connect(str(settings.DATABASE_URL), autocommit=True) as db:

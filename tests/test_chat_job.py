@@ -137,7 +137,8 @@ def test_breaker_opens_fails_fast_then_recovers(upstream: OpenAIServer, redis_cl
     assert redis_client.hget(_breaker_keys()[0], "state") == b"open"
     metrics = redis_client.hgetall(f"{settings.REDIS_PREFIX}:metrics")
     assert any(
-        k.startswith(b"herald_llm_breaker_transitions_total|") and b"to=open" in k for k in metrics
+        k.startswith(b"herald_llm_breaker_transitions_total|") and b'"to":"open"' in k
+        for k in metrics
     )
 
     # Open: fails fast, and the upstream sees no request.
