@@ -107,6 +107,11 @@ async def read_message(request: Request) -> tuple[str, str | None]:
         raise BadRequest("'message' must not be empty.", details={"field": "message"})
     if len(message) > settings.CHAT_MAX_CHARS:
         raise _too_large()
+    if "\x00" in message:
+        # PostgreSQL text cannot hold NUL; refuse it here rather than fail at INSERT.
+        raise BadRequest("'message' must not contain NUL characters.", details={"field": "message"})
+    if "\x00" in message:  # PostgreSQL text cannot hold NUL (found by tests/faults)
+        raise BadRequest("'message' must not contain NUL characters.", details={"field": "message"})
     conversation_id = data.get("conversation_id")
     if conversation_id is not None and not isinstance(conversation_id, str):
         raise BadRequest(
