@@ -62,6 +62,8 @@ async def test_post_accepts_and_sets_ratelimit_headers(client: httpx.AsyncClient
         (b'{"message": "   "}', 400, "validation_error"),
         (b'{"message": 42}', 400, "validation_error"),
         (b'{"message": "hi", "conversation_id": 7}', 400, "validation_error"),
+        (b'{"message": "nul \\u0000 inside"}', 400, "validation_error"),
+        (b'{"message": "lone \\ud800"}', 400, "invalid_json"),
         (b'{"message": "hi", "conversation_id": "nope"}', 404, "not_found"),
     ],
 )
