@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+LOAD_AT_START = 0.0
 sys.path.insert(0, str(ROOT))
 
 # Settings are read once at import: the environment is set before any app import.
@@ -585,6 +586,8 @@ def main() -> int:
     clients = ClientPool(args.client_processes)
     port = embedded.free_port()
     started = time.monotonic()
+    global LOAD_AT_START
+    LOAD_AT_START = os.getloadavg()[0]
     try:
         server = start_server("herald", port)
         try:
@@ -672,7 +675,9 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, took: f
     bl = results.get("baseline_latency")
     na = "—"
     lines = [
-        f"Machine: {os.cpu_count()} cores, {platform_line()}; run took {took:.0f} s.",
+        f"Machine: {os.cpu_count()} cores, {platform_line()}; run took {took:.0f} s; "
+        f"load average at start {LOAD_AT_START:.1f}, at end {os.getloadavg()[0]:.1f} "
+        "(other work on the box skews every figure).",
         "",
         "| measure | Herald (one subscriber per process) "
         "| baseline (pub/sub connection per client) | ratio |",
