@@ -269,7 +269,7 @@ class Stack:
         return web
 
     def start_worker(self, name: str = "worker", **extra: str) -> subprocess.Popen[bytes]:
-        env = self.env(WORKER_CHAT_PROCESSES="1", WORKER_UPLOAD_PROCESSES="1", **extra)
+        env = self.env(**{"WORKER_CHAT_PROCESSES": "1", "WORKER_UPLOAD_PROCESSES": "1", **extra})
         return self._spawn(name, [sys.executable, "-m", "jobs.worker"], env)
 
     def stop_all(self) -> None:
