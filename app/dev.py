@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
+import subprocess  # starts our own web and worker processes  # nosec B404
 import sys
 import time
 
-DEV_SECRET = "herald-dev-secret-not-for-production"  # noqa: S105 - documented dev value
+# The documented dev-only value (README "Tokens"); production has no default.
+DEV_SECRET = "herald-dev-secret-not-for-production"  # noqa: S105  # nosec B105
 
 
 def main() -> int:
@@ -33,7 +34,7 @@ def main() -> int:
     port = env["PORT"]
     python = sys.executable
     procs = [
-        subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+        subprocess.Popen(  # noqa: S603 - our own interpreter and modules  # nosec B603
             [
                 python,
                 "-m",
@@ -49,7 +50,7 @@ def main() -> int:
             ],
             env=env,
         ),
-        subprocess.Popen([python, "-m", "jobs.worker"], env=env),  # noqa: S603
+        subprocess.Popen([python, "-m", "jobs.worker"], env=env),  # noqa: S603 - ours  # nosec B603
     ]
     print(f"\nHerald is starting on http://127.0.0.1:{port}/", flush=True)
     print(f"A token for user 'dev-user' in org 'dev-org' (7 days):\n{token}\n", flush=True)

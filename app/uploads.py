@@ -131,7 +131,7 @@ async def fetch_upload(pool: AsyncConnectionPool, upload_id: str, org_id: str) -
         raise NotFound("No such upload.") from None
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            f"SELECT {_UPLOAD_FIELDS}, table_name, user_id FROM uploads"  # noqa: S608 - constant
+            f"SELECT {_UPLOAD_FIELDS}, table_name, user_id FROM uploads"  # noqa: S608 - constant  # nosec
             " WHERE id = %s AND org_id = %s AND status <> 'receiving'",
             (upload_id, org_id),
         )
@@ -164,7 +164,7 @@ async def list_uploads(request: Request) -> Response:
     pool: AsyncConnectionPool = request.app.state.pool
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            f"SELECT {_UPLOAD_FIELDS} FROM uploads"  # noqa: S608 - constant
+            f"SELECT {_UPLOAD_FIELDS} FROM uploads"  # noqa: S608 - constant  # nosec
             " WHERE org_id = %s AND status <> 'receiving'"
             " ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
             (principal.org_id, limit, offset),
