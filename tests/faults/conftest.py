@@ -23,6 +23,13 @@ def stack(private: Stack) -> Iterator[Stack]:
         private.redis.start()
     if not private.pg.ready():
         private.pg.start()
+    # A clean Redis per test: queued jobs left by an earlier test (schemathesis queues
+    # thousands of chats) would otherwise sit ahead of this test's jobs.
+    client = private.redis.client()
+    try:
+        client.flushall()
+    finally:
+        client.close()
     try:
         yield private
     finally:
