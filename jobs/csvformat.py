@@ -223,6 +223,7 @@ def _sniff(text: str, is_final: bool) -> tuple[str, list[list[str]]]:
     """Pick the delimiter whose parse gives the most consistent field count (>= 2) across
     records, parsing with quotes respected so embedded delimiters/newlines don't count."""
     best: tuple[tuple[float, int, int], str, list[list[str]]] | None = None
+    by_header: tuple[tuple[float, int, int], str, list[list[str]]] | None = None
     fallback: list[list[str]] | None = None
     for rank, d in enumerate(DELIMITERS):
         records = _sample_records(text, d, is_final)
@@ -232,10 +233,20 @@ def _sniff(text: str, is_final: bool) -> tuple[str, list[list[str]]]:
             continue
         width, hits = Counter(len(r) for r in records).most_common(1)[0]
         if width < 2:
+            # Mostly one field per record, e.g. rows of empty cells broken up by bare CRs
+            # (which are line breaks, as for csv.reader with newline=''). Still a candidate
+            # when the first record (the header) splits: score it by rows of header width.
+            head = len(records[0])
+            if head >= 2:
+                share = sum(1 for r in records if len(r) == head) / len(records)
+                score = (share, head, -rank)
+                if by_header is None or score > by_header[0]:
+                    by_header = (score, d, records)
             continue
         score = (hits / len(records), width, -rank)
         if best is None or score > best[0]:
             best = (score, d, records)
+    best = best or by_header
     if best is None:  # single-column file: every delimiter yields one field per record
         return ",", fallback or []
     return best[1], best[2]
