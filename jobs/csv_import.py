@@ -32,8 +32,9 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from app import events, metrics, settings
-from jobs.csvformat import CsvFormatError, detect_format, fit_row, iter_rows
-from jobs.csvprofile import ColumnProfile
+from jobs.csvbatch import ERROR_VALUE_MAX_CHARS, check_batch
+from jobs.csvformat import CsvFormat, CsvFormatError, detect_format, fit_row, iter_rows
+from jobs.csvprofile import ColumnProfile, profile_table
 from jobs.csvtypes import ColumnSpec, parse_cell
 
 logger = logging.getLogger("herald.csv_import")
@@ -54,8 +55,6 @@ PG_MAX_COLUMNS = 1599
 FIXED_BYTES = {"int": 8, "float": 8, "datetime": 8, "date": 4, "bool": 1}
 # Above this estimated row size the "wide" layout (one jsonb column) is used.
 WIDE_ROW_BYTES = 6000
-# A rejected value is kept for the error report up to this many characters.
-ERROR_VALUE_MAX_CHARS = 1000
 # Start at most this many bytes of the file into format detection (sniffing + inference).
 SAMPLE_BYTES = 1024 * 1024
 # A batch is also cut after this many characters of cells, so wide rows stay bounded.
@@ -174,8 +173,64 @@ class Run:
         self.set_status("processing")
         table = table_name(self.upload_id)
         create_table(conn, table, fmt.columns)
-        profiles = [ColumnProfile(col) for col in fmt.columns]
         rows = iter_rows(itertools.chain(head, chunks), fmt)
+        if is_wide(fmt.columns):
+            result = self.load_wide(conn, table, fmt, rows)
+        else:
+            result = self.load_columns(conn, table, fmt, rows)
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
+        result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
+        result["storage"] = "jsonb" if is_wide(fmt.columns) else "columns"
+        result["warnings"] = fmt.warnings
+        cur = conn.execute(
+            "UPDATE uploads SET status = 'completed', result = %s, table_name = %s,"
+            " progress_percent = 100, rows_processed = %s, updated_at = now()"
+            " WHERE id = %s AND status = 'processing' RETURNING id",
+            (Jsonb(result), table, self.rows_processed, self.upload_id),
+        )
+        if cur.fetchone() is None:
+            raise Cancelled  # cancelled or deleted at the last moment: roll it all back
+        conn.execute("DELETE FROM upload_chunks WHERE upload_id = %s", (self.upload_id,))
+        return result
+
+    def load_columns(
+        self,
+        conn: psycopg.Connection[Any],
+        table: str,
+        fmt: CsvFormat,
+        rows: Iterator[tuple[int, list[str]]],
+    ) -> dict[str, Any]:
+        """One column per field: cells checked a column at a time and COPYed as CSV text
+        that PostgreSQL types; the profiles are then aggregated by PostgreSQL."""
+        columns = fmt.columns
+        names = sql.SQL(", ").join(
+            [sql.Identifier("_row"), *(sql.Identifier(c.sql_name) for c in columns)]
+        )
+        query = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(sql.Identifier(table), names)
+        invalid_cells = [0] * len(columns)
+        valid = invalid = 0
+        while records := take_batch(rows):
+            text, good, errors, bad, per_column = check_batch(records, columns, fmt.delimiter)
+            copy_rows(conn, query, text, self.upload_id, errors)
+            invalid_cells = [a + b for a, b in zip(invalid_cells, per_column, strict=True)]
+            valid += good
+            invalid += bad
+            self.rows_processed = valid + invalid
+            self.between_batches()
+        profiles, loaded = profile_table(conn, table, columns, invalid_cells)
+        assert loaded == valid, (loaded, valid)
+        nulls = sum(p["nulls"] for p in profiles)
+        return summarise(valid, invalid, profiles, valid * len(columns), nulls)
+
+    def load_wide(
+        self,
+        conn: psycopg.Connection[Any],
+        table: str,
+        fmt: CsvFormat,
+        rows: Iterator[tuple[int, list[str]]],
+    ) -> dict[str, Any]:
+        """The jsonb layout: cells typed one by one in Python and profiled as they go."""
+        profiles = [ColumnProfile(col) for col in fmt.columns]
         valid = invalid = 0
         while True:
             batch, errors, bad = parse_batch(rows, fmt.columns, profiles, fmt.delimiter)
@@ -186,21 +241,52 @@ class Run:
             invalid += bad
             self.rows_processed = valid + invalid
             self.between_batches()
-        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
-        result = summarise(valid, invalid, profiles)
-        result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
-        result["storage"] = "jsonb" if is_wide(fmt.columns) else "columns"
-        result["warnings"] = fmt.warnings
-        cur = conn.execute(
-            "UPDATE uploads SET status = 'completed', result = %s, table_name = %s,"
-            " progress_percent = 100, rows_processed = %s, updated_at = now()"
-            " WHERE id = %s AND status = 'processing' RETURNING id",
-            (Jsonb(result), table, valid + invalid, self.upload_id),
-        )
-        if cur.fetchone() is None:
-            raise Cancelled  # cancelled or deleted at the last moment: roll it all back
-        conn.execute("DELETE FROM upload_chunks WHERE upload_id = %s", (self.upload_id,))
-        return result
+        cells = sum(p.count for p in profiles)
+        nulls = sum(p.nulls for p in profiles)
+        return summarise(valid, invalid, [p.to_dict() for p in profiles], cells, nulls)
+
+
+def take_batch(rows: Iterator[tuple[int, list[str]]]) -> list[tuple[int, list[str]]]:
+    """Up to UPLOAD_BATCH_ROWS rows, fewer when their cells pass BATCH_MAX_CHARS."""
+    batch: list[tuple[int, list[str]]] = []
+    limit = settings.UPLOAD_BATCH_ROWS
+    chars = 0
+    for record in rows:
+        batch.append(record)
+        chars += sum(map(len, record[1]))
+        if len(batch) >= limit or chars >= BATCH_MAX_CHARS:
+            break
+    return batch
+
+
+def copy_rows(
+    conn: psycopg.Connection[Any],
+    query: sql.Composed,
+    text: str,
+    upload_id: str,
+    errors: list[tuple[int, str, str, str]],
+) -> None:
+    with conn.cursor() as cur:
+        try:
+            if text:
+                with cur.copy(query) as copy:
+                    copy.write(text)
+            if errors:
+                copy_errors(cur, upload_id, errors)
+        except (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
+            # e.g. a NUL character deep in the file (PostgreSQL text cannot hold one) or
+            # a row wider than a heap page: the file cannot be stored as it is.
+            raise CsvFormatError("unloadable_row", str(exc).splitlines()[0]) from exc
+
+
+def copy_errors(
+    cur: psycopg.Cursor[Any], upload_id: str, errors: list[tuple[int, str, str, str]]
+) -> None:
+    with cur.copy(
+        "COPY upload_errors (upload_id, row_number, column_name, value, error) FROM STDIN"
+    ) as copy:
+        for number, column, value, error in errors:
+            copy.write_row((upload_id, number, column, value, error))
 
 
 def is_wide(columns: list[ColumnSpec]) -> bool:
@@ -289,23 +375,18 @@ def copy_batch(
                     for row in batch:
                         copy.write_row(row)
             if errors:
-                with cur.copy(
-                    "COPY upload_errors (upload_id, row_number, column_name, value, error)"
-                    " FROM STDIN"
-                ) as copy:
-                    for number, column, value, error in errors:
-                        copy.write_row((upload_id, number, column, value, error))
+                copy_errors(cur, upload_id, errors)
         except (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
             # e.g. a NUL character deep in the file (PostgreSQL text cannot hold one) or
             # a row wider than a heap page: the file cannot be stored as it is.
             raise CsvFormatError("unloadable_row", str(exc).splitlines()[0]) from exc
 
 
-def summarise(valid: int, invalid: int, profiles: list[ColumnProfile]) -> dict[str, Any]:
-    total = valid + invalid
-    cells = sum(p.count for p in profiles)
-    nulls = sum(p.nulls for p in profiles)
+def summarise(
+    valid: int, invalid: int, profiles: list[dict[str, Any]], cells: int, nulls: int
+) -> dict[str, Any]:
     # Quality: 80% the share of rows that loaded, 20% the share of cells that are filled.
+    total = valid + invalid
     validity = valid / total if total else 1.0
     completeness = 1 - nulls / cells if cells else 1.0
     return {
@@ -313,7 +394,7 @@ def summarise(valid: int, invalid: int, profiles: list[ColumnProfile]) -> dict[s
         "rows_valid": valid,
         "rows_invalid": invalid,
         "data_quality_score": round(100 * (0.8 * validity + 0.2 * completeness), 1),
-        "columns": [p.to_dict() for p in profiles],
+        "columns": profiles,
     }
 
 

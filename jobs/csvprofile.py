@@ -1,11 +1,16 @@
-"""Per-column profile accumulated while importing, in memory bounded regardless of row count."""
+"""Per-column profiles: computed by PostgreSQL over a loaded typed table (`profile_table`), or
+accumulated cell by cell in bounded memory (`ColumnProfile`, for the jsonb "wide" layout)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 from collections import Counter
 from typing import Any, Final
+
+import psycopg
+from psycopg import sql
 
 from jobs.csvtypes import ColumnSpec, Value
 
@@ -48,6 +53,13 @@ class _HyperLogLog:
         return round(est)
 
 
+def _hash(text: str) -> int:
+    # Stable across processes, unlike hash() of a str (randomised per process, PYTHONHASHSEED),
+    # so a re-run reports the same estimate.
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
 def _key(value: Value) -> float | int:
     # Comparable key for min/max/mean: aware datetimes (a column may mix zones) go to UTC.
     if isinstance(value, dt.datetime):
@@ -87,7 +99,7 @@ class ColumnProfile:
         if value is None:
             self.nulls += 1
             return
-        h = hash(value if isinstance(value, str) else repr(value))
+        h = _hash(value if isinstance(value, str) else repr(value))
         if self._hashes is not None:
             self._hashes.add(h)
             if len(self._hashes) > DISTINCT_EXACT_CAP:
@@ -158,3 +170,90 @@ class ColumnProfile:
         out["max"] = jsonable(self._max)
         out["mean"] = self._mean()
         return out
+
+
+# --- in PostgreSQL, over the loaded table -------------------------------------------------------
+
+
+def _mean_of(col_type: str, mean: Any) -> Any:
+    if mean is None:
+        return None
+    if col_type == "date":
+        return dt.date.fromordinal(round(float(mean))).isoformat()
+    if col_type == "datetime":
+        return (dt.datetime(1970, 1, 1) + dt.timedelta(seconds=float(mean))).isoformat()
+    return float(mean)
+
+
+def profile_table(
+    conn: psycopg.Connection[Any], table: str, columns: list[ColumnSpec], invalid: list[int]
+) -> tuple[list[dict[str, Any]], int]:
+    """Profiles of the loaded (valid) rows of a typed upload table, computed by PostgreSQL
+    inside the import's transaction; `invalid` are the rejected-cell counts per column.
+    Returns (one dict per column, the table's row count)."""
+    ident = sql.Identifier(table)
+    aggs: list[sql.Composable] = [sql.SQL("count(*)")]
+    for c in columns:
+        name = sql.Identifier(c.sql_name)
+        aggs.append(sql.SQL("count({})").format(name))
+        if c.type not in ("text", "bool"):
+            # Means as numbers: days since 0001-01-01 (date.toordinal) or epoch seconds.
+            key = {
+                "date": sql.SQL("{} - DATE '0001-01-01' + 1"),
+                "datetime": sql.SQL("extract(epoch FROM {})"),
+            }.get(c.type, sql.SQL("{}"))
+            aggs += [
+                sql.SQL("min({})").format(name),
+                sql.SQL("max({})").format(name),
+                sql.SQL("avg({})").format(key.format(name)),
+            ]
+    row = conn.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(aggs), ident))
+    stats = list(row.fetchone() or ())
+    total = int(stats.pop(0))
+    out: list[dict[str, Any]] = []
+    for c, bad in zip(columns, invalid, strict=True):
+        present = int(stats.pop(0))
+        # One hash aggregate per column gives both the distinct count and the top values
+        # (count(DISTINCT) would sort; COLLATE "C" compares text bytewise, in code-point order).
+        value: sql.Composable = sql.Identifier(c.sql_name)
+        if c.type == "text":
+            value = sql.SQL('{} COLLATE "C"').format(value)
+        want_top = c.type in ("text", "bool")
+        query = sql.SQL(
+            "WITH g AS MATERIALIZED (SELECT {v} AS v, count(*) AS n FROM {t}"
+            " WHERE {v} IS NOT NULL GROUP BY 1)"
+            " SELECT (SELECT count(*) FROM g), {top}"
+        ).format(
+            v=value,
+            t=ident,
+            top=sql.SQL(
+                "(SELECT coalesce(json_agg(json_build_array(v, n)), '[]') FROM"
+                " (SELECT v, n FROM g ORDER BY n DESC, v LIMIT {}) x)"
+                if want_top
+                else "NULL"
+            ).format(sql.Literal(TOP_N)),
+        )
+        distinct, top = conn.execute(query).fetchone() or (0, None)
+        entry: dict[str, Any] = {
+            "name": c.name,
+            "type": c.type,
+            "nulls": total - present,
+            "invalid": bad,
+            "distinct": int(distinct),
+            "distinct_approximate": False,
+        }
+        if want_top:
+            entry["top"] = [
+                {
+                    "value": str(v)[:TOP_VALUE_MAX_CHARS] if c.type == "text" else str(v).title(),
+                    "count": n,
+                }
+                for v, n in top or []
+            ]
+        else:
+            low, high, mean = stats.pop(0), stats.pop(0), stats.pop(0)
+            entry["min"] = low.isoformat() if isinstance(low, dt.date) else low
+            entry["max"] = high.isoformat() if isinstance(high, dt.date) else high
+            entry["mean"] = _mean_of(c.type, mean)
+        out.append(entry)
+    return out, total
