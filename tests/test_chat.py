@@ -157,3 +157,22 @@ async def test_history_order_and_cache_invalidation(
     assert "first conversation" in after[1]["text"]
     created = [dt.datetime.fromisoformat(m["created_at"]) for m in after]
     assert all(c.tzinfo is not None for c in created) and created == sorted(created)
+
+
+async def test_rate_limit_is_shared_by_web_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two apps with their own lifespans (own Redis clients): one count, kept in Redis.
+    monkeypatch.setattr(settings, "CHAT_RATE_LIMIT", "3/hour")
+    user = user_id()
+    async with running_app() as one, running_app() as two:
+        clients = [
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+            for app in (one, two)
+        ]
+        try:
+            statuses = [
+                (await send(clients[i % 2], user, message="hi")).status_code for i in range(4)
+            ]
+        finally:
+            for c in clients:
+                await c.aclose()
+    assert statuses == [202, 202, 202, 429]

@@ -260,3 +260,30 @@ def test_sanitizer_strips_markers_split_across_chunks() -> None:
     assert out == "Hi  there  ok  end"
     s = Sanitizer()
     assert s.feed("a < b and c [1] ") + s.flush() == "a < b and c [1] "
+
+
+def test_half_open_admits_exactly_one_probe(redis_client: redis.Redis) -> None:
+    from jobs.breaker import Breaker, BreakerOpen
+
+    breaker = Breaker(
+        redis_client, "probe-test", failures=2, reset_seconds=60, probe_ttl_seconds=30
+    )
+    key = f"{settings.REDIS_PREFIX}:breaker:probe-test"
+    try:
+        breaker.failed(breaker.before_call())
+        breaker.failed(breaker.before_call())
+        assert breaker.state() == "open"
+        with pytest.raises(BreakerOpen):
+            breaker.before_call()
+        redis_client.hset(key, "open_until", 0)  # the reset period is over
+        probe = breaker.before_call()
+        assert probe.is_probe and breaker.state() == "half_open"
+        # Every other worker is refused while the probe is out.
+        for _ in range(3):
+            with pytest.raises(BreakerOpen):
+                breaker.before_call()
+        breaker.succeeded(probe)
+        assert breaker.state() == "closed"
+        assert not breaker.before_call().is_probe
+    finally:
+        redis_client.delete(key, key + ":probe")
