@@ -24,7 +24,8 @@ import orjson
 
 from app import settings
 
-DEMO_MODEL = "herald-demo-1 (offline demo, not a language model)"
+# No spaces or commas: it is also a metric label value and a model id clients may log.
+DEMO_MODEL = "herald-demo-offline"
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
 
