@@ -22,6 +22,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from rq import get_current_job
 
 from app import settings
+from app.chat import invalidate_history
 from app.events import publish_event
 from app.metrics import record_job_metric
 from jobs import runtime
@@ -89,7 +90,28 @@ async def _run(rt: ProcessRuntime, client: redis.Redis, message_id: str) -> dict
                 {**base, "code": "internal_error", "message": ERROR_MESSAGES["internal_error"]},
             )
             _metric(client, "herald_chat_jobs_total", labels, outcome="internal_error")
+            await _mark_failed(conn, client, user_id, base)
         raise
+
+
+async def _mark_failed(
+    conn: psycopg.AsyncConnection[Any], client: redis.Redis, user_id: str, base: dict[str, Any]
+) -> None:
+    # Best effort: the failure may be PostgreSQL itself. History then shows the turn as
+    # failed instead of waiting for ever.
+    try:
+        await conn.execute(
+            "INSERT INTO messages (id, conversation_id, role, text, status, error_code, reply_to)"
+            " VALUES (%s, %s, 'assistant', '', 'failed', 'internal_error', %s)"
+            " ON CONFLICT (id) DO UPDATE SET status = 'failed', error_code = 'internal_error'",
+            (reply_id(base["message_id"]), base["conversation_id"], base["message_id"]),
+        )
+        await conn.execute(
+            "UPDATE messages SET status = 'failed' WHERE id = %s", (base["message_id"],)
+        )
+        invalidate_history(client, user_id, base["conversation_id"])
+    except Exception:
+        logger.warning("could not mark chat message %s failed", base["message_id"], exc_info=True)
 
 
 async def _load(conn: psycopg.AsyncConnection[Any], message_id: str) -> dict[str, Any] | None:

@@ -287,3 +287,21 @@ def test_half_open_admits_exactly_one_probe(redis_client: redis.Redis) -> None:
         assert not breaker.before_call().is_probe
     finally:
         redis_client.delete(key, key + ":probe")
+
+
+def test_crash_without_retries_left_is_internal_error(
+    redis_client: redis.Redis, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jobs.chat
+
+    async def crash(*args: object) -> dict:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(jobs.chat, "_turn", crash)
+    user = "job-crash"
+    _, msg = post(db, user, "crash please")
+    with pytest.raises(RuntimeError):
+        jobs.chat.run_chat(msg)  # outside RQ: no retry left
+    got = chat_events(redis_client, user, msg)
+    assert [(e, d["code"]) for e, d in got] == [("chat.error", "internal_error")]
+    assert reply_row(db, msg) == ("", "failed", "internal_error")
