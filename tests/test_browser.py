@@ -21,7 +21,8 @@ from app import events
 from app.embedded import free_port
 from tests.support.procs import ARTIFACTS, Proc, process_env, start, wait_ready
 
-pytestmark = pytest.mark.browser
+# Real processes and a real browser: more than the default budget on a busy machine.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
