@@ -28,7 +28,7 @@ ANSWER_BOUND_SECONDS = 8.0
 # From PostgreSQL accepting connections again to /readyz 200 and a chat completing.
 # Dominated by psycopg_pool's reconnect backoff (1, 2, 4, 8 s... per attempt).
 RECOVERY_BOUND_SECONDS = 30.0
-UPLOAD_ROWS = 150_000
+UPLOAD_ROWS = 400_000  # big enough to be mid-import when PostgreSQL stops
 # RQ retries the import 1, 5 and 15 s after failures (app/jobqueue.py).
 RETRY_BOUND_SECONDS = 40.0
 

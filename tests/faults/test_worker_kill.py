@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 # From the SIGKILL to the client's terminal event. The supervisor notices the death
 # within 0.5 s and re-queues at once; the rest is the retried job itself.
 TERMINAL_BOUND_SECONDS = 30.0
-UPLOAD_ROWS = 150_000
+# Big enough that the import runs for a few seconds, so the kill lands mid-import.
+UPLOAD_ROWS = 400_000
 
 FIGURES: dict[str, float] = {}
 
@@ -134,7 +135,7 @@ def big_csv(rows: int) -> bytes:
 
 async def test_worker_killed_mid_import(stack: Stack) -> None:
     web = stack.start_web()
-    stack.start_worker("worker-import")
+    stack.start_worker("worker-import", UPLOAD_PROGRESS_INTERVAL_SECONDS="0.05")
     user = "kill-import"
     token = mint_token(user, org_id="org-kill")
     client = Client(user, token, web.port)
