@@ -15,7 +15,9 @@ import httpx
 import orjson
 import psycopg
 import pytest
+from rq.job import Job
 
+from app import settings
 from app.auth import mint_token
 from app.events import publish_event
 from tests.faults.clients import Client, wait_for
@@ -153,6 +155,13 @@ async def test_postgres_stopped_and_restarted(stack: Stack) -> None:
         count = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]  # type: ignore[index]
         assert count == result["rows_valid"] == UPLOAD_ROWS
     FIGURES["inflight_upload_status"] = status
+    redis_client = stack.redis.client()
+    try:
+        job = Job.fetch(upload_id, connection=redis_client)
+        # It really was cut by the outage: RQ used up at least one retry on it.
+        assert job.retries_left is not None and job.retries_left < settings.UPLOAD_JOB_RETRIES
+    finally:
+        redis_client.close()
     print(
         f"\npostgres stop: /readyz 200 again {FIGURES['readyz_recovered_s']:.2f} s and a chat "
         f"done {FIGURES['chat_recovered_s']:.2f} s after it returned; in-flight import ended "
