@@ -18,6 +18,7 @@ workers run maintenance every ``WORKER_MAINTENANCE_SECONDS`` instead of 10 minut
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import multiprocessing
 import signal
@@ -38,8 +39,16 @@ from app.logs import configure_logging
 logger = logging.getLogger("herald.worker")
 
 
+# Imported before the first job, not by it: importing LangGraph and friends takes
+# about a second, which the first chat of every fresh process would otherwise wait.
+_JOB_MODULES = {settings.CHAT_QUEUE: "jobs.chat", settings.UPLOAD_QUEUE: "jobs.csv_import"}
+
+
 def run_worker(queues: list[str], simple: bool, name: str | None = None) -> None:
     configure_logging()
+    for queue in queues:
+        if queue in _JOB_MODULES:
+            importlib.import_module(_JOB_MODULES[queue])
     connection = redis.Redis.from_url(settings.REDIS_URL)
     worker_class = SimpleWorker if simple else Worker
     worker = worker_class(
