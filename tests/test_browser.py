@@ -228,9 +228,10 @@ def test_page_resumes_without_loss_or_doubles(
         {"conversation_id": "other", "message_id": "m0", "text": "elsewhere", "model": "x"},
         user_id="dev-user",
     )[0]
+    # seen, not lastEventId: replies to earlier tests' messages may still be streaming.
     wait_until(
         browser,
-        lambda d: d.execute_script("return state.lastEventId") == marker,
+        lambda d: d.execute_script("return state.seen.has(arguments[0])", marker),
         "the marker event",
     )
     # Then a reply streams while the page is disconnected.
@@ -396,7 +397,9 @@ def test_page_reconnects_by_itself_after_a_web_restart(
             user_id="dev-user",
         )[0]
         wait_until(
-            browser, lambda d: d.execute_script("return state.lastEventId") == marker, "the marker"
+            browser,
+            lambda d: d.execute_script("return state.seen.has(arguments[0])", marker),
+            "the marker",
         )
         web.stop()  # SIGTERM: the stream ends cleanly and the browser starts retrying
         wait_until(browser, lambda d: "Reconnecting" in text(d, "#conn-text"), "reconnecting state")
