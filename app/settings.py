@@ -31,6 +31,7 @@ REDIS_POOL_MAX = config("REDIS_POOL_MAX", cast=int, default=100)
 REDIS_POOL_TIMEOUT_SECONDS = config("REDIS_POOL_TIMEOUT_SECONDS", cast=float, default=5.0)
 DB_POOL_MIN = config("DB_POOL_MIN", cast=int, default=1)
 DB_POOL_MAX = config("DB_POOL_MAX", cast=int, default=10)
+DB_RECONNECT_SECONDS = config("DB_RECONNECT_SECONDS", cast=float, default=3.0)
 LOG_LEVEL = config("LOG_LEVEL", default="INFO")
 SECURITY_LOG_FILE = config("SECURITY_LOG_FILE", default="")
 DEV_MODE = config("HERALD_DEV", cast=bool, default=False)
@@ -109,6 +110,8 @@ UPLOAD_JOB_RETRIES = config("UPLOAD_JOB_RETRIES", cast=int, default=3)
 UPLOAD_ROWS_PAGE_MAX = config("UPLOAD_ROWS_PAGE_MAX", cast=int, default=1000)
 # Rows parsed per COPY batch; cancel is checked between batches (memory ~ batch size).
 UPLOAD_BATCH_ROWS = config("UPLOAD_BATCH_ROWS", cast=int, default=5000)
+# The import looks for a cancel at most this often (<= 0: after every batch).
+UPLOAD_CANCEL_CHECK_SECONDS = config("UPLOAD_CANCEL_CHECK_SECONDS", cast=float, default=0.2)
 # A re-run waits this long for a still-running (or just-killed) run of the same upload.
 UPLOAD_LOCK_WAIT_SECONDS = config("UPLOAD_LOCK_WAIT_SECONDS", cast=float, default=30.0)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import codecs
 import csv
-import re
+import io
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -113,42 +114,33 @@ def detect_encoding(sample: bytes, *, is_final: bool) -> str:
 
 # --- line splitting and parsing ------------------------------------------------------------
 
-_NEWLINE: Final = re.compile(r"\r\n|\r|\n")
+
+def _blocks(texts: Iterable[str]) -> Iterator[str]:
+    """Regroup decoded text into blocks that end at a line break, so lines never straddle
+    two blocks. A trailing "\r" is held back: its "\n" may start the next piece."""
+    tail = ""
+    for piece in texts:
+        text = tail + piece if tail else piece
+        stop = len(text) - 1 if text.endswith("\r") else len(text)
+        cut = max(text.rfind("\n", 0, stop), text.rfind("\r", 0, stop)) + 1
+        if cut:
+            yield text[:cut]
+        tail = text[cut:]
+        if len(tail) > MAX_LINE_CHARS:
+            raise CsvFormatError(
+                "line_too_long",
+                f"a line is longer than {MAX_LINE_CHARS} characters without a line break",
+            )
+    if tail:
+        yield tail
 
 
 def _lines(texts: Iterable[str]) -> Iterator[str]:
-    """Split decoded text into lines ending in \\r\\n, \\r or \\n (kept), like a file opened
-    with newline='' which the csv docs require so quoted newlines survive. str.splitlines is
-    not usable: it also splits on \\x0b, \\x0c, \\x1c-\\x1e, \\x85, U+2028 and U+2029."""
-    parts: list[str] = []
-    size = 0
-    held = ""  # a trailing "\r" whose "\n" may arrive with the next piece
-    for piece in texts:
-        text = held + piece if held else piece
-        held = ""
-        if text.endswith("\r"):
-            text, held = text[:-1], "\r"
-        pos = 0
-        for m in _NEWLINE.finditer(text):
-            end = m.end()
-            if parts:
-                parts.append(text[pos:end])
-                yield "".join(parts)
-                parts.clear()
-                size = 0
-            else:
-                yield text[pos:end]
-            pos = end
-        if pos < len(text):
-            parts.append(text[pos:])
-            size += len(text) - pos
-            if size > MAX_LINE_CHARS:
-                raise CsvFormatError(
-                    "line_too_long",
-                    f"a line is longer than {MAX_LINE_CHARS} characters without a line break",
-                )
-    if parts or held:
-        yield "".join(parts) + held
+    """Split decoded text into lines ending in \r\n, \r or \n (kept), like a file opened
+    with newline='' which the csv docs require so quoted newlines survive; io.StringIO with
+    newline='' splits exactly there, in C. str.splitlines is not usable: it also splits on
+    \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029."""
+    return itertools.chain.from_iterable(io.StringIO(block, newline="") for block in _blocks(texts))
 
 
 def _decode(chunks: Iterable[bytes], encoding: str) -> Iterator[str]:

@@ -190,7 +190,11 @@ def profile_table(
 ) -> tuple[list[dict[str, Any]], int]:
     """Profiles of the loaded (valid) rows of a typed upload table, computed by PostgreSQL
     inside the import's transaction; `invalid` are the rejected-cell counts per column.
-    Returns (one dict per column, the table's row count)."""
+    Returns (one dict per column, the table's row count).
+
+    One scan aggregates every column (count, min, max, avg, count(DISTINCT), which sorts:
+    measured faster than a hash GROUP BY per column for high-cardinality columns); text and
+    bool columns then get one GROUP BY each for their top values and distinct count."""
     ident = sql.Identifier(table)
     aggs: list[sql.Composable] = [sql.SQL("count(*)")]
     for c in columns:
@@ -203,6 +207,7 @@ def profile_table(
                 "datetime": sql.SQL("extract(epoch FROM {})"),
             }.get(c.type, sql.SQL("{}"))
             aggs += [
+                sql.SQL("count(DISTINCT {})").format(name),
                 sql.SQL("min({})").format(name),
                 sql.SQL("max({})").format(name),
                 sql.SQL("avg({})").format(key.format(name)),
@@ -212,48 +217,48 @@ def profile_table(
     total = int(stats.pop(0))
     out: list[dict[str, Any]] = []
     for c, bad in zip(columns, invalid, strict=True):
-        present = int(stats.pop(0))
-        # One hash aggregate per column gives both the distinct count and the top values
-        # (count(DISTINCT) would sort; COLLATE "C" compares text bytewise, in code-point order).
-        value: sql.Composable = sql.Identifier(c.sql_name)
-        if c.type == "text":
-            value = sql.SQL('{} COLLATE "C"').format(value)
-        want_top = c.type in ("text", "bool")
-        query = sql.SQL(
-            "WITH g AS MATERIALIZED (SELECT {v} AS v, count(*) AS n FROM {t}"
-            " WHERE {v} IS NOT NULL GROUP BY 1)"
-            " SELECT (SELECT count(*) FROM g), {top}"
-        ).format(
-            v=value,
-            t=ident,
-            top=sql.SQL(
-                "(SELECT coalesce(json_agg(json_build_array(v, n)), '[]') FROM"
-                " (SELECT v, n FROM g ORDER BY n DESC, v LIMIT {}) x)"
-                if want_top
-                else "NULL"
-            ).format(sql.Literal(TOP_N)),
-        )
-        distinct, top = conn.execute(query).fetchone() or (0, None)
         entry: dict[str, Any] = {
             "name": c.name,
             "type": c.type,
-            "nulls": total - present,
+            "nulls": total - int(stats.pop(0)),
             "invalid": bad,
-            "distinct": int(distinct),
-            "distinct_approximate": False,
         }
-        if want_top:
-            entry["top"] = [
-                {
-                    "value": str(v)[:TOP_VALUE_MAX_CHARS] if c.type == "text" else str(v).title(),
-                    "count": n,
-                }
-                for v, n in top or []
-            ]
+        if c.type in ("text", "bool"):
+            distinct, top = _top_values(conn, ident, c)
+            entry |= {"distinct": distinct, "distinct_approximate": False, "top": top}
         else:
-            low, high, mean = stats.pop(0), stats.pop(0), stats.pop(0)
-            entry["min"] = low.isoformat() if isinstance(low, dt.date) else low
-            entry["max"] = high.isoformat() if isinstance(high, dt.date) else high
-            entry["mean"] = _mean_of(c.type, mean)
+            distinct, low, high, mean = stats[:4]
+            del stats[:4]
+            entry |= {
+                "distinct": int(distinct),
+                "distinct_approximate": False,
+                "min": low.isoformat() if isinstance(low, dt.date) else low,
+                "max": high.isoformat() if isinstance(high, dt.date) else high,
+                "mean": _mean_of(c.type, mean),
+            }
         out.append(entry)
     return out, total
+
+
+def _top_values(
+    conn: psycopg.Connection[Any], table: sql.Identifier, col: ColumnSpec
+) -> tuple[int, list[dict[str, Any]]]:
+    # COLLATE "C" compares text bytewise: faster, and ties order by code point as before.
+    value: sql.Composable = sql.Identifier(col.sql_name)
+    if col.type == "text":
+        value = sql.SQL('{} COLLATE "C"').format(value)
+    query = sql.SQL(
+        "WITH g AS MATERIALIZED (SELECT {v} AS v, count(*) AS n FROM {t}"
+        " WHERE {v} IS NOT NULL GROUP BY 1)"
+        " SELECT (SELECT count(*) FROM g), (SELECT coalesce(json_agg(json_build_array(v, n)),"
+        " '[]') FROM (SELECT v, n FROM g ORDER BY n DESC, v LIMIT {n}) x)"
+    ).format(v=value, t=table, n=sql.Literal(TOP_N))
+    distinct, top = conn.execute(query).fetchone() or (0, [])
+    return int(distinct), [
+        # Bool values read "True"/"False", as str() of the parsed value did before.
+        {
+            "value": str(v)[:TOP_VALUE_MAX_CHARS] if col.type == "text" else str(v).title(),
+            "count": n,
+        }
+        for v, n in top
+    ]
