@@ -50,6 +50,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         min_size=settings.DB_POOL_MIN,
         max_size=settings.DB_POOL_MAX,
         timeout=5,
+        # psycopg_pool retries a lost connection with backoff (1, 2, 4, 8 s...) for up to
+        # reconnect_timeout (default 300 s); after a PostgreSQL restart that backoff, not
+        # PostgreSQL, set the recovery time (9-13 s in tests/faults). Giving up early lets
+        # the next request grow the pool with an immediate attempt instead.
+        reconnect_timeout=settings.DB_RECONNECT_SECONDS,
         open=False,
         kwargs={"autocommit": True},
     )
