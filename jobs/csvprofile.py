@@ -175,6 +175,13 @@ class ColumnProfile:
 # --- in PostgreSQL, over the loaded table -------------------------------------------------------
 
 
+def _jsonable(value: Any) -> Any:
+    # JSON has no Infinity/NaN (RFC 8259 section 6) and PostgreSQL's jsonb refuses them.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value.isoformat() if isinstance(value, dt.date) else value
+
+
 def _mean_of(col_type: str, mean: Any) -> Any:
     if mean is None:
         return None
@@ -182,7 +189,7 @@ def _mean_of(col_type: str, mean: Any) -> Any:
         return dt.date.fromordinal(round(float(mean))).isoformat()
     if col_type == "datetime":
         return (dt.datetime(1970, 1, 1) + dt.timedelta(seconds=float(mean))).isoformat()
-    return float(mean)
+    return _jsonable(float(mean))
 
 
 def profile_table(
@@ -232,8 +239,8 @@ def profile_table(
             entry |= {
                 "distinct": int(distinct),
                 "distinct_approximate": False,
-                "min": low.isoformat() if isinstance(low, dt.date) else low,
-                "max": high.isoformat() if isinstance(high, dt.date) else high,
+                "min": _jsonable(low),
+                "max": _jsonable(high),
                 "mean": _mean_of(c.type, mean),
             }
         out.append(entry)

@@ -1,0 +1,176 @@
+"""The column-at-a-time checker (jobs.csvbatch) against the per-cell reference
+(csvtypes.parse_cell): for any cells, the same cells are rejected with the same reasons, and
+what PostgreSQL reads from the COPY text it writes is exactly the value parse_cell gives."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobs.csvbatch import check_batch, check_column
+from jobs.csvload import PG_TYPES
+from jobs.csvtypes import NULL_TOKENS, ColumnSpec, parse_cell
+from tests.support.uploads import run_import, stage, upload_row
+
+SPECS = [
+    ColumnSpec("c", "c", "int"),
+    ColumnSpec("c", "c", "int", thousands_sep=","),
+    ColumnSpec("c", "c", "int", decimal_comma=True, thousands_sep="."),
+    ColumnSpec("c", "c", "float"),
+    ColumnSpec("c", "c", "float", thousands_sep=" "),
+    ColumnSpec("c", "c", "float", decimal_comma=True),
+    ColumnSpec("c", "c", "bool"),
+    ColumnSpec("c", "c", "date", "%Y-%m-%d"),
+    ColumnSpec("c", "c", "date", "%d/%m/%Y"),
+    ColumnSpec("c", "c", "datetime", "%Y-%m-%d"),
+    ColumnSpec("c", "c", "datetime", "%d.%m.%Y"),
+    ColumnSpec("c", "c", "text"),
+]
+
+_zones = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(
+    lambda m: dt.timezone(dt.timedelta(minutes=m))
+)
+_plain = st.one_of(
+    st.integers(-(2**64), 2**64).map(str),
+    st.integers(-(10**7), 10**7).map(lambda n: f"{n:,}"),
+    st.floats(allow_nan=False).map(repr),
+    st.floats(-1e9, 1e9).map(lambda f: f"{f:.3f}"),
+    st.floats(-1e9, 1e9).map(lambda f: f"{f:.2f}".replace(".", ",")),
+    st.sampled_from(["1e400", "-1e-400", "1" * 40, "0." + "0" * 40 + "1", "+5", "007", ".5"]),
+    st.sampled_from([str(2**63 - 1), str(2**63), str(-(2**63)), str(-(2**63) - 1), "9" * 20]),
+    st.sampled_from(["true", "False", "YES", "n", "t", "TRUE", "yes", "maybe"]),
+    st.dates().map(dt.date.isoformat),
+    st.dates().map(lambda d: d.strftime("%d/%m/%Y")),
+    st.sampled_from(["2024-02-30", "0000-01-01", "2024-1-5", "2023-02-29", "2024-02-29"]),
+    st.datetimes(timezones=st.none() | _zones).map(lambda t: t.isoformat(sep="T")),
+    st.datetimes().map(lambda t: t.isoformat(sep=" ", timespec="seconds")),
+    st.datetimes().map(lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")),
+    st.datetimes().map(lambda t: t.strftime("%d.%m.%Y %H:%M")),
+    st.sampled_from(["2024-05-01T24:00:00", "2024-05-01T10:00:00+16:00", "2024-05-01 10:00"]),
+    st.sampled_from(["2024-05-01T10:00:00+15:59", "2024-05-01 10:00:00-23:59", "2024-05-01Z"]),
+    st.sampled_from(sorted(NULL_TOKENS)),
+)
+_cell = st.one_of(
+    _plain,
+    _plain.map(lambda v: f" {v} "),
+    st.text(alphabet=st.sampled_from(list('0123456789+-.,eE:T Z/"\r\n\tab')), max_size=24),
+)
+
+
+def _stored(value: Any) -> Any:
+    """parse_cell's value as PostgreSQL stores it (naive datetimes are UTC)."""
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+    return value
+
+
+@pytest.fixture
+def utc_db(db: psycopg.Connection) -> psycopg.Connection:
+    db.execute("SET TIME ZONE 'UTC'")
+    return db
+
+
+EDGES = [
+    str(2**63 - 1),
+    str(2**63),
+    str(-(2**63)),
+    "9" * 19,
+    "1" * 40,
+    "1" * 33 + ".5",
+    "9" * 320,  # past float8's range: PostgreSQL refuses it, parse_cell gives inf
+    "0." + "0" * 400 + "1",
+    "2024-02-29",
+    "2023-02-29",
+    "0000-01-01",
+    "2024-05-01T10:00:00+15:59",
+    "2024-05-01T10:00:00+16:00",
+    "2024-05-01T10:00:00-23:59",
+    "2024-05-01T24:00:00",
+    "2024-05-31 23:59:59.123456Z",
+    "TRUE",
+    "  7 ",
+    "",
+    "NA",
+    "1\n2",
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.type}-{s.date_format}-{s.thousands_sep}")
+def test_edge_cells(utc_db: psycopg.Connection, spec: ColumnSpec) -> None:
+    for cells in ([c] for c in EDGES):
+        check_like_parse_cell(utc_db, spec, cells)
+    check_like_parse_cell(utc_db, spec, EDGES)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.type}-{s.date_format}-{s.thousands_sep}")
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cells=st.lists(_cell, min_size=1, max_size=12))
+def test_same_verdicts_and_values_as_parse_cell(
+    utc_db: psycopg.Connection, spec: ColumnSpec, cells: list[str]
+) -> None:
+    check_like_parse_cell(utc_db, spec, cells)
+    # Whole columns of one plain shape take the joined-regex path.
+    check_like_parse_cell(utc_db, spec, [c for c in cells if parse_cell(c, spec)[1] is None])
+
+
+def check_like_parse_cell(db: psycopg.Connection, spec: ColumnSpec, cells: list[str]) -> None:
+    if not cells:
+        return
+    expected = [parse_cell(c, spec) for c in cells]
+    _, errors = check_column(cells, spec)
+    assert errors == [(i, e) for i, (_, e) in enumerate(expected) if e is not None]
+
+    records = [(i + 1, [c]) for i, c in enumerate(cells)]
+    text, good, rejected, bad_rows, invalid = check_batch(records, [spec], ",")
+    assert (good, bad_rows, invalid) == (len(cells) - len(errors), len(errors), [len(errors)])
+    assert [(r[0], r[3]) for r in rejected] == [(i + 1, e) for i, e in errors]
+    db.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS t_{spec.type} (_row bigint, c {PG_TYPES[spec.type]})"
+    )
+    db.execute(f"TRUNCATE t_{spec.type}")
+    with db.cursor() as cur:
+        with cur.copy(f"COPY t_{spec.type} (_row, c) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(text)
+        got = cur.execute(f"SELECT _row, c FROM t_{spec.type} ORDER BY _row").fetchall()
+    want = [(i + 1, _stored(v)) for i, (v, e) in enumerate(expected) if e is None]
+    assert got == want
+
+
+def test_quoting_nulls_and_ragged_rows(utc_db: psycopg.Connection) -> None:
+    cols = [ColumnSpec("n", "n", "int"), ColumnSpec("t", "t", "text")]
+    records = [
+        (1, ["1", 'say "hi", then\r\nleave']),
+        (2, ["", "   "]),
+        (3, ["x", "kept"]),
+        (4, ["4"]),
+        (5, ["5", "\\.", "", ""]),
+    ]
+    text, good, rejected, bad_rows, invalid = check_batch(records, cols, ",")
+    assert (good, bad_rows, invalid) == (3, 2, [1, 0])
+    assert rejected == [
+        (4, "", "4", "too few fields: expected 2, got 1"),
+        (3, "n", "x", "not an integer"),
+    ]
+    utc_db.execute("CREATE TEMP TABLE q (_row bigint, n bigint, t text)")
+    with utc_db.cursor() as cur:
+        with cur.copy("COPY q FROM STDIN (FORMAT csv)") as copy:
+            copy.write(text)
+        got = cur.execute("SELECT * FROM q ORDER BY _row").fetchall()
+    assert got == [(1, 1, 'say "hi", then\r\nleave'), (2, None, None), (5, 5, "\\.")]
+
+
+def test_infinite_floats_load_and_profile(db: psycopg.Connection, redis_client: Any) -> None:
+    # 1e999 reads as inf (Python and PostgreSQL alike); the profile must still be valid JSON.
+    upload_id, _ = stage(db, b"x,y\n1,1e999\n2,-1e999\n3,2.5\n")
+    run_import(redis_client, upload_id)
+    row = upload_row(db, upload_id)
+    assert row["status"] == "completed"
+    y = row["result"]["columns"][1]
+    assert (y["min"], y["max"], y["mean"]) == ("-inf", "inf", "nan")
