@@ -2,12 +2,13 @@
 
 The per-cell path (`csvtypes.parse_cell`, a regex and a constructor per cell, then psycopg
 turning the Python value back into text) cost ~2 µs a cell. Here a batch is transposed and
-each column is checked with one C-level `map` of a strict "plain" pattern (`int`, ISO date,
-...) over all its cells; only the cells that miss it (empty cells, null tokens, thousands
-separators, other date formats, bad values) go through `parse_cell`. Accepted cells are
-handed to PostgreSQL as text, which it parses into the typed column itself: a plain cell
-as written (the plain patterns only accept forms PostgreSQL's input functions read to the
-same value), a normalised one as the text of its parsed value.
+each column is checked against a strict "plain" form (`int` digits, ISO date, ...) by one
+regex over the whole column; only the cells that miss it (empty cells, null tokens,
+thousands separators, other date formats, bad values) go through `parse_cell`, which stays
+the reference (tests/test_csvbatch.py checks the two agree). Accepted cells are handed to
+PostgreSQL as text, which it parses into the typed column itself: a plain cell as written
+(the plain forms only accept what PostgreSQL's input functions read to the same value), a
+normalised one as the text of its parsed value.
 """
 
 from __future__ import annotations
