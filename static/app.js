@@ -136,11 +136,14 @@ function connect() {
   const source = new EventSource(`/events?${params}`);
   state.source = source;
   setConn("retry", state.reconnects ? `Reconnecting (${state.reconnects})…` : "Connecting…");
+  note(`connect last_event_id=${state.lastEventId || "-"}`);
   source.onopen = () => {
+    note("open");
     setConn("live", state.reconnects ? `Live · reconnected ${state.reconnects}×` : "Live");
   };
   source.onerror = () => {
     state.reconnects += 1;
+    note(`error readyState=${source.readyState}`);
     if (source.readyState === EventSource.CONNECTING) {
       // The browser retries by itself and sends Last-Event-ID (WHATWG HTML 9.2).
       setConn("retry", `Reconnecting (${state.reconnects})…`);
@@ -161,8 +164,16 @@ function disconnect() {
   state.source = null;
 }
 
+// The last few stream happenings, for debugging in the console and in browser tests.
+const heraldLog = (window.heraldLog = []);
+function note(line) {
+  heraldLog.push(`${new Date().toISOString()} ${line}`);
+  if (heraldLog.length > 100) heraldLog.shift();
+}
+
 function onEvent(event) {
   const id = event.lastEventId;
+  note(`${event.type} ${id}`);
   const control = event.type === "resync" || event.type === "token_expired";
   if (id && control) {
     state.lastEventId = id; // where the server says "now" is, even if it went back

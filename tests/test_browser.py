@@ -33,7 +33,10 @@ if not (CHROMIUM and CHROMEDRIVER):
         allow_module_level=True,
     )
 
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -99,7 +102,19 @@ def wait_until(driver: WebDriver, condition: Callable[[WebDriver], Any], what: s
         except StaleElementReferenceException:
             return False  # the page re-rendered between find and read
 
-    return WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.05).until(check, what)
+    try:
+        return WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.05).until(check, what)
+    except TimeoutException:
+        # What the page knew, for the CI log and test-artifacts/, instead of a bare timeout.
+        shot(driver, "failed-" + "".join(c if c.isalnum() else "-" for c in what))
+        page = driver.execute_script(
+            "return {conn: document.getElementById('conn-text').textContent,"
+            " lastEventId: state.lastEventId, conversation: state.conversationId,"
+            " chat: document.getElementById('chat-log').innerText,"
+            " errors: document.getElementById('chat-error').textContent,"
+            " log: (window.heraldLog || []).slice(-30)};"
+        )
+        raise AssertionError(f"timed out waiting for {what}; page state: {page}") from None
 
 
 def shot(driver: WebDriver, name: str) -> None:
