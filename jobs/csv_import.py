@@ -22,6 +22,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -76,6 +77,11 @@ class Run:
         self.rows_processed = 0
         self.last_progress = time.monotonic()
         self.last_check = float("-inf")
+        # Progress is reported from a thread: an UPDATE and a Redis script took 1-10 ms on a
+        # busy machine, during which the rows would wait. One report at a time, so their
+        # order holds; `settle` waits for the last one before the final events.
+        self.reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-progress")
+        self.pending: Future[None] | None = None
 
     def publish(self, event: str, data: dict[str, Any]) -> None:
         events.publish_event(
@@ -124,16 +130,28 @@ class Run:
         interval = settings.UPLOAD_PROGRESS_INTERVAL_SECONDS
         if interval > 0 and now - self.last_progress >= interval:
             self.last_progress = now
-            self.progress(min(99, self.bytes_read * 100 // self.size))
+            percent = min(99, self.bytes_read * 100 // self.size)
+            self.settle()  # at the default interval the previous report is long done
+            self.pending = self.reporter.submit(self.progress, percent, rows_processed)
 
-    def progress(self, percent: int) -> None:
+    def settle(self) -> None:
+        if self.pending is not None:
+            self.pending.result()  # a failed report fails the run, as it did inline
+
+    def close(self) -> None:
+        self.reporter.shutdown(wait=True)
+
+    def progress(self, percent: int, rows_processed: int) -> None:
+        # ctl is shared with the main thread: psycopg connections are thread-safe (each
+        # statement holds the connection's lock); this uses its own cursor.
         self.ctl.execute(
             "UPDATE uploads SET progress_percent = %s, rows_processed = %s WHERE id = %s",
-            (percent, self.rows_processed, self.upload_id),
+            (percent, rows_processed, self.upload_id),
         )
-        self.publish("upload.progress", {"percent": percent, "rows_processed": self.rows_processed})
+        self.publish("upload.progress", {"percent": percent, "rows_processed": rows_processed})
 
     def fail(self, code: str, message: str) -> None:
+        self.close()  # no progress event after the error
         cur = self.ctl.execute(
             "UPDATE uploads SET status = 'failed', error = %s, updated_at = now()"
             " WHERE id = %s AND status = ANY(%s) RETURNING id",
@@ -164,6 +182,7 @@ class Run:
         rows = iter_rows(itertools.chain(head, chunks), fmt)
         load = csvload.load_wide if csvload.is_wide(fmt.columns) else csvload.load_columns
         result = load(conn, table, fmt, rows, self.upload_id, self.after_batch)
+        self.settle()
         conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
         result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
         result["storage"] = "jsonb" if csvload.is_wide(fmt.columns) else "columns"
@@ -252,6 +271,8 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
             with contextlib.suppress(psycopg.Error):
                 run.fail("internal_error", "The import failed unexpectedly.")
             raise
+        finally:
+            run.close()  # before the connections it reports on close
         run.publish("upload.progress", {"percent": 100, "rows_processed": run.rows_processed})
         run.publish("upload.status", {"status": "completed"})
         run.publish("upload.done", {"result": result})
