@@ -98,7 +98,7 @@ class _Channel:
 
 
 class Hub:
-    def __init__(self, url: str, *, queue_size: int) -> None:
+    def __init__(self, url: str, *, queue_size: int, health_check_seconds: float = 5.0) -> None:
         # RESP2 on purpose: under RESP3 (redis-py's default from 8.0) pub/sub messages
         # arrive as push frames that a plain read_response does not return.
         self._client = redis.asyncio.Redis.from_url(url, protocol=2, socket_connect_timeout=5)
@@ -109,10 +109,14 @@ class Hub:
         self._connect_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._shutdown_watch: asyncio.Task[None] | None = None
+        self._health_check = health_check_seconds
+        self._last_seen = 0.0  # loop time of the last frame read from the connection
+        self._watchdog: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_loop(), name="herald-hub-reader")
+        self._watchdog = asyncio.create_task(self._watch(), name="herald-hub-watchdog")
         self._shutdown_watch = asyncio.create_task(
             self._close_on_shutdown(), name="herald-hub-shutdown"
         )
@@ -131,6 +135,10 @@ class Hub:
             self._shutdown_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._shutdown_watch
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -206,12 +214,14 @@ class Hub:
             if self._conn is None or not self._connected.is_set():
                 conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
                 await conn.connect()
+                self._last_seen = asyncio.get_running_loop().time()
                 self._conn = conn
                 self._connected.set()
         assert self._conn is not None
         return self._conn
 
     async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         backoff = 0.05
         while True:
             await self._connected.wait()
@@ -221,6 +231,7 @@ class Hub:
                 while True:
                     # math.inf: block without the socket timeout (redis-py read_response).
                     response = await conn.read_response(timeout=math.inf)
+                    self._last_seen = loop.time()
                     self._dispatch(response)
                     backoff = 0.05
             except asyncio.CancelledError:
@@ -238,8 +249,33 @@ class Hub:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
+    async def _watch(self) -> None:
+        """A blocking read never notices a connection that died without being closed
+        (network partition, a NAT or load balancer dropping an idle flow): publishes
+        would vanish silently. After a silent interval ask Redis for a PONG (allowed in
+        subscribe mode); after two, drop the connection, so the read loop reconnects and
+        every stream resumes from history (found by tests/faults)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._health_check / 2)
+            conn = self._conn
+            if conn is None or not self._connected.is_set():
+                continue
+            silent = loop.time() - self._last_seen
+            if silent >= 2 * self._health_check:
+                logger.warning("pub/sub connection silent for %.1f s; reconnecting", silent)
+                self._last_seen = loop.time()
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+            elif silent >= self._health_check:
+                with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                    await conn.send_command("PING")
+
     def _dispatch(self, response: list[bytes]) -> None:
-        kind, raw_name, payload = response[0], response[1], response[2]
+        kind = response[0]
+        if kind == b"pong":  # the watchdog's PING: [b"pong", b""]
+            return
+        raw_name, payload = response[1], response[2]
         channel = self._channels.get(raw_name.decode())
         if channel is None:
             return

@@ -59,7 +59,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         kwargs={"autocommit": True},
     )
     await state.pool.open(wait=False)
-    state.hub = Hub(settings.REDIS_URL, queue_size=settings.SSE_QUEUE_SIZE)
+    state.hub = Hub(
+        settings.REDIS_URL,
+        queue_size=settings.SSE_QUEUE_SIZE,
+        health_check_seconds=settings.HUB_HEALTH_CHECK_SECONDS,
+    )
     await state.hub.start()
     state.leases = StreamLeases(
         state.redis,

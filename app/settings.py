@@ -59,6 +59,9 @@ SSE_SEND_TIMEOUT_SECONDS = config("SSE_SEND_TIMEOUT_SECONDS", cast=float, defaul
 # On SIGTERM, how long streams get to end cleanly before they are cut; keep it below
 # uvicorn's --timeout-graceful-shutdown (Procfile) and Heroku's 30 s stop window.
 SSE_SHUTDOWN_GRACE_SECONDS = config("SSE_SHUTDOWN_GRACE_SECONDS", cast=float, default=5.0)
+# The pub/sub reader PINGs after this long without a frame, and reconnects after twice
+# that: a dead connection that was never closed is noticed within 2x this.
+HUB_HEALTH_CHECK_SECONDS = config("HUB_HEALTH_CHECK_SECONDS", cast=float, default=5.0)
 EVENT_HISTORY_MAX = config("EVENT_HISTORY_MAX", cast=int, default=1000)
 EVENT_HISTORY_TTL_SECONDS = config("EVENT_HISTORY_TTL_SECONDS", cast=int, default=86400)
 

@@ -17,6 +17,7 @@ from app.auth import mint_token
 from app.events import publish_event
 from tests.faults.clients import Client, wait_for
 from tests.faults.procs import Stack
+from tests.faults.proxy import BlackholeProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
@@ -181,4 +182,54 @@ async def test_subscriber_connection_killed_while_publishing(stack: Stack) -> No
     print(
         f"\npub/sub blip: {killed} subscriber connections killed mid-publish; all {CLIENTS} "
         f"clients resumed from history: {PUBLISHED_DURING_BLIP} events each, lost 0, dup 0"
+    )
+
+
+HEALTH_CHECK_SECONDS = 1.0
+PARTITION_CLIENTS = 20
+# A silent subscriber connection is dropped after 2 health-check intervals (app/hub.py);
+# then clients resume from history.
+PARTITION_BOUND_SECONDS = 2 * HEALTH_CHECK_SECONDS + 3.0
+
+
+async def test_subscriber_connection_blackholed(stack: Stack) -> None:
+    """The subscriber's TCP flow goes silent without being closed (partition, NAT idle
+    timeout): the hub notices by its own PINGs, reconnects, and clients resume."""
+    proxy = BlackholeProxy(stack.redis.port)
+    await proxy.start()
+    web = stack.start_web(
+        REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0",
+        HUB_HEALTH_CHECK_SECONDS=str(HEALTH_CHECK_SECONDS),
+    )
+    users = [f"partition-{i}" for i in range(PARTITION_CLIENTS)]
+    clients = [Client(u, mint_token(u, ttl_seconds=3600), web.port) for u in users]
+    for c in clients:
+        c.start()
+    try:
+        await wait_for(lambda: all(c.connected for c in clients), CONNECT_BOUND_SECONDS, "streams")
+        before = await anyio.to_thread.run_sync(publish_round, stack, users, "before")
+        await wait_for(
+            lambda: all(len(c.events) == EVENTS_PER_PHASE for c in clients), 10, "before"
+        )
+        assert proxy.freeze_subscribers() == 1  # the hub's one pub/sub connection
+        frozen_at = time.monotonic()
+        during = await anyio.to_thread.run_sync(publish_round, stack, users, "during")
+        await wait_for(
+            lambda: all(len(c.events) >= 2 * EVENTS_PER_PHASE for c in clients),
+            PARTITION_BOUND_SECONDS,
+            "events published into the blackhole to arrive by another way",
+        )
+        FIGURES["partition_s"] = time.monotonic() - frozen_at
+        await anyio.sleep(0.5)
+    finally:
+        for c in clients:
+            await c.stop()
+        await proxy.close()
+    for c in clients:
+        assert not c.named("resync"), c.user
+        assert [e.last_event_id for e in c.events] == before[c.user] + during[c.user], c.user
+    assert "pub/sub connection silent" in stack.log(f"web-{web.port}")  # the watchdog did it
+    print(
+        f"\nsubscriber blackholed: events delivered {FIGURES['partition_s']:.2f} s after the "
+        f"flow went silent (health check {HEALTH_CHECK_SECONDS} s); lost 0, duplicates 0"
     )
