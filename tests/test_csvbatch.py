@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app import settings as settings_module
 from jobs.csvbatch import check_batch, check_column
-from jobs.csvload import PG_TYPES
+from jobs.csvload import BATCH_MAX_CHARS, PG_TYPES, take_batch
 from jobs.csvtypes import NULL_TOKENS, ColumnSpec, parse_cell
 from tests.support.uploads import run_import, stage, upload_row
 
@@ -174,3 +175,14 @@ def test_infinite_floats_load_and_profile(db: psycopg.Connection, redis_client: 
     assert row["status"] == "completed"
     y = row["result"]["columns"][1]
     assert (y["min"], y["max"], y["mean"]) == ("-inf", "inf", "nan")
+
+
+def test_batches_are_bounded_by_rows_and_by_characters() -> None:
+    small = iter([(i, ["x" * 10] * 3) for i in range(1, 12_001)])
+    sizes = [len(take_batch(small)) for _ in range(4)]
+    assert sizes == [settings_module.UPLOAD_BATCH_ROWS] * 2 + [2_000, 0]
+    # Rows of 3 MiB: taken one at a time, the batch stops once past BATCH_MAX_CHARS.
+    wide = iter([(i, ["y" * (3 << 20)]) for i in range(1, 6)] + [(6, ["z"])])
+    first = take_batch(wide)
+    assert len(first) == -(-BATCH_MAX_CHARS // (3 << 20))
+    assert [n for n, _ in take_batch(wide)] == [4, 5, 6]
