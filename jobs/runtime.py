@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import logging
 import os
 import threading
@@ -112,7 +113,10 @@ def run(job: Callable[[ProcessRuntime], Coroutine[Any, Any, T]]) -> T:
         if runtime is None:
             runtime = _runtimes[key] = ProcessRuntime()
     try:
-        return runtime.runner.run(job(runtime))
+        # asyncio.Runner keeps the context it captured when it was created (during the
+        # first job) unless given one: without a fresh copy, RQ's get_current_job()
+        # (a ContextVar) would answer that first job for every later one.
+        return runtime.runner.run(job(runtime), context=contextvars.copy_context())
     except BaseException:
         with _lock:
             _runtimes.pop(key, None)
