@@ -21,6 +21,7 @@ import redis
 
 from app import settings
 from tests.support.asgi import running_app, token
+from tests.support.shared import CSV_DIR
 from tests.support.uploads import (
     chunk_count,
     error_rows,
@@ -33,7 +34,7 @@ from tests.support.uploads import (
     user_events,
 )
 
-DATA = Path("/work/shared/data/csv")
+DATA = CSV_DIR
 ROOT = Path(__file__).resolve().parent.parent
 
 

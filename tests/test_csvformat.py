@@ -9,7 +9,6 @@ import datetime as dt
 import io
 import tracemalloc
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -26,8 +25,9 @@ from jobs.csvformat import (
 )
 from jobs.csvprofile import DISTINCT_EXACT_CAP, ColumnProfile
 from jobs.csvtypes import ColumnSpec, parse_cell
+from tests.support.shared import CSV_DIR
 
-DATA = Path("/work/shared/data/csv")
+DATA = CSV_DIR
 SAMPLE_BYTES = 64 * 1024
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (shared CSV fixtures) missing")
