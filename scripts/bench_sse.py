@@ -394,25 +394,19 @@ def rss_kib(pid: int) -> int:
 
 def start_server(kind: str, port: int) -> subprocess.Popen[bytes]:
     if kind == "herald":
-        argv = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+        from app.dev import web_argv
+
+        argv = web_argv(
+            port,
             "--loop",
             "uvloop",
             "--http",
             "httptools",
-            "--no-access-log",
             "--log-level",
             "warning",
             "--backlog",
             "4096",
-        ]
+        )
     else:
         argv = [sys.executable, __file__, "--serve-baseline", str(port)]
     proc = subprocess.Popen(argv, cwd=ROOT, env=os.environ.copy())

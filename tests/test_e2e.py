@@ -10,6 +10,7 @@ import anyio
 import httpx
 import pytest
 
+from app.dev import web_argv, worker_argv
 from app.embedded import free_port
 from tests.support.asgi import token
 from tests.support.openai_server import DEFAULT_REPLY, OpenAIServer, openai_server
@@ -38,21 +39,11 @@ def stack(upstream: OpenAIServer) -> Iterator[str]:
     try:
         web = start(
             "e2e-chat-web",
-            [
-                "python",
-                "-m",
-                "uvicorn",
-                "app.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
+            web_argv(port),
             env,
         )
         procs.append(web)
-        procs.append(start("e2e-chat-worker", ["python", "-m", "jobs.worker"], env))
+        procs.append(start("e2e-chat-worker", worker_argv(), env))
         base = f"http://127.0.0.1:{port}"
         wait_ready(web, base)
         yield base

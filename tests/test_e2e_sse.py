@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 
+from app.dev import web_argv
 from app.embedded import free_port
 from tests.support.asgi import token
 
@@ -47,17 +48,7 @@ def server() -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "LOG_LEVEL": "WARNING", "SSE_HEARTBEAT_SECONDS": "0.5"}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
+        web_argv(port),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

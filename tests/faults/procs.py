@@ -26,6 +26,7 @@ import psycopg
 import redis
 
 from app import settings
+from app.dev import web_argv, worker_argv
 from app.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,21 +247,7 @@ class Stack:
 
     def start_web(self, **extra: str) -> Web:
         port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--timeout-graceful-shutdown",
-            "3",
-            "--backlog",
-            "4096",
-        ]
+        argv = web_argv(port, "--timeout-graceful-shutdown", "3", "--backlog", "4096")
         proc = self._spawn(f"web-{port}", argv, self.env(**extra))
         web = Web(proc, f"http://127.0.0.1:{port}", port)
         wait_until(lambda: web.healthy() or proc.poll() is not None, STARTUP_SECONDS, "uvicorn")
@@ -270,7 +257,7 @@ class Stack:
 
     def start_worker(self, name: str = "worker", **extra: str) -> subprocess.Popen[bytes]:
         env = self.env(**{"WORKER_CHAT_PROCESSES": "1", "WORKER_UPLOAD_PROCESSES": "1", **extra})
-        return self._spawn(name, [sys.executable, "-m", "jobs.worker"], env)
+        return self._spawn(name, worker_argv(), env)
 
     def stop_all(self) -> None:
         for proc in self.procs:
