@@ -32,18 +32,31 @@ def parse_limit(limit_string: str) -> RateLimitItem:
     return parse(limit_string)
 
 
+def open_storage(redis_url: str, key_prefix: str) -> RedisStorage:
+    # limits takes "async+redis://..." and, with implementation="redispy", builds a
+    # redis.asyncio client from it (limits docs: "Storage backends"). Its pool gets the
+    # web's own size: redis-py's default of 100 ran dry under 1,000 connects at once.
+    return RedisStorage(
+        "async+" + redis_url,
+        implementation="redispy",
+        key_prefix=key_prefix,
+        socket_connect_timeout=5,
+        max_connections=settings.REDIS_POOL_MAX,
+    )
+
+
+async def close_storage(storage: RedisStorage) -> None:
+    # limits has no close(); its redis-py client is the bridge's ``storage``
+    # (limits/aio/storage/redis/redispy.py, untyped on the base bridge).
+    bridge: Any = storage.bridge
+    await bridge.storage.aclose()
+
+
 class RateLimiter:
     """One per web process (lifespan); the counters themselves live in Redis."""
 
     def __init__(self, redis_url: str, key_prefix: str) -> None:
-        # limits takes "async+redis://..." and, with implementation="redispy", builds a
-        # redis.asyncio client from it (limits docs: "Storage backends").
-        self._storage = RedisStorage(
-            "async+" + redis_url,
-            implementation="redispy",
-            key_prefix=key_prefix,
-            socket_connect_timeout=5,
-        )
+        self._storage = open_storage(redis_url, key_prefix)
         self._limiter = MovingWindowRateLimiter(self._storage)
 
     @classmethod
@@ -51,10 +64,7 @@ class RateLimiter:
         return cls(settings.REDIS_URL, f"{settings.REDIS_PREFIX}:ratelimit")
 
     async def aclose(self) -> None:
-        # limits has no close(); its redis-py client is the bridge's ``storage``
-        # (limits/aio/storage/redis/redispy.py, untyped on the base bridge).
-        bridge: Any = self._storage.bridge
-        await bridge.storage.aclose()
+        await close_storage(self._storage)
 
     async def hit(self, limit_name: str, limit_string: str, identity: str) -> RateLimitHeaders:
         """Count one request; returns the headers, or raises ``RateLimited`` with them."""

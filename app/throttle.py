@@ -16,16 +16,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
 
 import redis.exceptions
 from limits import RateLimitItem, parse
-from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from starlette.requests import HTTPConnection
 
 from app import metrics, settings
 from app.errors import RateLimited
+from app.ratelimit import close_storage, open_storage
 
 security_log = logging.getLogger("herald.security")
 _MAX_BLOCKED = 10_000
@@ -43,14 +42,7 @@ class AuthThrottle:
 
     def __init__(self, redis_url: str, key_prefix: str, limit: str) -> None:
         self.limit: RateLimitItem = parse(limit)
-        # limits builds its own redis.asyncio client from "async+redis://..." (limits
-        # docs, "Storage backends"); it is closed in aclose().
-        self._storage = RedisStorage(
-            "async+" + redis_url,
-            implementation="redispy",
-            key_prefix=key_prefix,
-            socket_connect_timeout=5,
-        )
+        self._storage = open_storage(redis_url, key_prefix)
         self._limiter = MovingWindowRateLimiter(self._storage)
         # Addresses known to be over the limit, and until when: repeat offenders are
         # refused without even the Redis round trip.
@@ -63,9 +55,7 @@ class AuthThrottle:
         )
 
     async def aclose(self) -> None:
-        # limits has no close(); its redis-py client is the bridge's ``storage``.
-        bridge: Any = self._storage.bridge
-        await bridge.storage.aclose()
+        await close_storage(self._storage)
 
     def check(self, address: str) -> None:
         """Raise ``RateLimited`` when ``address`` is known to be over its failures.
