@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import metrics
+from app import metrics, settings
 from app.errors import error_body
 from app.openapi import openapi_document
 
@@ -51,7 +51,8 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    body = await metrics.render_metrics(request.app.state.redis)
+    queue_keys = request.app.state.jobs.keys(settings.CHAT_QUEUE, settings.UPLOAD_QUEUE)
+    body = await metrics.render_metrics(request.app.state.redis, queue_keys)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

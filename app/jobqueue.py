@@ -23,6 +23,19 @@ class JobQueue:
             queue = self._queues[name] = Queue(name, connection=self._client)
         return queue
 
+    def keys(self, *names: str) -> dict[str, dict[str, str]]:
+        """Redis keys of each queue's list and registries, for /metrics."""
+        keys = {}
+        for name in names:
+            queue = self.queue(name)
+            keys[name] = {
+                "queued": queue.key,
+                "started": queue.started_job_registry.key,
+                "failed": queue.failed_job_registry.key,
+                "scheduled": queue.scheduled_job_registry.key,
+            }
+        return keys
+
     async def enqueue(
         self,
         queue_name: str,

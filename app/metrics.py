@@ -111,9 +111,35 @@ WORKER_METRICS = WorkerMetricsCollector()
 REGISTRY.register(WORKER_METRICS)
 
 
-async def render_metrics(client: redis.asyncio.Redis) -> bytes:
-    snapshot = await client.hgetall(worker_metrics_key())
+QUEUE_JOBS = Gauge(
+    "herald_queue_jobs",
+    "RQ jobs per queue and state (queued = depth), read from Redis at scrape time",
+    ["queue", "state"],
+    registry=REGISTRY,
+)
+
+
+async def render_metrics(
+    client: redis.asyncio.Redis, queue_keys: dict[str, dict[str, str]] | None = None
+) -> bytes:
+    """The Prometheus text: this process's metrics, the workers' counters from Redis,
+    and ``queue_keys`` ({queue: {state: redis key}}) sized with LLEN/ZCARD."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(worker_metrics_key())
+        cells = [
+            (q, state, key)
+            for q, states in (queue_keys or {}).items()
+            for state, key in states.items()
+        ]
+        for _, state, key in cells:
+            if state == "queued":
+                pipe.llen(key)
+            else:
+                pipe.zcard(key)
+        snapshot, *sizes = await pipe.execute()
     WORKER_METRICS.snapshot = {_b(k): _b(v) for k, v in snapshot.items()}
+    for (queue, state, _), size in zip(cells, sizes, strict=True):
+        QUEUE_JOBS.labels(queue, state).set(size)
     return generate_latest(REGISTRY)
 
 

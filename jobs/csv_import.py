@@ -229,6 +229,7 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
         if found is None or found[1] not in ACTIVE:
             return None
         run = Run(upload_id, found[0], found[2], ctl, client)
+        started = time.monotonic()
         try:
             with conn.transaction():
                 conn.execute("SET LOCAL TIME ZONE 'UTC'")  # naive datetimes are UTC
@@ -278,4 +279,9 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
         run.publish("upload.done", {"result": result})
         metrics.record_job_metric(client, "herald_upload_imports_total", outcome="completed")
         metrics.record_job_metric(client, "herald_upload_rows_total", result["rows_valid"])
+        # Sum and count make a mean duration in PromQL (rate(sum) / rate(count)).
+        metrics.record_job_metric(
+            client, "herald_upload_import_seconds_sum_total", time.monotonic() - started
+        )
+        metrics.record_job_metric(client, "herald_upload_import_seconds_count_total")
         return dict(result)
