@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
+from rq import get_current_job
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics, settings
@@ -39,6 +40,9 @@ class JSONFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
+        job = get_current_job()  # a ContextVar read: set while an RQ job runs
+        if job is not None:
+            entry["job_id"] = job.id
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value

@@ -44,3 +44,25 @@ async def test_metrics_show_queue_depth_and_worker_counters(redis_client: redis.
         assert "herald_sse_open_streams 0.0" in text
     finally:
         queue.empty()
+
+
+def test_log_lines_are_json_with_request_and_job_ids(redis_client: redis.Redis) -> None:
+    import json
+    import logging
+
+    from rq.job import Job, _current_job
+
+    from app.logs import JSONFormatter, request_id_var
+
+    record = logging.LogRecord("herald.test", logging.INFO, __file__, 1, "hello %s", ("x",), None)
+    request_token = request_id_var.set("req-1")
+    job_token = _current_job.set(Job(id="job-1", connection=redis_client))
+    try:
+        line = json.loads(JSONFormatter().format(record))
+    finally:
+        _current_job.reset(job_token)
+        request_id_var.reset(request_token)
+    assert line["message"] == "hello x"
+    assert line["request_id"] == "req-1"
+    assert line["job_id"] == "job-1"
+    assert line["level"] == "info"
