@@ -8,6 +8,7 @@ raced a writer caches under a key nobody reads again (no stale window beyond a r
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any
@@ -138,34 +139,53 @@ async def post_message(request: Request) -> Response:
             raise NotFound("No such conversation.")
     headers = await ratelimit.hit(request, "chat", settings.CHAT_RATE_LIMIT, principal.user_id)
     message_id = str(uuid.uuid4())
-    async with request.app.state.pool.connection() as conn, conn.transaction():
-        if conversation_id is None:
-            conversation_id = str(uuid.uuid4())
-            await conn.execute(
-                "INSERT INTO conversations (id, user_id, org_id, title) VALUES (%s, %s, %s, %s)",
-                (conversation_id, principal.user_id, principal.org_id, _title(message)),
-            )
-        else:
-            await conn.execute(
-                "UPDATE conversations SET updated_at = now() WHERE id = %s", (conversation_id,)
-            )
-        await conn.execute(
-            "INSERT INTO messages (id, conversation_id, role, text, status)"
-            " VALUES (%s, %s, 'user', %s, 'queued')",
-            (message_id, conversation_id, message),
+    if conversation_id is None:
+        conversation_id = str(uuid.uuid4())
+        parent = _NEW_CONVERSATION
+        params: tuple[Any, ...] = (
+            conversation_id,
+            principal.user_id,
+            principal.org_id,
+            _title(message),
         )
-    await ainvalidate_history(request.app.state.redis, principal.user_id, conversation_id)
+    else:
+        parent, params = _TOUCH_CONVERSATION, (conversation_id,)
+    async with request.app.state.pool.connection() as conn:
+        # One statement, one round trip, atomic on its own (autocommit): the conversation
+        # row and the message row; the foreign key is checked at the statement's end, when
+        # the CTE's row exists (PostgreSQL docs, "Data-Modifying Statements in WITH").
+        cur = await conn.execute(parent + _INSERT_MESSAGE, (*params, message_id, message))
+        if cur.rowcount != 1:  # the conversation was deleted after the ownership check
+            raise NotFound("No such conversation.")
     # The job id is derived from the message: a duplicate enqueue cannot make two replies.
-    job_id = await request.app.state.jobs.enqueue(
-        settings.CHAT_QUEUE,
-        RUN_CHAT,
-        message_id,
-        job_id=f"chat-{message_id}",
-        timeout=settings.CHAT_JOB_TIMEOUT_SECONDS,
-        retries=settings.CHAT_JOB_RETRIES,
+    # The worker never reads the history cache, so its invalidation runs beside the
+    # enqueue rather than before it (both are done before the 202).
+    job_id, _ = await asyncio.gather(
+        request.app.state.jobs.enqueue(
+            settings.CHAT_QUEUE,
+            RUN_CHAT,
+            message_id,
+            job_id=f"chat-{message_id}",
+            timeout=settings.CHAT_JOB_TIMEOUT_SECONDS,
+            retries=settings.CHAT_JOB_RETRIES,
+        ),
+        ainvalidate_history(request.app.state.redis, principal.user_id, conversation_id),
     )
     body = {"conversation_id": conversation_id, "message_id": message_id, "job_id": job_id}
     return JSONResponse(body, status_code=202, headers=headers)
+
+
+_NEW_CONVERSATION = (
+    "WITH parent AS (INSERT INTO conversations (id, user_id, org_id, title)"
+    " VALUES (%s, %s, %s, %s) RETURNING id)"
+)
+_TOUCH_CONVERSATION = (
+    "WITH parent AS (UPDATE conversations SET updated_at = now() WHERE id = %s RETURNING id)"
+)
+_INSERT_MESSAGE = (
+    " INSERT INTO messages (id, conversation_id, role, text, status)"
+    " SELECT %s, parent.id, 'user', %s, 'queued' FROM parent"
+)
 
 
 def _title(message: str) -> str:

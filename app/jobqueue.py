@@ -49,16 +49,23 @@ class JobQueue:
         queue = self.queue(queue_name)
 
         def enqueue() -> Job:
-            return queue.enqueue_call(
-                func_path,
-                args=args,
-                job_id=job_id,
-                timeout=timeout,
-                retry=Retry(max=retries, interval=[1, 5, 15][:retries]) if retries else None,
-                result_ttl=3600,
-                failure_ttl=7 * 86400,
-                at_front=at_front,
-            )
+            # Through our own pipeline, so RQ's writes (queue registration, job hash,
+            # RPUSH) go in one round trip instead of two (rq Queue.enqueue_job runs the
+            # queue-set SADD on its own pipeline when none is given).
+            with self._client.pipeline() as pipe:
+                job = queue.enqueue_call(
+                    func_path,
+                    args=args,
+                    job_id=job_id,
+                    timeout=timeout,
+                    retry=Retry(max=retries, interval=[1, 5, 15][:retries]) if retries else None,
+                    result_ttl=3600,
+                    failure_ttl=7 * 86400,
+                    at_front=at_front,
+                    pipeline=pipe,
+                )
+                pipe.execute()
+            return job
 
         job = await anyio.to_thread.run_sync(enqueue)
         return str(job.id)

@@ -3,7 +3,10 @@
 Memory is LangGraph's PostgreSQL checkpointer (thread = conversation): each turn
 appends the user's message and the reply to ``messages`` only when the reply
 succeeded, so blocked prompts and failed turns never enter later context. Reply text
-leaves the graph as it arrives, through the stream writer (``stream_mode="custom"``).
+leaves the graph as it arrives, through the context's ``on_chunk`` callback, called by
+the respond node for each piece (not LangGraph's stream writer: its hand-off to the
+``astream`` consumer runs only when the node's task next yields, which with a fast
+upstream held the first chunk back by ~0.8 ms; scripts/bench_chat.py).
 Message ids are fixed per turn, so re-running a turn (an RQ retry) replaces rather
 than duplicates it (``add_messages`` merges by id).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
@@ -59,6 +63,8 @@ class AgentContext:
     provider: Provider
     breaker: Breaker
     user_id: str
+    # Publishes one piece of the reply ({"index", "text"}) at once, from the node.
+    on_chunk: Callable[[dict[str, Any]], None]
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -126,7 +132,7 @@ async def respond(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
         async for text in stream_with_retry(
             ctx.provider, prompt(state), settings.LLM_TIMEOUT_SECONDS
         ):
-            runtime.stream_writer({"index": len(parts), "text": text})
+            ctx.on_chunk({"index": len(parts), "text": text})
             parts.append(text)
     except LLMError as exc:
         if exc.breaker:

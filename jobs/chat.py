@@ -138,6 +138,20 @@ async def _turn(
     user_id = row["user_id"]
     saver = AsyncPostgresSaver(conn)
     graph = compiled_graph().copy(update={"checkpointer": saver})
+    chunks = 0
+
+    def on_chunk(data: dict[str, Any]) -> None:
+        nonlocal chunks
+        _publish(client, user_id, "chat.chunk", {**base, **data})
+        chunks += 1
+        if chunks == 1:  # recorded after the chunk is out, not before it
+            first = max(0.0, time.time() - started)
+            with client.pipeline(transaction=False) as pipe:
+                _metric(pipe, "herald_chat_first_chunk_seconds_sum_total", labels, first)
+                _metric(pipe, "herald_chat_first_chunk_seconds_count_total", labels)
+                _metric(pipe, "herald_chat_first_chunk_seconds_last", labels, first)
+                pipe.execute()
+
     ctx = AgentContext(
         conn=conn,
         db_lock=saver.lock,
@@ -145,10 +159,9 @@ async def _turn(
         provider=handle.provider,
         breaker=Breaker.for_llm(client, handle.provider.name, configured_model()),
         user_id=user_id,
+        on_chunk=on_chunk,
         labels=labels,
     )
-    state: dict[str, Any] = {}
-    chunks = 0
     turn: ChatState = {
         "conversation_id": base["conversation_id"],
         "message_id": base["message_id"],
@@ -158,26 +171,14 @@ async def _turn(
         "error_message": "",
     }
     config: Any = {"configurable": {"thread_id": base["conversation_id"]}}
-    data: Any
-    async for mode, data in graph.astream(
+    state: dict[str, Any] = await graph.ainvoke(
         turn,
         config,
         context=ctx,
-        stream_mode=["custom", "values"],
         # Memory is saved once, when the turn ends: no checkpoint writes before the
         # first token (a crashed turn is re-run whole by the RQ retry anyway).
         durability="exit",
-    ):
-        if mode == "custom":
-            _publish(client, user_id, "chat.chunk", {**base, **data})
-            chunks += 1
-            if chunks == 1:  # recorded after the chunk is out, not before it
-                first = max(0.0, time.time() - started)
-                _metric(client, "herald_chat_first_chunk_seconds_sum_total", labels, first)
-                _metric(client, "herald_chat_first_chunk_seconds_count_total", labels)
-                _metric(client, "herald_chat_first_chunk_seconds_last", labels, first)
-        else:
-            state = data
+    )
     if chunks:
         _metric(client, "herald_chat_tokens_total", labels, chunks)
     code = state.get("error_code", "")

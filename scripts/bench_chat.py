@@ -82,6 +82,98 @@ cls([settings.CHAT_QUEUE], connection=redis.Redis.from_url(settings.REDIS_URL)).
 )
 """
 
+# --hops: the same processes with a timestamp (time.time(), comparable across processes
+# on one machine) written at each hop, keyed by message id, to HOPS_FILE.<role>.
+WEB_HOPS = """
+import json, os, time, uvicorn
+from starlette.routing import Route
+from app import chat, jobqueue, ratelimit
+out = open(os.environ["HOPS_FILE"] + ".web", "a", buffering=1)
+marks = []
+def mark(name):
+    marks.append((name, time.time()))
+def after(owner, attr, name):
+    orig = getattr(owner, attr)
+    async def wrapped(*a, **k):
+        r = await orig(*a, **k)
+        mark(name)
+        return r
+    setattr(owner, attr, wrapped)
+after(chat, "authenticate", "auth")
+after(chat, "read_message", "body")
+after(ratelimit, "hit", "ratelimit")
+after(jobqueue.JobQueue, "enqueue", "enqueue")
+orig_inv = chat.ainvalidate_history
+async def invalidate(*a, **k):
+    mark("db")
+    await orig_inv(*a, **k)
+    mark("invalidate")
+chat.ainvalidate_history = invalidate
+orig_post = chat.post_message
+async def post(request):
+    mark("handler")
+    resp = await orig_post(request)
+    mid = json.loads(resp.body)["message_id"]
+    for n, t in marks:
+        out.write(f"{mid} web.{n} {t!r}\\n")
+    marks.clear()
+    return resp
+chat.routes[0] = Route("/chat/messages", post, methods=["POST"])
+from app.main import app as inner
+async def app(scope, receive, send):
+    if scope["type"] == "http" and scope["path"] == "/chat/messages":
+        marks.clear()
+        mark("asgi")
+    await inner(scope, receive, send)
+uvicorn.run(app, host="127.0.0.1", port=int(os.environ["HOPS_PORT"]), log_level="warning",
+            access_log=False)
+"""
+
+WORKER_HOPS = """
+import os, sys, time, redis
+import jobs.chat
+from rq import Queue, SimpleWorker
+from app import settings
+from app.logs import configure_logging
+out = open(os.environ["HOPS_FILE"] + ".worker", "a", buffering=1)
+def mark(key, name):
+    out.write(f"{key.removeprefix('chat-')} worker.{name} {time.time()!r}\\n")
+orig_dq = Queue.dequeue_any.__func__
+def dequeue_any(cls, *a, **k):
+    t = time.time()
+    r = orig_dq(cls, *a, **k)
+    if r:
+        out.write(f"{r[0].id.removeprefix('chat-')} worker.listen {t!r}\\n")
+        mark(r[0].id, "dequeued")
+    return r
+Queue.dequeue_any = classmethod(dequeue_any)
+def after(owner, attr, name):
+    orig = getattr(owner, attr)
+    def wrapped(self, job, *a, **k):
+        r = orig(self, job, *a, **k)
+        mark(job.id, name)
+        return r
+    setattr(owner, attr, wrapped)
+after(SimpleWorker, "prepare_execution", "execution")
+after(SimpleWorker, "prepare_job_execution", "prepared")
+after(SimpleWorker, "handle_job_success", "rq_success")
+orig_run = jobs.chat.run_chat
+def run_chat(message_id):
+    mark(message_id, "job_start")
+    return orig_run(message_id)
+jobs.chat.run_chat = run_chat
+orig_publish = jobs.chat._publish
+def publish(client, user_id, event, data):
+    orig_publish(client, user_id, event, data)
+    if event == "chat.chunk" and data.get("index") == 0:
+        mark(data["message_id"], "first_publish")
+jobs.chat._publish = publish
+configure_logging()
+SimpleWorker([settings.CHAT_QUEUE], connection=redis.Redis.from_url(settings.REDIS_URL)).work(
+    logging_level="WARNING"
+)
+"""
+
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -162,6 +254,7 @@ class Events:
 
     def __init__(self) -> None:
         self.first: dict[str, float] = {}
+        self.first_wall: dict[str, float] = {}
         self.done: dict[str, float] = {}
         self.connected = asyncio.Event()
         self.changed = asyncio.Event()
@@ -174,7 +267,7 @@ class Events:
                 if ": connected" in buffer:
                     self.connected.set()
                 *frames, buffer = buffer.split("\n\n")
-                now = time.perf_counter()
+                now, wall = time.perf_counter(), time.time()
                 for frame in frames:
                     lines = dict(
                         line.split(": ", 1) for line in frame.splitlines() if line[:1] != ":"
@@ -184,6 +277,7 @@ class Events:
                     message_id = json.loads(lines["data"]).get("message_id")
                     if lines.get("event") == "chat.chunk":
                         self.first.setdefault(message_id, now)
+                        self.first_wall.setdefault(message_id, wall)
                     elif lines.get("event") in ("chat.done", "chat.error"):
                         self.done[message_id] = now
                         self.changed.set()
@@ -307,11 +401,106 @@ def stack_run(args: argparse.Namespace, worker_class: str, workers: int) -> dict
             stop(p)
 
 
+HOPS = [
+    ("client.post", "client sends POST"),
+    ("web.asgi", "request reaches the ASGI app"),
+    ("web.handler", "through middleware, handler starts"),
+    ("web.auth", "JWT checked"),
+    ("web.body", "body read and validated"),
+    ("web.ratelimit", "rate limit counted (Redis)"),
+    ("web.db", "conversation + message stored (PostgreSQL)"),
+    ("web.invalidate", "history cache invalidated (Redis)"),
+    ("web.enqueue", "RQ enqueue returned"),
+    ("client.response", "client has the 202"),
+    ("worker.listen", "worker (idle) blocks in BLMOVE"),
+    ("worker.dequeued", "job dequeued and fetched"),
+    ("worker.execution", "RQ prepare_execution"),
+    ("worker.prepared", "RQ prepare_job_execution"),
+    ("worker.job_start", "run_chat called"),
+    ("worker.first_publish", "first chat.chunk published"),
+    ("client.first_chunk", "first chat.chunk read from /events"),
+]
+
+
+async def hop_chats(base: str, n: int, hops: dict[str, dict[str, float]]) -> None:
+    headers = {"authorization": f"Bearer {mint_token('bench-user-' + uuid.uuid4().hex[:6])}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
+        events = Events()
+        reader = asyncio.create_task(events.run(client))
+        await asyncio.wait_for(events.connected.wait(), 10)
+        for i in range(n + 5):
+            wall = time.time()
+            mid, _t = await post(client)
+            got = time.time()
+            await events.wait_done(mid)
+            if i >= 5:  # warm-up
+                hops[mid] = {
+                    "client.post": wall,
+                    "client.response": got,
+                    "client.first_chunk": events.first_wall[mid],
+                }
+        reader.cancel()
+
+
+def hops_run(n: int) -> None:
+    """Per-hop timestamps through web + SimpleWorker, one chat at a time."""
+    port = embedded.free_port()
+    hops_file = f"/tmp/herald-hops-{RUN}"
+    env = {"HOPS_FILE": hops_file, "HOPS_PORT": str(port)}
+    os.environ.update(env)
+    web = start([sys.executable, "-c", WEB_HOPS])
+    worker = start([sys.executable, "-c", WORKER_HOPS])
+    base = f"http://127.0.0.1:{port}"
+    hops: dict[str, dict[str, float]] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("web did not start")
+            time.sleep(0.1)
+        asyncio.run(hop_chats(base, n, hops))
+    finally:
+        for p in (web, worker):
+            stop(p)
+    for role in ("web", "worker"):
+        path = Path(f"{hops_file}.{role}")
+        for line in path.read_text().splitlines():
+            mid, hop, t = line.split()
+            if mid in hops:
+                hops[mid][hop] = float(t)
+        path.unlink()
+    print(f"per-hop, {n} chats one at a time, 1 SimpleWorker; ms since client.post (p50)")
+    print("| hop | since POST p50 (ms) | step p50 (ms) | step p90 (ms) |")
+    print("|---|---|---|---|")
+    prev = None
+    for hop, label in HOPS:
+        since = [h[hop] - h["client.post"] for h in hops.values() if hop in h]
+        if not since:
+            continue
+        if prev is None:
+            steps = [0.0]
+        else:
+            steps = [h[hop] - h[prev] for h in hops.values() if hop in h and prev in h]
+        print(
+            f"| {label} (`{hop}`) | {ms(statistics.median(since))} |"
+            f" {ms(statistics.median(steps))} | {ms(pct(steps, 0.9))} |"
+        )
+        prev = hop
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chats", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--hops", action="store_true", help="only the per-hop timestamps (instrumented web, worker)"
+    )
     args = parser.parse_args()
 
     with psycopg.connect(_base_db, autocommit=True) as conn:
@@ -325,6 +514,9 @@ def main() -> None:
         from app.migrations import apply_migrations
 
         apply_migrations()
+        if args.hops:
+            hops_run(args.chats)
+            return
         first, whole = asyncio.run(baseline(server.base_url, args.chats))
         job = job_in_process(args.chats)
         simple = stack_run(args, "simple", args.workers)
