@@ -177,6 +177,10 @@ class Hub:
                 raise
         try:
             await asyncio.wait_for(channel.ready.wait(), timeout=10)
+        except TimeoutError:
+            self.unsubscribe(mailbox)
+            # A 503 naming Redis (app/errors.py), not a 500: the client may retry.
+            raise redis.exceptions.TimeoutError("SUBSCRIBE not confirmed") from None
         except BaseException:
             self.unsubscribe(mailbox)
             raise
@@ -271,10 +275,13 @@ class Hub:
                 with contextlib.suppress(redis.exceptions.RedisError, OSError):
                     await conn.send_command("PING")
 
-    def _dispatch(self, response: list[bytes]) -> None:
-        kind = response[0]
-        if kind == b"pong":  # the watchdog's PING: [b"pong", b""]
+    def _dispatch(self, response: list[bytes] | bytes) -> None:
+        # The watchdog's PING is answered [b"pong", b""] while subscribed, but b"PONG"
+        # once the last channel is gone (Redis docs, PING): an idle process got the
+        # latter, and indexing it killed the reader (found by the API audit).
+        if not isinstance(response, list) or response[0] == b"pong":
             return
+        kind = response[0]
         raw_name, payload = response[1], response[2]
         channel = self._channels.get(raw_name.decode())
         if channel is None:

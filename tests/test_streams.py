@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from app import events, settings
+from app.hub import Hub
 from tests.support.asgi import StreamCall, running_app, token
 
 pytestmark = pytest.mark.anyio
@@ -302,3 +303,25 @@ async def test_upload_stream_receives_upload_events(
         assert f"id: {upload_event_id}\nevent: upload.progress\n".encode() in mate.body
         assert f"id: {user_id}\nevent: upload.progress\n".encode() in owner.body
         assert b"chat.chunk" not in mate.body
+
+
+async def test_hub_survives_idle_ping(redis_client: redis.Redis) -> None:
+    # With no channel left, Redis answers the watchdog's PING with a plain PONG, not
+    # the subscribed-mode array; that reply used to kill the reader, and every later
+    # stream of the process then failed (found by the API audit).
+    hub = Hub(settings.REDIS_URL, queue_size=8, health_check_seconds=0.1)
+    await hub.start()
+    try:
+        key = events.user_stream("idle-ping")
+        hub.unsubscribe(await hub.subscribe(key))
+        await anyio.sleep(0.6)  # several watchdog rounds: it PINGs after 0.1 s of silence
+        assert hub._reader is not None and not hub._reader.done()
+        with anyio.fail_after(5):
+            mailbox = await hub.subscribe(key)
+        event_id = publish_one(redis_client, "idle-ping", {"text": "after idle"})
+        with anyio.fail_after(5):
+            frames = await mailbox.wait(5)
+        assert event_id.encode() in b"".join(frames)
+        hub.unsubscribe(mailbox)
+    finally:
+        await hub.stop()
