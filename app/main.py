@@ -6,7 +6,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
 from app import chat, devtoken, health, settings, streams, uploads
@@ -21,14 +21,19 @@ def create_app() -> Starlette:
     routes: list[BaseRoute] = [*health.routes, *streams.routes, *chat.routes, *uploads.routes]
     if settings.DEV_MODE:  # a token for anyone who asks: never outside local development
         routes.extend(devtoken.routes)
-    if STATIC_DIR.is_dir():
-        routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(AccessLogMiddleware)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
+    if STATIC_DIR.is_dir():
+        # The page is the router's fallback, not a Mount("/"): a mount at "/" matches
+        # every path fully, so a wrong method on an API path (GET /chat/messages) got
+        # the file server's 404, or its 405 with the wrong Allow, instead of the
+        # route's 405 (Starlette Router: a full match wins over a partial one).
+        app.router.default = StaticFiles(directory=STATIC_DIR, html=True)
+    return app
 
 
 configure_logging()

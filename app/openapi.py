@@ -45,6 +45,105 @@ def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _OBJ = {"type": "object"}
+_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+_STR = {"type": "string"}
+_TIME = {"type": "string", "format": "date-time"}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+def _list_schemas() -> dict[str, Any]:
+    """What the list and result endpoints return (app/chat.py, app/uploads.py)."""
+    column = _object(
+        ["name", "type", "nulls", "invalid", "distinct"],
+        {
+            "name": _STR,
+            "type": {"enum": ["int", "float", "bool", "date", "datetime", "text"]},
+            "nulls": {"type": "integer"},
+            "invalid": {"type": "integer"},
+            "distinct": {"type": "integer"},
+            "min": {},
+            "max": {},
+            "mean": {"type": ["number", "null"]},
+            "top": {
+                "type": "array",
+                "items": _object(["value", "count"], {"value": {}, "count": {"type": "integer"}}),
+            },
+        },
+    )
+    return {
+        "ConversationList": _object(
+            ["conversations"],
+            {
+                "conversations": {
+                    "type": "array",
+                    "items": _object(
+                        ["conversation_id", "title", "created_at", "updated_at"],
+                        {
+                            "conversation_id": _STR,
+                            "title": _STR,
+                            "created_at": _TIME,
+                            "updated_at": _TIME,
+                        },
+                    ),
+                }
+            },
+        ),
+        "MessageList": _object(
+            ["conversation_id", "messages"],
+            {
+                "conversation_id": _STR,
+                "messages": {
+                    "type": "array",
+                    "items": _object(
+                        ["message_id", "role", "text", "status", "created_at"],
+                        {
+                            "message_id": _STR,
+                            "role": {"enum": ["user", "assistant"]},
+                            "text": _STR,
+                            "status": _STR,
+                            "created_at": _TIME,
+                            "model": _STR,
+                            "error_code": _STR,
+                        },
+                    ),
+                },
+            },
+        ),
+        "UploadList": _object(["uploads"], {"uploads": {"type": "array", "items": _ref("Upload")}}),
+        "UploadResult": _object(
+            ["rows_total", "rows_valid", "rows_invalid", "data_quality_score", "columns"],
+            {
+                "rows_total": {"type": "integer"},
+                "rows_valid": {"type": "integer"},
+                "rows_invalid": {"type": "integer"},
+                "data_quality_score": {"type": "number", "minimum": 0, "maximum": 100},
+                "columns": {"type": "array", "items": column},
+            },
+        ),
+        "Rows": _object(
+            ["upload_id", "columns", "rows", "limit", "offset", "total"],
+            {
+                "upload_id": _STR,
+                "columns": {
+                    "type": "array",
+                    "items": _object(["name", "type"], {"name": _STR, "type": _STR}),
+                },
+                "rows": {"type": "array", "items": _OBJ},
+                "limit": {"type": "integer"},
+                "offset": {"type": "integer"},
+                "total": {"type": "integer"},
+            },
+        ),
+    }
+
+
 _SSE = {
     "description": "An event stream",
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -72,14 +171,14 @@ def openapi_document() -> dict[str, Any]:
         "/chat/conversations": {
             "get": _op(
                 "The caller's conversations, newest first",
-                {"200": _json(_OBJ)} | _errors(401),
+                {"200": _json(_ref("ConversationList"))} | _errors(401),
                 security=_BEARER,
             )
         },
         "/chat/conversations/{conversation_id}/messages": {
             "get": _op(
                 "A conversation's messages in order",
-                {"200": _json(_OBJ)} | _errors(401, 404),
+                {"200": _json(_ref("MessageList"))} | _errors(401, 404),
                 security=_BEARER,
                 parameters=[_path_id("conversation_id")],
             )
@@ -87,8 +186,12 @@ def openapi_document() -> dict[str, Any]:
         "/uploads": {
             "get": _op(
                 "The tenant's uploads, newest first",
-                {"200": _json(_OBJ)} | _errors(401),
+                {"200": _json(_ref("UploadList"))} | _errors(400, 401),
                 security=_BEARER,
+                parameters=[
+                    _query("limit", {"type": "integer", "minimum": 1}),
+                    _query("offset", {"type": "integer", "minimum": 0}),
+                ],
             ),
             "post": _op(
                 "Upload a CSV file (multipart `file` field, or a raw text/csv body)",
@@ -134,7 +237,7 @@ def openapi_document() -> dict[str, Any]:
         "/uploads/{upload_id}/rows": {
             "get": _op(
                 "Imported rows, typed",
-                {"200": _json(_OBJ)} | _errors(400, 401, 404, 409),
+                {"200": _json(_ref("Rows"))} | _errors(400, 401, 404, 409),
                 security=_BEARER,
                 parameters=[
                     *uid,
@@ -180,11 +283,11 @@ def openapi_document() -> dict[str, Any]:
                 parameters=uid,
             )
         },
-        "/healthz": {"get": _op("Liveness", {"200": _json(_OBJ)}, security=[])},
+        "/healthz": {"get": _op("Liveness", {"200": _json(_STATUS)}, security=[])},
         "/readyz": {
             "get": _op(
                 "Readiness of Redis and PostgreSQL",
-                {"200": _json(_OBJ)} | _errors(503),
+                {"200": _json(_STATUS)} | _errors(503),
                 security=[],
             )
         },
@@ -258,12 +361,20 @@ def openapi_document() -> dict[str, Any]:
                     ]
                 },
                 "created_at": {"type": "string", "format": "date-time"},
-                "progress": {"type": "object"},
-                "result": {"type": ["object", "null"]},
+                "progress": {
+                    "type": "object",
+                    "required": ["percent", "rows_processed"],
+                    "properties": {
+                        "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+                        "rows_processed": {"type": "integer", "minimum": 0},
+                    },
+                },
+                "result": {"oneOf": [_ref("UploadResult"), {"type": "null"}]},
                 "error": {"type": ["object", "null"]},
             },
         },
     }
+    schemas |= _list_schemas()
     return {
         "openapi": "3.1.0",
         "info": {
