@@ -6,7 +6,8 @@
 Starts everything itself: Redis and PostgreSQL (REDIS_URL / DATABASE_URL if set, else
 the embedded servers; a private key prefix and schema, dropped at the end), a
 zero-latency OpenAI-compatible loopback upstream (tests/support/openai_server.py), one
-uvicorn web process and RQ chat worker processes (``--worker-class simple|fork``).
+uvicorn web process and RQ chat worker processes: ``jobs.worker.ChatWorker`` (what the
+Procfile runs), rq's plain ``SimpleWorker`` and a forking ``Worker``.
 
 Measures, with the ``openai`` provider pointed at the loopback upstream:
 
@@ -15,17 +16,20 @@ Measures, with the ``openai`` provider pointed at the loopback upstream:
   job       ``run_chat`` called in-process (graph, guard, checkpointer, PostgreSQL,
             publishing), no web, no queue: start → first chunk published;
   e2e       POST /chat/messages → first ``chat.chunk`` on the caller's /events stream,
-            one chat at a time (p50/p99), for a SimpleWorker and a forking Worker;
+            one chat at a time (p50/p99), for each worker class;
   rate      chats/s with ``--concurrency`` chats in flight on ``--workers`` processes;
   rss       resident memory of one chat worker process after the run.
 
-Prints a Markdown table (README "Chat").
+Prints a Markdown table (README "Chat"). ``--hops`` instead times each hop of one chat
+(client, web handler steps, RQ dequeue and bookkeeping, job, SSE) with plain
+SimpleWorker and ChatWorker, in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import secrets
@@ -75,8 +79,9 @@ import jobs.chat  # preloaded: a forking Worker's horse then inherits the import
 from rq import SimpleWorker, Worker
 from app import settings
 from app.logs import configure_logging
+from jobs.worker import ChatWorker
 configure_logging()
-cls = {"simple": SimpleWorker, "fork": Worker}[sys.argv[1]]
+cls = {"chat": ChatWorker, "simple": SimpleWorker, "fork": Worker}[sys.argv[1]]
 cls([settings.CHAT_QUEUE], connection=redis.Redis.from_url(settings.REDIS_URL)).work(
     logging_level="WARNING"
 )
@@ -135,6 +140,7 @@ import jobs.chat
 from rq import Queue, SimpleWorker
 from app import settings
 from app.logs import configure_logging
+from jobs.worker import ChatWorker
 out = open(os.environ["HOPS_FILE"] + ".worker", "a", buffering=1)
 def mark(key, name):
     out.write(f"{key.removeprefix('chat-')} worker.{name} {time.time()!r}\\n")
@@ -154,13 +160,17 @@ def after(owner, attr, name):
         mark(job.id, name)
         return r
     setattr(owner, attr, wrapped)
-after(SimpleWorker, "prepare_execution", "execution")
-after(SimpleWorker, "prepare_job_execution", "prepared")
-after(SimpleWorker, "handle_job_success", "rq_success")
+cls = {"chat": ChatWorker, "simple": SimpleWorker}[sys.argv[1]]
+after(cls, "prepare_execution", "execution")
+after(cls, "prepare_job_execution", "prepared")
+after(cls, "handle_job_success", "rq_success")
 orig_run = jobs.chat.run_chat
 def run_chat(message_id):
     mark(message_id, "job_start")
-    return orig_run(message_id)
+    try:
+        return orig_run(message_id)
+    finally:
+        mark(message_id, "job_end")
 jobs.chat.run_chat = run_chat
 orig_publish = jobs.chat._publish
 def publish(client, user_id, event, data):
@@ -169,7 +179,7 @@ def publish(client, user_id, event, data):
         mark(data["message_id"], "first_publish")
 jobs.chat._publish = publish
 configure_logging()
-SimpleWorker([settings.CHAT_QUEUE], connection=redis.Redis.from_url(settings.REDIS_URL)).work(
+cls([settings.CHAT_QUEUE], connection=redis.Redis.from_url(settings.REDIS_URL)).work(
     logging_level="WARNING"
 )
 """
@@ -255,6 +265,7 @@ class Events:
     def __init__(self) -> None:
         self.first: dict[str, float] = {}
         self.first_wall: dict[str, float] = {}
+        self.done_wall: dict[str, float] = {}
         self.done: dict[str, float] = {}
         self.connected = asyncio.Event()
         self.changed = asyncio.Event()
@@ -280,6 +291,7 @@ class Events:
                         self.first_wall.setdefault(message_id, wall)
                     elif lines.get("event") in ("chat.done", "chat.error"):
                         self.done[message_id] = now
+                        self.done_wall[message_id] = wall
                         self.changed.set()
 
     async def wait_done(self, message_id: str) -> None:
@@ -438,18 +450,19 @@ async def hop_chats(base: str, n: int, hops: dict[str, dict[str, float]]) -> Non
                     "client.post": wall,
                     "client.response": got,
                     "client.first_chunk": events.first_wall[mid],
+                    "client.done": events.done_wall[mid],
                 }
         reader.cancel()
 
 
-def hops_run(n: int) -> None:
-    """Per-hop timestamps through web + SimpleWorker, one chat at a time."""
+def hops_run(n: int, worker_class: str) -> None:
+    """Per-hop timestamps through web + one worker, one chat at a time."""
     port = embedded.free_port()
     hops_file = f"/tmp/herald-hops-{RUN}"
     env = {"HOPS_FILE": hops_file, "HOPS_PORT": str(port)}
     os.environ.update(env)
     web = start([sys.executable, "-c", WEB_HOPS])
-    worker = start([sys.executable, "-c", WORKER_HOPS])
+    worker = start([sys.executable, "-c", WORKER_HOPS, worker_class])
     base = f"http://127.0.0.1:{port}"
     hops: dict[str, dict[str, float]] = {}
     try:
@@ -474,7 +487,8 @@ def hops_run(n: int) -> None:
             if mid in hops:
                 hops[mid][hop] = float(t)
         path.unlink()
-    print(f"per-hop, {n} chats one at a time, 1 SimpleWorker; ms since client.post (p50)")
+    name = {"chat": "jobs.worker.ChatWorker", "simple": "rq SimpleWorker"}[worker_class]
+    print(f"\nper hop, {n} chats one at a time, one {name}; ms since client.post")
     print("| hop | since POST p50 (ms) | step p50 (ms) | step p90 (ms) |")
     print("|---|---|---|---|")
     prev = None
@@ -491,6 +505,23 @@ def hops_run(n: int) -> None:
             f" {ms(statistics.median(steps))} | {ms(pct(steps, 0.9))} |"
         )
         prev = hop
+    tail = [
+        ("worker.job_end", "run_chat returned (after chat.done)"),
+        ("worker.rq_success", "RQ stored the result"),
+        ("worker.next_listen", "worker back in BLMOVE"),
+    ]
+    order = sorted(hops.values(), key=lambda h: h["client.post"])
+    for before, after in itertools.pairwise(order):
+        if "worker.listen" in after:
+            before["worker.next_listen"] = after["worker.listen"]
+    print()
+    print("after the first chunk: the job's end and RQ's bookkeeping (ms since chat.done read)")
+    print("| step | p50 (ms) |")
+    print("|---|---|")
+    for hop, label in tail:
+        since = [h[hop] - h["client.done"] for h in order if hop in h and "client.done" in h]
+        if since:
+            print(f"| {label} (`{hop}`) | {ms(statistics.median(since))} |")
 
 
 def main() -> None:
@@ -515,14 +546,16 @@ def main() -> None:
 
         apply_migrations()
         if args.hops:
-            hops_run(args.chats)
+            hops_run(args.chats, "simple")
+            hops_run(args.chats, "chat")
             return
         first, whole = asyncio.run(baseline(server.base_url, args.chats))
         job = job_in_process(args.chats)
+        chat = stack_run(args, "chat", args.workers)
         simple = stack_run(args, "simple", args.workers)
         fork = stack_run(args, "fork", args.workers)
         one = stack_run(
-            argparse.Namespace(chats=args.chats // 2, concurrency=args.concurrency), "simple", 1
+            argparse.Namespace(chats=args.chats // 2, concurrency=args.concurrency), "chat", 1
         )
     finally:
         server.stop()
@@ -538,26 +571,29 @@ def main() -> None:
             conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
 
     b, j = summary(first), summary(job)
-    s, f = summary(simple["ttfc"]), summary(fork["ttfc"])
+    c, s, f = summary(chat["ttfc"]), summary(simple["ttfc"]), summary(fork["ttfc"])
     print(f"machine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}")
     print(f"chats per measurement: {args.chats}; upstream reply: 6 chunks, zero latency\n")
     print("| path | first chunk p50 (ms) | p99 (ms) |")
     print("|---|---|---|")
     print(f"| baseline: upstream called directly | {ms(b['p50'])} | {ms(b['p99'])} |")
     print(f"| run_chat in-process (no web, no queue) | {ms(j['p50'])} | {ms(j['p99'])} |")
-    print(f"| POST → /events chunk, SimpleWorker | {ms(s['p50'])} | {ms(s['p99'])} |")
+    print(f"| POST → /events chunk, ChatWorker | {ms(c['p50'])} | {ms(c['p99'])} |")
+    print(f"| POST → /events chunk, rq SimpleWorker | {ms(s['p50'])} | {ms(s['p99'])} |")
     print(f"| POST → /events chunk, forking Worker | {ms(f['p50'])} | {ms(f['p99'])} |")
     print()
+    print(f"median overhead over baseline (ChatWorker): {ms(c['p50'] - b['p50'])} ms")
     print(f"median overhead over baseline (SimpleWorker): {ms(s['p50'] - b['p50'])} ms")
-    print(f"POST /chat/messages response p50: {ms(statistics.median(simple['post']))} ms")
+    print(f"POST /chat/messages response p50: {ms(statistics.median(chat['post']))} ms")
     print(f"whole reply, baseline p50: {ms(statistics.median(whole))} ms")
     print(
-        f"chats/s, {args.workers} SimpleWorker processes, {args.concurrency} in flight: "
-        f"{simple['rate']:.1f}"
+        f"chats/s, {args.workers} ChatWorker processes, {args.concurrency} in flight: "
+        f"{chat['rate']:.1f}"
     )
+    print(f"chats/s, {args.workers} SimpleWorker processes: {simple['rate']:.1f}")
     print(f"chats/s, {args.workers} forking Worker processes: {fork['rate']:.1f}")
-    print(f"chats/s, 1 SimpleWorker process: {one['rate']:.1f}")
-    print(f"worker RSS after run (KiB): simple {simple['rss_kib']}, fork {fork['rss_kib']}")
+    print(f"chats/s, 1 ChatWorker process: {one['rate']:.1f}")
+    print(f"worker RSS after run (KiB): chat {chat['rss_kib']}, fork {fork['rss_kib']}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""ChatWorker (jobs/worker.py): rq's SimpleWorker with fewer round trips around a job.
+
+The jobs run the RQ way (burst); what is checked is what the skipped heartbeats must
+not break: the job's outcome and events, the worker's Redis record (state, a TTL long
+enough to outlive a blocking dequeue), and RQ's registries.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import redis
+from rq import Queue
+from rq.job import Job
+
+from app import settings
+from jobs.worker import ChatWorker
+from tests.support.openai_server import DEFAULT_REPLY
+from tests.test_chat_job import chat_events, post, upstream  # noqa: F401 - a fixture
+
+
+def test_chat_jobs_run_on_chat_worker(
+    redis_client: redis.Redis,
+    db: psycopg.Connection,
+    upstream: object,  # noqa: F811 - the loopback OpenAI server fixture
+) -> None:
+    queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
+    ids = [post(db, "cw-user", f"hello {i}")[1] for i in range(3)]
+    for message_id in ids:
+        queue.enqueue("jobs.chat.run_chat", message_id, job_id=f"chat-{message_id}")
+    worker = ChatWorker([queue], connection=redis_client)
+    assert worker.work(burst=True)
+
+    for message_id in ids:
+        job = Job.fetch(f"chat-{message_id}", connection=redis_client)
+        assert job.get_status() == "finished"
+        assert job.return_value() == {"outcome": "completed", "chunks": len(DEFAULT_REPLY)}
+        kinds = [kind for kind, _ in chat_events(redis_client, "cw-user", message_id)]
+        assert kinds == ["chat.chunk"] * len(DEFAULT_REPLY) + ["chat.done"]
+    assert queue.started_job_registry.get_job_ids() == []
+    assert sorted(queue.finished_job_registry.get_job_ids()) == sorted(f"chat-{m}" for m in ids)
+
+
+def test_heartbeat_is_one_round_trip_and_skipped_only_after_a_default_one(
+    redis_client: redis.Redis,
+) -> None:
+    queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
+    worker = ChatWorker([queue], connection=redis_client)
+    worker.register_birth()
+    try:
+        default_ttl = worker.worker_ttl + 60
+        worker.heartbeat()
+        assert redis_client.ttl(worker.key) > default_ttl - 5
+        # A job-length heartbeat (RQ sends it on a pipeline at job start) shortens the
+        # key's TTL; the next default heartbeat must then go out, not be skipped.
+        with redis_client.pipeline() as pipe:
+            worker.heartbeat(30, pipeline=pipe)
+            pipe.execute()
+        assert redis_client.ttl(worker.key) <= 30
+        worker.heartbeat()
+        assert redis_client.ttl(worker.key) > default_ttl - 5
+        # Right after a default heartbeat, another one is skipped: the TTL stands.
+        redis_client.expire(worker.key, default_ttl - 100)
+        worker.heartbeat()
+        assert redis_client.ttl(worker.key) <= default_ttl - 100
+        # An explicit timeout is never skipped.
+        worker.heartbeat(default_ttl)
+        assert redis_client.ttl(worker.key) > default_ttl - 5
+    finally:
+        worker.register_death()
+        redis_client.delete(worker.key)
+
+
+def test_state_changes_are_written(redis_client: redis.Redis) -> None:
+    queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
+    worker = ChatWorker([queue], connection=redis_client)
+    worker.register_birth()
+    try:
+        worker.set_state("busy")
+        assert redis_client.hget(worker.key, "state") == b"busy"
+        worker.set_state("idle")
+        assert redis_client.hget(worker.key, "state") == b"idle"
+        worker.set_state("idle")  # unchanged: no round trip, same record
+        assert redis_client.hget(worker.key, "state") == b"idle"
+    finally:
+        worker.register_death()
+        redis_client.delete(worker.key)
