@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 import jwt
@@ -20,6 +21,7 @@ from app.errors import Unauthorized
 from app.throttle import AuthThrottle, client_address
 
 COOKIE_NAME = "herald_token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HMAC_ALGORITHMS = {"HS256", "HS384", "HS512"}
 
 
@@ -143,6 +145,10 @@ def extract_token(conn: HTTPConnection, *, allow_query: bool) -> str | None:
         raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
     cookie = conn.cookies.get(COOKIE_NAME)
     if cookie:
+        if conn.scope.get("method", "GET") not in _SAFE_METHODS and _cross_site(conn):
+            # The browser attaches the cookie to a form another site posts (CSRF), and
+            # a text/plain or multipart form needs no CORS preflight.
+            raise Unauthorized("The cookie is not accepted on a cross-site request.")
         return cookie
     # EventSource cannot send headers (MDN: EventSource), so SSE routes accept ?token=.
     if allow_query:
@@ -168,6 +174,18 @@ async def authenticate(conn: HTTPConnection, *, allow_query: bool = False) -> Pr
             metrics.AUTH_FAILURES.inc()
             await throttle.record_failure(address)
         raise
+
+
+def _cross_site(conn: HTTPConnection) -> bool:
+    # OWASP CSRF Prevention Cheat Sheet: Fetch Metadata (Sec-Fetch-Site) where the
+    # browser sends it, else compare Origin with Host; neither header: not a browser.
+    site = conn.headers.get("sec-fetch-site")
+    if site:
+        return site not in ("same-origin", "same-site", "none")
+    origin = conn.headers.get("origin")
+    if not origin:
+        return False
+    return origin == "null" or urlsplit(origin).netloc != conn.headers.get("host", "")
 
 
 def _presented(conn: HTTPConnection) -> bool:

@@ -358,3 +358,32 @@ async def test_upload_stream_tenancy(db: psycopg.Connection) -> None:
 def test_mint_token_round_trip() -> None:
     decoded = jwt.decode(mint_token("u", org_id="o"), SECRET, algorithms=["HS256"])
     assert decoded["sub"] == "u" and decoded["org"] == "o"
+
+
+@pytest.mark.parametrize(
+    ("headers", "accepted"),
+    [
+        ({"sec-fetch-site": "cross-site"}, False),
+        ({"origin": "https://evil.example"}, False),
+        ({"origin": "null"}, False),
+        ({"sec-fetch-site": "same-origin", "origin": "http://t"}, True),
+        ({"origin": "http://t"}, True),
+        ({}, True),  # not a browser: nothing to forge
+    ],
+)
+async def test_cookie_refused_on_cross_site_post(headers: dict[str, str], accepted: bool) -> None:
+    # A form on another site can POST text/plain with the victim's cookie (CSRF).
+    import httpx
+
+    async with running_app() as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            client.cookies.set("herald_token", token("csrf-user"))
+            response = await client.post(
+                "/chat/messages",
+                content=b'{"message": "x" , "conversation_id": "nope"}',
+                headers={"content-type": "text/plain", **headers},
+            )
+            safe = await client.get("/chat/conversations", headers=headers)
+    assert response.status_code == (404 if accepted else 401)  # 404: unknown conversation
+    assert safe.status_code == 200
