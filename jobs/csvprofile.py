@@ -60,6 +60,11 @@ def _hash(text: str) -> int:
     return int.from_bytes(digest, "big")
 
 
+# Means of datetimes are seconds from this instant (UTC, as _key and extract(epoch) count),
+# so they carry a zone like min and max do (API.md: time stamps ISO 8601 with a zone).
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _key(value: Value) -> float | int:
     # Comparable key for min/max/mean: aware datetimes (a column may mix zones) go to UTC.
     if isinstance(value, dt.datetime):
@@ -144,7 +149,7 @@ class ColumnProfile:
         if self.col.type == "date":
             return dt.date.fromordinal(round(mean)).isoformat()
         if self.col.type == "datetime":
-            return (dt.datetime(1970, 1, 1) + dt.timedelta(seconds=mean)).isoformat()
+            return (_EPOCH + dt.timedelta(seconds=mean)).isoformat()
         return mean
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,7 +193,7 @@ def _mean_of(col_type: str, mean: Any) -> Any:
     if col_type == "date":
         return dt.date.fromordinal(round(float(mean))).isoformat()
     if col_type == "datetime":
-        return (dt.datetime(1970, 1, 1) + dt.timedelta(seconds=float(mean))).isoformat()
+        return (_EPOCH + dt.timedelta(seconds=float(mean))).isoformat()
     return _jsonable(float(mean))
 
 

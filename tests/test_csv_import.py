@@ -175,6 +175,9 @@ def test_dates_in_several_formats(db: psycopg.Connection, redis_client: redis.Re
         (1, jan, jan, jan, jan, jan, dt.datetime(2024, 1, 31, 10, 20, 30, tzinfo=utc)),
         (2, feb, feb, feb, feb, feb, dt.datetime(2024, 2, 15, 6, 0, tzinfo=utc)),
     ]
+    # Min, max and mean of a datetime column all name their zone (API.md).
+    stamp = row["result"]["columns"][-1]
+    assert [dt.datetime.fromisoformat(stamp[k]).tzinfo for k in ("min", "max", "mean")] == [utc] * 3
 
 
 def test_header_only(db: psycopg.Connection, redis_client: redis.Redis) -> None:
