@@ -137,7 +137,10 @@ async def post_message(request: Request) -> Response:
         conversation_id = parse_uuid(conversation_id)
         if conversation_id is None or not await owns(request, conversation_id, principal.user_id):
             raise NotFound("No such conversation.")
-    headers = await ratelimit.hit(request, "chat", settings.CHAT_RATE_LIMIT, principal.user_id)
+    limiter: ratelimit.RateLimiter = request.app.state.ratelimiter
+    limit = settings.CHAT_RATE_LIMIT
+    if not await limiter.acquire("chat", limit, principal.user_id):
+        await limiter.headers("chat", limit, principal.user_id, allowed=False)  # raises 429
     message_id = str(uuid.uuid4())
     if conversation_id is None:
         conversation_id = str(uuid.uuid4())
@@ -150,13 +153,22 @@ async def post_message(request: Request) -> Response:
         )
     else:
         parent, params = _TOUCH_CONVERSATION, (conversation_id,)
-    async with request.app.state.pool.connection() as conn:
-        # One statement, one round trip, atomic on its own (autocommit): the conversation
-        # row and the message row; the foreign key is checked at the statement's end, when
-        # the CTE's row exists (PostgreSQL docs, "Data-Modifying Statements in WITH").
-        cur = await conn.execute(parent + _INSERT_MESSAGE, (*params, message_id, message))
-        if cur.rowcount != 1:  # the conversation was deleted after the ownership check
-            raise NotFound("No such conversation.")
+
+    async def store() -> None:
+        async with request.app.state.pool.connection() as conn:
+            # One statement, one round trip, atomic on its own (autocommit): the
+            # conversation row and the message row; the foreign key is checked at the
+            # statement's end, when the CTE's row exists (PostgreSQL docs,
+            # "Data-Modifying Statements in WITH").
+            cur = await conn.execute(parent + _INSERT_MESSAGE, (*params, message_id, message))
+            if cur.rowcount != 1:  # the conversation was deleted after the ownership check
+                raise NotFound("No such conversation.")
+
+    # The request is counted; reading the window back for the headers need not hold up
+    # the job, so it runs beside the write.
+    headers, _ = await asyncio.gather(
+        limiter.headers("chat", limit, principal.user_id, allowed=True), store()
+    )
     # The job id is derived from the message: a duplicate enqueue cannot make two replies.
     # The worker never reads the history cache, so its invalidation runs beside the
     # enqueue rather than before it (both are done before the 202).

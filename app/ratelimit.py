@@ -68,8 +68,19 @@ class RateLimiter:
 
     async def hit(self, limit_name: str, limit_string: str, identity: str) -> RateLimitHeaders:
         """Count one request; returns the headers, or raises ``RateLimited`` with them."""
+        allowed = await self.acquire(limit_name, limit_string, identity)
+        return await self.headers(limit_name, limit_string, identity, allowed=allowed)
+
+    async def acquire(self, limit_name: str, limit_string: str, identity: str) -> bool:
+        """Count one request if it is within the limit; True when it was."""
+        return await self._limiter.hit(parse_limit(limit_string), limit_name, identity)
+
+    async def headers(
+        self, limit_name: str, limit_string: str, identity: str, *, allowed: bool
+    ) -> RateLimitHeaders:
+        """The ``RateLimit-*`` headers after ``acquire``; raises ``RateLimited`` when it
+        refused. A second round trip, so a caller may run it beside its own work."""
         item = parse_limit(limit_string)
-        allowed = await self._limiter.hit(item, limit_name, identity)
         reset_at, remaining = await self._limiter.get_window_stats(item, limit_name, identity)
         reset_in = max(0, math.ceil(reset_at - time.time()))
         headers = {

@@ -106,7 +106,7 @@ def after(owner, attr, name):
     setattr(owner, attr, wrapped)
 after(chat, "authenticate", "auth")
 after(chat, "read_message", "body")
-after(ratelimit, "hit", "ratelimit")
+after(ratelimit.RateLimiter, "acquire", "ratelimit")
 after(jobqueue.JobQueue, "enqueue", "enqueue")
 orig_inv = chat.ainvalidate_history
 async def invalidate(*a, **k):
@@ -420,8 +420,8 @@ HOPS = [
     ("web.auth", "JWT checked"),
     ("web.body", "body read and validated"),
     ("web.ratelimit", "rate limit counted (Redis)"),
-    ("web.db", "conversation + message stored (PostgreSQL)"),
-    ("web.invalidate", "history cache invalidated (Redis)"),
+    ("web.db", "message stored (PostgreSQL), rate-limit headers read beside"),
+    ("web.invalidate", "history cache invalidated (Redis), beside the enqueue"),
     ("web.enqueue", "RQ enqueue returned"),
     ("client.response", "client has the 202"),
     ("worker.listen", "worker (idle) blocks in BLMOVE"),

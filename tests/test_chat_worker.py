@@ -37,7 +37,8 @@ def test_chat_jobs_run_on_chat_worker(
         kinds = [kind for kind, _ in chat_events(redis_client, "cw-user", message_id)]
         assert kinds == ["chat.chunk"] * len(DEFAULT_REPLY) + ["chat.done"]
     assert queue.started_job_registry.get_job_ids() == []
-    assert sorted(queue.finished_job_registry.get_job_ids()) == sorted(f"chat-{m}" for m in ids)
+    # Other tests of the run share the queue: ours are among the finished.
+    assert {f"chat-{m}" for m in ids} <= set(queue.finished_job_registry.get_job_ids())
 
 
 def test_heartbeat_is_one_round_trip_and_skipped_only_after_a_default_one(
