@@ -370,7 +370,12 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
                 "result": {"oneOf": [_ref("UploadResult"), {"type": "null"}]},
-                "error": {"type": ["object", "null"]},
+                "error": {
+                    "oneOf": [
+                        _object(["code", "message"], {"code": _STR, "message": _STR}),
+                        {"type": "null"},
+                    ]
+                },
             },
         },
     }
