@@ -162,6 +162,7 @@ async def read_multipart(request: Request, writer: ChunkWriter, boundary: bytes)
     filename: str | None = None
     seen_file = False
     fields: dict[str, bytearray] = {}
+    field_bytes = 0
     async for piece in request.stream():
         for kind, data in reader.feed(piece):
             if kind == "part":
@@ -181,7 +182,9 @@ async def read_multipart(request: Request, writer: ChunkWriter, boundary: bytes)
             elif part is not None:
                 value = fields.setdefault(part, bytearray())
                 value += data
-                if len(value) > _FIELD_MAX_BYTES:
+                field_bytes += len(data)
+                # All fields together, not each: many small fields are as large as one.
+                if field_bytes > _FIELD_MAX_BYTES:
                     raise BadRequest(f"The form field `{part}` is too large.")
     if not seen_file:
         raise BadRequest("A `file` field is required.", details={"field": "file"})

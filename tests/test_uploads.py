@@ -348,3 +348,16 @@ async def test_rows_of_a_wide_file(client: httpx.AsyncClient, redis_client: redi
     assert page["total"] == 2 and len(page["columns"]) == width
     assert list(page["rows"][0]) == [f"c{i}" for i in range(width)]
     assert page["rows"][0]["c0"] == 1 and page["rows"][0]["c1099"] == 1100
+
+
+async def test_many_small_form_fields_are_refused(
+    client: httpx.AsyncClient, db: psycopg.Connection
+) -> None:
+    # Each field under the per-field cap, together far over it: refused, nothing kept.
+    _user, org, headers = who()
+    fields = {f"f{n}": "x" * 1000 for n in range(200)}
+    response = await client.post(
+        "/uploads", headers=headers, data=fields, files={"file": ("a.csv", PEOPLE)}
+    )
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "validation_error")
+    assert uploads_of(db, org) == 0
