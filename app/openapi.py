@@ -70,7 +70,7 @@ def _list_schemas() -> dict[str, Any]:
             "distinct": {"type": "integer"},
             "min": {},
             "max": {},
-            "mean": {"type": ["number", "null"]},
+            "mean": {},  # a number, or an ISO date/time for date and datetime columns
             "top": {
                 "type": "array",
                 "items": _object(["value", "count"], {"value": {}, "count": {"type": "integer"}}),

@@ -81,7 +81,7 @@ async def test_json_bodies_match_their_openapi_schemas(redis_client: redis.Redis
         check("MessageList", messages.json())
         upload = await client.post(
             "/uploads?filename=s.csv",
-            content=b"n,word,day\n1,a,2024-01-01\n2,b,2024-01-02\nx,c,nope\n",
+            content=b"n,word,day,at\n1,a,2024-01-01,2024-01-01T10:00:00Z\n2,b,2024-01-02,2024-01-01T11:00:00Z\n",
             headers={**headers, "content-type": "text/csv"},
         )
         check("UploadAccepted", upload.json())
@@ -91,6 +91,7 @@ async def test_json_bodies_match_their_openapi_schemas(redis_client: redis.Redis
         upload_id = upload.json()["upload_id"]
         one = (await client.get(f"/uploads/{upload_id}", headers=headers)).json()
         assert one["status"] == "completed"
+        assert {c["type"] for c in one["result"]["columns"]} == {"int", "text", "date", "datetime"}
         check("Upload", one)
         check("UploadList", (await client.get("/uploads", headers=headers)).json())
         check("Rows", (await client.get(f"/uploads/{upload_id}/rows", headers=headers)).json())
