@@ -1,9 +1,10 @@
 """The Procfile's ``worker``: a small supervisor of RQ worker processes.
 
-Chat jobs run on their own ``SimpleWorker`` processes, so they never wait behind a
-long CSV import, and without a fork per job (forking costs milliseconds before the
-first token; README "Workers" has the figures). Imports run on forking ``Worker``s:
-a crash or a leak in one import dies with its work horse.
+Chat jobs run on their own ``ChatWorker`` processes (a ``SimpleWorker`` with fewer
+Redis round trips), so they never wait behind a long CSV import, and without a fork
+per job (forking costs milliseconds before the first token; README "Chat: figures").
+Imports run on forking ``Worker``s: a crash or a leak in one import dies with its work
+horse.
 
 A worker that dies mid-job (SIGKILL, OOM) leaves its job in RQ's StartedJobRegistry,
 where RQ itself only notices it once the execution's heartbeat lapses (job monitoring

@@ -79,7 +79,10 @@ import jobs.chat  # preloaded: a forking Worker's horse then inherits the import
 from rq import SimpleWorker, Worker
 from app import settings
 from app.logs import configure_logging
-from jobs.worker import ChatWorker
+try:
+    from jobs.worker import ChatWorker
+except ImportError:  # --compare with a tree from before ChatWorker
+    ChatWorker = SimpleWorker
 configure_logging()
 cls = {"chat": ChatWorker, "simple": SimpleWorker, "fork": Worker}[sys.argv[1]]
 cls([settings.CHAT_QUEUE], connection=redis.Redis.from_url(settings.REDIS_URL)).work(
@@ -353,10 +356,10 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def start(argv: list[str]) -> subprocess.Popen[bytes]:
+def start(argv: list[str], cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         argv,
-        cwd=ROOT,
+        cwd=cwd,
         env=os.environ.copy(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -375,7 +378,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def stack_run(args: argparse.Namespace, worker_class: str, workers: int) -> dict[str, Any]:
+def stack_run(
+    args: argparse.Namespace, worker_class: str, workers: int, tree: Path = ROOT
+) -> dict[str, Any]:
     port = embedded.free_port()
     web = start(
         [
@@ -390,9 +395,10 @@ def stack_run(args: argparse.Namespace, worker_class: str, workers: int) -> dict
             "--no-access-log",
             "--log-level",
             "warning",
-        ]
+        ],
+        tree,
     )
-    procs = [start([sys.executable, "-c", WORKER, worker_class]) for _ in range(workers)]
+    procs = [start([sys.executable, "-c", WORKER, worker_class], tree) for _ in range(workers)]
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -405,7 +411,8 @@ def stack_run(args: argparse.Namespace, worker_class: str, workers: int) -> dict
             if time.monotonic() > deadline:
                 raise RuntimeError("web did not start")
             time.sleep(0.1)
-        result = asyncio.run(through_stack(base, args.chats, args.chats, args.concurrency))
+        parallel = getattr(args, "parallel", args.chats)
+        result = asyncio.run(through_stack(base, args.chats, parallel, args.concurrency))
         result["rss_kib"] = [rss_kib(p.pid) for p in procs]
         return result
     finally:
@@ -524,6 +531,32 @@ def hops_run(n: int, worker_class: str) -> None:
             print(f"| {label} (`{hop}`) | {ms(statistics.median(since))} |")
 
 
+def compare_run(args: argparse.Namespace, other: Path) -> None:
+    """This tree and ``other`` (e.g. ``git archive <commit> | tar -x -C dir``), one web
+    process and one chat worker each, in alternating rounds, so both see the same load."""
+    first, _whole = asyncio.run(baseline(os.environ["LLM_BASE_URL"], args.chats))
+    rounds = 4
+    per = argparse.Namespace(chats=args.chats // rounds, concurrency=1, parallel=0)
+    got: dict[str, list[float]] = {"this": [], "other": []}
+    posts: dict[str, list[float]] = {"this": [], "other": []}
+    for _ in range(rounds):
+        for name, tree in (("other", other), ("this", ROOT)):
+            result = stack_run(per, "chat", 1, tree)
+            got[name] += result["ttfc"]
+            posts[name] += result["post"]
+    b = summary(first)
+    print(f"compare: {args.chats} chats each, {rounds} alternating rounds; other = {other}")
+    print("| path | first chunk p50 (ms) | p99 (ms) | overhead p50 (ms) | POST p50 (ms) |")
+    print("|---|---|---|---|---|")
+    print(f"| baseline: upstream called directly | {ms(b['p50'])} | {ms(b['p99'])} | | |")
+    for name in ("other", "this"):
+        s = summary(got[name])
+        print(
+            f"| POST → /events chunk, {name} tree | {ms(s['p50'])} | {ms(s['p99'])} |"
+            f" {ms(s['p50'] - b['p50'])} | {ms(statistics.median(posts[name]))} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chats", type=int, default=200)
@@ -531,6 +564,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--hops", action="store_true", help="only the per-hop timestamps (instrumented web, worker)"
+    )
+    parser.add_argument(
+        "--compare", type=Path, help="another checkout: its web + worker against this one's"
     )
     args = parser.parse_args()
 
@@ -545,6 +581,9 @@ def main() -> None:
         from app.migrations import apply_migrations
 
         apply_migrations()
+        if args.compare:
+            compare_run(args, args.compare)
+            return
         if args.hops:
             hops_run(args.chats, "simple")
             hops_run(args.chats, "chat")
