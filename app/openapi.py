@@ -158,7 +158,7 @@ def openapi_document() -> dict[str, Any]:
             "post": _op(
                 "Send a chat message; the reply streams on /events",
                 {"202": _json({"$ref": "#/components/schemas/ChatAccepted"}, "Accepted")}
-                | _errors(400, 401, 413, 422, 429, 503),
+                | _errors(400, 401, 404, 413, 422, 429, 503),
                 security=_BEARER,
                 body={
                     "required": True,
