@@ -131,8 +131,12 @@ class TokenVerifier:
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("The token's 'sub' claim must be a non-empty string.")
         org = claims.get("org")
+        if org is not None and (not isinstance(org, str) or not org):
+            # A malformed tenant claim is a bad token, not "no tenant": silently making
+            # the caller a tenant of one would hide an issuer bug.
+            raise Unauthorized("The token's 'org' claim must be a non-empty string.")
         # API.md: without `org` the user is a tenant of one.
-        org_id = org if isinstance(org, str) and org else f"user:{sub}"
+        org_id = org if org is not None else f"user:{sub}"
         return Principal(user_id=sub, org_id=org_id, expires_at=float(claims["exp"]))
 
 

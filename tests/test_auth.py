@@ -92,6 +92,8 @@ BAD_TOKENS = {
     "missing_sub": lambda: jwt.encode(claims(sub=None), SECRET, algorithm="HS256"),
     "empty_sub": lambda: jwt.encode(claims(sub=""), SECRET, algorithm="HS256"),
     "non_string_sub": lambda: jwt.encode(claims(sub=42), SECRET, algorithm="HS256"),
+    "non_string_org": lambda: jwt.encode(claims(org=["acme"]), SECRET, algorithm="HS256"),
+    "empty_org": lambda: jwt.encode(claims(org=""), SECRET, algorithm="HS256"),
     "non_numeric_exp": lambda: jwt.encode(claims(exp="tomorrow"), SECRET, algorithm="HS256"),
     "malformed": lambda: "not.a.jwt",
     "malformed_two_parts": lambda: "eyJhbGciOiJIUzI1NiJ9.e30",
