@@ -325,3 +325,40 @@ async def test_hub_survives_idle_ping(redis_client: redis.Redis) -> None:
         hub.unsubscribe(mailbox)
     finally:
         await hub.stop()
+
+
+async def test_send_blocked_past_send_timeout_ends_the_stream(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client whose socket stops draining is cut after SSE_SEND_TIMEOUT_SECONDS, and
+    its slot and mailbox are freed (the stream's timer, app/streams.py)."""
+    from sse_starlette.sse import SendTimeoutError
+
+    monkeypatch.setattr(settings, "SSE_SEND_TIMEOUT_SECONDS", 0.2)
+    user = "stuck-send"
+    async with running_app() as app:
+        call = StreamCall(app, "/events", {"authorization": f"Bearer {token(user)}"})
+        never = anyio.Event()
+        original_send = call._send
+
+        async def stuck_send(message: dict) -> None:
+            await original_send(message)
+            if b": connected" in call.body:
+                await never.wait()  # the transport never drains again
+
+        call._send = stuck_send  # type: ignore[method-assign]
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                with pytest.raises((SendTimeoutError, ExceptionGroup)):
+                    await call.run()
+
+            tg.start_soon(run)
+            await call.wait_for(lambda c: b": connected" in c.body)
+            publish_one(redis_client, user, {"n": 1})
+            with anyio.fail_after(5):
+                await call.wait_for(lambda c: app.state.hub.connections == 0)
+        key = f"{settings.REDIS_PREFIX}:streams:{user}"
+        with anyio.fail_after(5):
+            while redis_client.zcard(key):
+                await anyio.sleep(0.01)
