@@ -56,9 +56,6 @@ SSE_QUEUE_SIZE = config("SSE_QUEUE_SIZE", cast=int, default=1000)
 SSE_LEASE_SECONDS = config("SSE_LEASE_SECONDS", cast=float, default=30.0)
 # A write that blocks this long means the client stopped reading: drop it.
 SSE_SEND_TIMEOUT_SECONDS = config("SSE_SEND_TIMEOUT_SECONDS", cast=float, default=30.0)
-# On SIGTERM, how long streams get to end cleanly before they are cut; keep it below
-# uvicorn's --timeout-graceful-shutdown (Procfile) and Heroku's 30 s stop window.
-SSE_SHUTDOWN_GRACE_SECONDS = config("SSE_SHUTDOWN_GRACE_SECONDS", cast=float, default=5.0)
 # The pub/sub reader PINGs after this long without a frame, and reconnects after twice
 # that: a dead connection that was never closed is noticed within 2x this.
 HUB_HEALTH_CHECK_SECONDS = config("HUB_HEALTH_CHECK_SECONDS", cast=float, default=5.0)
