@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import anyio
-from psycopg_pool import AsyncConnectionPool
 from sse_starlette import EventSourceResponse
 from sse_starlette._utils import collapse_excgroups
 from sse_starlette.sse import SendTimeoutError
@@ -23,9 +22,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app import events, metrics, settings
 from app.auth import Principal, authenticate
-from app.errors import NotFound, RateLimited
+from app.errors import RateLimited
 from app.hub import Hub, Mailbox
 from app.leases import StreamLeases
+from app.uploads import fetch_upload
 
 PING = b": ping\n\n"
 HEADERS = {
@@ -43,21 +43,10 @@ async def user_events(request: Request) -> EventSourceResponse:
 async def upload_events(request: Request) -> EventSourceResponse:
     principal = await authenticate(request, allow_query=True)
     upload_id = request.path_params["upload_id"]
-    if not await upload_visible(request.app.state.pool, upload_id, principal.org_id):
-        raise NotFound("No such upload.")
+    # The same tenancy check as GET /uploads/{id}: another tenant's upload, a
+    # malformed id and one still being received all answer 404.
+    await fetch_upload(request.app.state.pool, upload_id, principal.org_id)
     return await open_stream(request, principal, events.upload_stream(upload_id))
-
-
-async def upload_visible(pool: AsyncConnectionPool, upload_id: str, org_id: str) -> bool:
-    try:
-        uuid.UUID(upload_id)
-    except ValueError:
-        return False
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT 1 FROM uploads WHERE id = %s AND org_id = %s", (upload_id, org_id)
-        )
-        return await cur.fetchone() is not None
 
 
 async def open_stream(request: Request, principal: Principal, key: str) -> EventSourceResponse:

@@ -325,7 +325,8 @@ async def test_query_token_never_logged(caplog: pytest.LogCaptureFixture) -> Non
 def insert_upload(db: psycopg.Connection, org: str) -> str:
     upload_id = str(uuid.uuid4())
     db.execute(
-        "INSERT INTO uploads (id, org_id, user_id, filename) VALUES (%s, %s, %s, %s)",
+        "INSERT INTO uploads (id, org_id, user_id, filename, status)"
+        " VALUES (%s, %s, %s, %s, 'queued')",
         (upload_id, org, "owner", "data.csv"),
     )
     return upload_id

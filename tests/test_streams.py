@@ -272,7 +272,8 @@ async def test_upload_stream_receives_upload_events(
 ) -> None:
     upload_id = str(uuid.uuid4())
     db.execute(
-        "INSERT INTO uploads (id, org_id, user_id, filename) VALUES (%s, 'org-u', 'owner', 'f')",
+        "INSERT INTO uploads (id, org_id, user_id, filename, status)"
+        " VALUES (%s, 'org-u', 'owner', 'f', 'queued')",
         (upload_id,),
     )
     async with running_app() as app:
