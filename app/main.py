@@ -9,10 +9,14 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
-from app import chat, devtoken, health, settings, streams, uploads
+from app.accesslog import AccessLogMiddleware
+from app.dev import token as devtoken
 from app.errors import exception_handlers
-from app.logs import AccessLogMiddleware, configure_logging
 from app.resources import lifespan
+from app.routes import chat, health, uploads
+from app.sse import streams
+from core import settings
+from core.logs import configure_logging
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app import settings
+from core.jobmetrics import worker_metrics_key
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -60,24 +60,6 @@ RATE_LIMITED = Counter(
 AUTH_FAILURES = Counter(
     "herald_auth_failures_total", "Requests refused for a bad or missing token", registry=REGISTRY
 )
-
-
-def worker_metrics_key() -> str:
-    return f"{settings.REDIS_PREFIX}:metrics"
-
-
-def record_job_metric(client: redis.Redis, name: str, amount: float = 1, **labels: str) -> None:
-    """Add ``amount`` to a worker-side counter or gauge shared through Redis.
-
-    ``name`` ending in ``_total`` is a counter; anything else is a gauge set to amount.
-    """
-    # Labels as JSON: a value may hold any character (a model name with a comma broke
-    # the old "k=v,k=v" form and with it every /metrics scrape; found by tests/faults).
-    field = name + "|" + orjson.dumps(dict(sorted(labels.items()))).decode()
-    if name.endswith("_total"):
-        client.hincrbyfloat(worker_metrics_key(), field, amount)
-    else:
-        client.hset(worker_metrics_key(), field, amount)
 
 
 class WorkerMetricsCollector(Collector):

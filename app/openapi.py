@@ -59,7 +59,7 @@ def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
 
 
 def _list_schemas() -> dict[str, Any]:
-    """What the list and result endpoints return (app/chat.py, app/uploads.py)."""
+    """What the list and result endpoints return (app/routes/chat.py, app/routes/uploads.py)."""
     column = _object(
         ["name", "type", "nulls", "invalid", "distinct"],
         {

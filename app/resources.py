@@ -11,13 +11,13 @@ import redis.asyncio
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 
-from app import settings
-from app.auth import TokenVerifier
-from app.hub import Hub
 from app.jobqueue import JobQueue
-from app.leases import StreamLeases
-from app.ratelimit import RateLimiter
-from app.throttle import AuthThrottle
+from app.security.auth import TokenVerifier
+from app.security.ratelimit import RateLimiter
+from app.security.throttle import AuthThrottle
+from app.sse.hub import Hub
+from app.sse.leases import StreamLeases
+from core import settings
 
 logger = logging.getLogger("herald.resources")
 

@@ -21,9 +21,9 @@ from psycopg_pool import AsyncConnectionPool
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from app import settings
-from app.auth import Principal
 from app.errors import BadRequest, HeraldError, PayloadTooLarge, UnsupportedMediaType
+from app.security.auth import Principal
+from core import settings
 
 RAW_TYPES = frozenset({"text/csv", "application/csv", "text/plain", "text/tab-separated-values"})
 # Form fields other than the file are tiny (`columns`); refuse anything larger than this.

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 RUN = secrets.token_hex(4)
 # Settings are read once at import: the environment is set before any app import.
-from app import embedded  # noqa: E402 - embedded reads no settings
+from app.dev import embedded  # noqa: E402 - embedded reads no settings
 
 embedded.ensure_services()
 _base_db = os.environ["DATABASE_URL"]
@@ -70,17 +70,17 @@ import httpx  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from app.auth import mint_token  # noqa: E402
+from app.security.auth import mint_token  # noqa: E402
 from tests.support.openai_server import OpenAIServer  # noqa: E402
 
 WORKER = """
 import sys, redis
-import jobs.chat  # preloaded: a forking Worker's horse then inherits the imports
+import jobs.chat.job  # preloaded: a forking Worker's horse then inherits the imports
 from rq import SimpleWorker, Worker
-from app import settings
-from app.logs import configure_logging
+from core import settings
+from core.logs import configure_logging
 try:
-    from jobs.worker import ChatWorker
+    from jobs.worker.supervisor import ChatWorker
 except ImportError:  # --compare with a tree from before ChatWorker
     ChatWorker = SimpleWorker
 configure_logging()
@@ -95,7 +95,9 @@ cls([settings.CHAT_QUEUE], connection=redis.Redis.from_url(settings.REDIS_URL)).
 WEB_HOPS = """
 import json, os, time, uvicorn
 from starlette.routing import Route
-from app import chat, jobqueue, ratelimit
+from app import jobqueue
+from app.routes import chat
+from app.security import ratelimit
 out = open(os.environ["HOPS_FILE"] + ".web", "a", buffering=1)
 marks = []
 def mark(name):
@@ -139,11 +141,11 @@ uvicorn.run(app, host="127.0.0.1", port=int(os.environ["HOPS_PORT"]), log_level=
 
 WORKER_HOPS = """
 import os, sys, time, redis
-import jobs.chat
+import jobs.chat.job
 from rq import Queue, SimpleWorker
-from app import settings
-from app.logs import configure_logging
-from jobs.worker import ChatWorker
+from core import settings
+from core.logs import configure_logging
+from jobs.worker.supervisor import ChatWorker
 out = open(os.environ["HOPS_FILE"] + ".worker", "a", buffering=1)
 def mark(key, name):
     out.write(f"{key.removeprefix('chat-')} worker.{name} {time.time()!r}\\n")
@@ -203,7 +205,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 # --- Baseline: the upstream called directly ---------------------------------------------
 async def baseline(base_url: str, n: int) -> tuple[list[float], list[float]]:
-    from jobs.llm import OpenAIProvider
+    from jobs.chat.llm import OpenAIProvider
 
     first: list[float] = []
     whole: list[float] = []
@@ -230,8 +232,8 @@ async def baseline(base_url: str, n: int) -> tuple[list[float], list[float]]:
 
 # --- The job in-process --------------------------------------------------------------------
 def job_in_process(n: int) -> list[float]:
-    from app import settings
-    from jobs.chat import run_chat
+    from core import settings
+    from jobs.chat.job import run_chat
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     # The field record_job_metric writes: name|{sorted labels as JSON}.
@@ -494,7 +496,7 @@ def hops_run(n: int, worker_class: str) -> None:
             if mid in hops:
                 hops[mid][hop] = float(t)
         path.unlink()
-    name = {"chat": "jobs.worker.ChatWorker", "simple": "rq SimpleWorker"}[worker_class]
+    name = {"chat": "jobs.worker.supervisor.ChatWorker", "simple": "rq SimpleWorker"}[worker_class]
     print(f"\nper hop, {n} chats one at a time, one {name}; ms since client.post")
     print("| hop | since POST p50 (ms) | step p50 (ms) | step p90 (ms) |")
     print("|---|---|---|---|")
@@ -574,7 +576,7 @@ def main() -> None:
         conn.execute(f'CREATE SCHEMA "{SCHEMA}"')
     server = OpenAIServer().start()
     os.environ["LLM_BASE_URL"] = server.base_url
-    from app import settings
+    from core import settings
 
     settings.LLM_BASE_URL = server.base_url
     try:

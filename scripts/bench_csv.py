@@ -75,7 +75,7 @@ def stage(dsn: str, path: Path, chunk: int) -> tuple[str, float]:
 
 _JOB = """
 import resource, sys, time
-from jobs.csv_import import import_upload
+from jobs.csvimport.job import import_upload
 t = time.perf_counter()
 result = import_upload(sys.argv[1])
 elapsed = time.perf_counter() - t
@@ -139,7 +139,7 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "app.migrations"], env=env, cwd=ROOT, check=True)
         sys.path.insert(0, str(ROOT))
         os.environ.update(env)
-        from app import settings
+        from core import settings
 
         chunk = settings.UPLOAD_CHUNK_BYTES
         small, large = tmp / "small.csv", tmp / "large.csv"

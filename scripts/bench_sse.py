@@ -258,7 +258,7 @@ def publish_main(
     """
     import redis
 
-    from app import events
+    from core import events
 
     client = redis.Redis.from_url(redis_url)
     script = client.register_script(events._PUBLISH_LUA)
@@ -322,8 +322,8 @@ def baseline_app() -> Any:
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
-    from app import events, settings
-    from app.auth import authenticate
+    from app.security.auth import authenticate
+    from core import events, settings
 
     state: dict[str, Any] = {}
 
@@ -347,7 +347,7 @@ def baseline_app() -> Any:
 
     from contextlib import asynccontextmanager
 
-    from app.auth import TokenVerifier
+    from app.security.auth import TokenVerifier
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
@@ -394,7 +394,7 @@ def rss_kib(pid: int) -> int:
 
 def start_server(kind: str, port: int) -> subprocess.Popen[bytes]:
     if kind == "herald":
-        from app.dev import web_argv
+        from app.dev.start import web_argv
 
         argv = web_argv(
             port,
@@ -553,7 +553,7 @@ def main() -> int:
     # Each side of every connection is a descriptor: server, clients, Redis all inherit.
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    from app import embedded
+    from app.dev import embedded
 
     own_redis = not os.environ.get("REDIS_URL")
     if own_redis:
@@ -569,7 +569,7 @@ def main() -> int:
         admin.config_set("client-output-buffer-limit", "pubsub 256mb 256mb 60")
     os.environ.setdefault("DATABASE_URL", "postgresql://127.0.0.1:5432/test")
 
-    from app.auth import mint_token
+    from app.security.auth import mint_token
 
     n = args.connections
     idle_users = [f"idle-{i}" for i in range(n)]

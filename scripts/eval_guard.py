@@ -1,4 +1,4 @@
-"""Report jobs/guard.py's recall, false-positive rate and precision per source.
+"""Report jobs/chat/guard.py's recall, false-positive rate and precision per source.
 
 Usage: .venv/bin/python scripts/eval_guard.py [--data PATH] [--threshold T]
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from train_guard import DATA, load_rows, split
 
-from jobs.guard import check_message
+from jobs.chat.guard import check_message
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Train the learned half of jobs/guard.py and write jobs/guard_model.json.
+"""Train the learned half of jobs/chat/guard.py and write jobs/chat/guard_model.json.
 
 Usage: .venv/bin/python scripts/train_guard.py [--data PATH]
 
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import jobs.guard as guard  # noqa: E402
+import jobs.chat.guard as guard  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "injection" / "dev.jsonl"
 HOLDOUT = 0.30

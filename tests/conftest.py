@@ -17,7 +17,7 @@ import redis
 
 RUN_ID = uuid.uuid4().hex[:10]
 
-from app import embedded  # noqa: E402 - embedded reads no settings
+from app.dev import embedded  # noqa: E402 - embedded reads no settings
 
 embedded.ensure_services()
 _base_redis = os.environ["REDIS_URL"]

@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from app import settings
-from app.auth import TokenVerifier, extract_token, mint_token
 from app.errors import Unauthorized
-from app.logs import JSONFormatter
+from app.security.auth import TokenVerifier, extract_token, mint_token
+from core import settings
+from core.logs import JSONFormatter
 from tests.support.asgi import StreamCall as _StreamCall
 from tests.support.asgi import running_app, token
 
@@ -107,7 +107,7 @@ BAD_TOKENS = {
 
 
 def StreamCall(app: Starlette, path: str, headers: dict[str, str] | None = None) -> _StreamCall:
-    # Each request from its own address: the failed-auth throttle (app/throttle.py)
+    # Each request from its own address: the failed-auth throttle (app/security/throttle.py)
     # counts per address, and these tests fail on purpose many times a minute.
     call = _StreamCall(app, path, headers)
     call.scope["client"] = (f"10.{secrets.randbelow(256)}.{secrets.randbelow(256)}.1", 1)
@@ -297,7 +297,7 @@ def test_query_token_only_where_allowed() -> None:
 
 async def test_query_token_refused_on_json_route() -> None:
     # Only SSE routes pass allow_query=True; any other authenticated route ignores ?token=.
-    from app.auth import authenticate
+    from app.security.auth import authenticate
 
     with pytest.raises(Unauthorized):
         await authenticate(request_with(f"token={token('q')}".encode()))

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import redis
 
-from app import events
-from app.embedded import free_port
+from app.dev.embedded import free_port
+from core import events
 from tests.support.procs import ARTIFACTS, Proc, process_env, start, wait_ready
 
 # Real processes and a real browser: more than the default budget on a busy machine.
@@ -70,7 +70,7 @@ def stack() -> Iterator[str]:
     )
     procs: list[Proc] = [web]
     try:
-        procs.append(start("browser-worker", ["python", "-m", "jobs.worker"], env))
+        procs.append(start("browser-worker", ["python", "-m", "jobs.worker.supervisor"], env))
         base = f"http://127.0.0.1:{port}"
         wait_ready(web, base)
         yield base
@@ -304,7 +304,7 @@ def test_page_resumes_without_loss_or_doubles(
 
 
 def test_token_expiry_asks_for_a_new_token(stack: str, browser: WebDriver) -> None:
-    from app.auth import mint_token
+    from app.security.auth import mint_token
 
     browser.get(stack + "/")
     short = mint_token("expiring-user", ttl_seconds=2)

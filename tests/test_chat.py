@@ -10,8 +10,8 @@ import anyio.to_thread
 import httpx
 import pytest
 
-from app import settings
-from jobs.chat import run_chat
+from core import settings
+from jobs.chat.job import run_chat
 from tests.support.asgi import running_app, token
 
 pytestmark = pytest.mark.anyio

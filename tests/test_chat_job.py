@@ -12,9 +12,9 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 
-from app import events, settings
-from jobs.agent import reply_id
-from jobs.llm import DEMO_MODEL, Sanitizer
+from core import events, settings
+from jobs.chat.agent import reply_id
+from jobs.chat.llm import DEMO_MODEL, Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
 
 
@@ -61,7 +61,7 @@ def post(
 def run_jobs(redis_client: redis.Redis, *message_ids: str) -> None:
     queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
     for message_id in message_ids:
-        queue.enqueue("jobs.chat.run_chat", message_id, job_id=f"chat-{message_id}")
+        queue.enqueue("jobs.chat.job.run_chat", message_id, job_id=f"chat-{message_id}")
     SimpleWorker([queue], connection=redis_client).work(burst=True)
 
 
@@ -117,7 +117,7 @@ def test_retry_of_finished_turn_does_not_duplicate(
     user = "job-retry"
     conv, msg = post(db, user, "Once only.")
     run_jobs(redis_client, msg)
-    from jobs.chat import run_chat
+    from jobs.chat.job import run_chat
 
     assert run_chat(msg)["outcome"] == "replayed"
     count = db.execute(
@@ -263,7 +263,7 @@ def test_sanitizer_strips_markers_split_across_chunks() -> None:
 
 
 def test_half_open_admits_exactly_one_probe(redis_client: redis.Redis) -> None:
-    from jobs.breaker import Breaker, BreakerOpen
+    from jobs.chat.breaker import Breaker, BreakerOpen
 
     breaker = Breaker(
         redis_client, "probe-test", failures=2, reset_seconds=60, probe_ttl_seconds=30
@@ -292,7 +292,7 @@ def test_half_open_admits_exactly_one_probe(redis_client: redis.Redis) -> None:
 def test_crash_without_retries_left_is_internal_error(
     redis_client: redis.Redis, db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import jobs.chat
+    import jobs.chat.job
 
     async def crash(*args: object) -> dict:
         raise RuntimeError("boom")

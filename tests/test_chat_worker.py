@@ -1,4 +1,4 @@
-"""ChatWorker (jobs/worker.py): rq's SimpleWorker with fewer round trips around a job.
+"""ChatWorker (jobs/worker/supervisor.py): rq's SimpleWorker with fewer round trips around a job.
 
 The jobs run the RQ way (burst); what is checked is what the skipped heartbeats must
 not break: the job's outcome and events, the worker's Redis record (state, a TTL long
@@ -12,8 +12,8 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from app import settings
-from jobs.worker import ChatWorker
+from core import settings
+from jobs.worker.supervisor import ChatWorker
 from tests.support.openai_server import DEFAULT_REPLY
 from tests.test_chat_job import chat_events, post, upstream  # noqa: F401 - a fixture
 
@@ -26,7 +26,7 @@ def test_chat_jobs_run_on_chat_worker(
     queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
     ids = [post(db, "cw-user", f"hello {i}")[1] for i in range(3)]
     for message_id in ids:
-        queue.enqueue("jobs.chat.run_chat", message_id, job_id=f"chat-{message_id}")
+        queue.enqueue("jobs.chat.job.run_chat", message_id, job_id=f"chat-{message_id}")
     worker = ChatWorker([queue], connection=redis_client)
     assert worker.work(burst=True)
 

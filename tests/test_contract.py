@@ -9,7 +9,7 @@ import redis
 from rq import Queue, SimpleWorker
 from starlette.routing import Route
 
-from app import settings
+from core import settings
 from tests.support.asgi import running_app, token
 
 pytestmark = pytest.mark.anyio

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import redis
 
-from app import settings
+from core import settings
 from tests.support.asgi import running_app, token
 from tests.support.shared import CSV_DIR
 from tests.support.uploads import (
@@ -351,7 +351,7 @@ def start_worker() -> subprocess.Popen[bytes]:
     code = (
         "import redis\n"
         "from rq import Queue, SimpleWorker\n"
-        "from app import settings\n"
+        "from core import settings\n"
         "c = redis.Redis.from_url(settings.REDIS_URL)\n"
         "SimpleWorker([Queue(settings.UPLOAD_QUEUE, connection=c)], connection=c)"
         ".work(burst=True)\n"
@@ -377,7 +377,7 @@ def enqueue(client: redis.Redis, upload_id: str) -> None:
     from rq import Queue
 
     Queue(settings.UPLOAD_QUEUE, connection=client).enqueue(
-        "jobs.csv_import.import_upload", upload_id
+        "jobs.csvimport.job.import_upload", upload_id
     )
 
 
@@ -418,7 +418,7 @@ def test_postgres_connection_lost_mid_load_is_retried(
     total = 200_000
     upload_id, _ = stage(db, large_file(total))
     Queue(settings.UPLOAD_QUEUE, connection=redis_client).enqueue(
-        "jobs.csv_import.import_upload", upload_id, retry=Retry(max=1)
+        "jobs.csvimport.job.import_upload", upload_id, retry=Retry(max=1)
     )
     proc = start_worker()
     try:

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import settings as settings_module
-from jobs.csvbatch import check_batch, check_column
-from jobs.csvload import BATCH_MAX_CHARS, PG_TYPES, take_batch
-from jobs.csvtypes import NULL_TOKENS, ColumnSpec, parse_cell
+from core import settings as settings_module
+from jobs.csvimport.batch import check_batch, check_column
+from jobs.csvimport.celltypes import NULL_TOKENS, ColumnSpec, parse_cell
+from jobs.csvimport.load import BATCH_MAX_CHARS, PG_TYPES, take_batch
 from tests.support.uploads import run_import, stage, upload_row
 
 SPECS = [

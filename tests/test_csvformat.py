@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.csvformat import (
+from jobs.csvimport.celltypes import ColumnSpec, parse_cell
+from jobs.csvimport.format import (
     CsvFormat,
     CsvFormatError,
     clean_header,
@@ -23,8 +24,7 @@ from jobs.csvformat import (
     fit_row,
     iter_rows,
 )
-from jobs.csvprofile import DISTINCT_EXACT_CAP, ColumnProfile
-from jobs.csvtypes import ColumnSpec, parse_cell
+from jobs.csvimport.profile import DISTINCT_EXACT_CAP, ColumnProfile
 from tests.support.shared import CSV_DIR
 
 DATA = CSV_DIR

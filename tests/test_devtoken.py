@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app import settings
-from app.auth import TokenVerifier
+from app.security.auth import TokenVerifier
+from core import settings
 from tests.support.asgi import running_app
 
 pytestmark = pytest.mark.anyio

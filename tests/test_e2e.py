@@ -10,8 +10,8 @@ import anyio
 import httpx
 import pytest
 
-from app.dev import web_argv, worker_argv
-from app.embedded import free_port
+from app.dev.embedded import free_port
+from app.dev.start import web_argv, worker_argv
 from tests.support.asgi import token
 from tests.support.openai_server import DEFAULT_REPLY, OpenAIServer, openai_server
 from tests.support.procs import Proc, process_env, start, wait_ready

@@ -15,8 +15,8 @@ import anyio
 import httpx
 import pytest
 
-from app.dev import web_argv
-from app.embedded import free_port
+from app.dev.embedded import free_port
+from app.dev.start import web_argv
 from tests.support.asgi import token
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -27,8 +27,8 @@ TOTAL = 300
 PUBLISHER = """
 import json, sys, time
 import redis
-from app import settings
-from app.events import publish_event
+from core import settings
+from core.events import publish_event
 
 user, total = sys.argv[1], int(sys.argv[2])
 client = redis.Redis.from_url(settings.REDIS_URL)

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from jobs.guard import Verdict, check_message, normalize_text
+from jobs.chat.guard import Verdict, check_message, normalize_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "injection" / "dev.jsonl"

@@ -9,7 +9,13 @@ from pathlib import Path
 import yaml
 
 MONITORING = Path(__file__).resolve().parent.parent / "scripts" / "monitoring"
-SOURCES = ["app/metrics.py", "jobs/chat.py", "jobs/breaker.py", "jobs/csv_import.py"]
+SOURCES = [
+    "app/metrics.py",
+    "core/jobmetrics.py",
+    "jobs/chat/job.py",
+    "jobs/chat/breaker.py",
+    "jobs/csvimport/job.py",
+]
 
 
 def exported_names() -> set[str]:

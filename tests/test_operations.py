@@ -7,8 +7,8 @@ import pytest
 import redis
 from rq import Queue
 
-from app import settings
-from app.metrics import record_job_metric
+from core import settings
+from core.jobmetrics import record_job_metric
 from tests.support.asgi import running_app
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +30,7 @@ async def test_metrics_show_queue_depth_and_worker_counters(redis_client: redis.
     queue = Queue(settings.UPLOAD_QUEUE, connection=redis_client)
     queue.empty()
     for n in range(3):
-        queue.enqueue_call("jobs.csv_import.import_upload", args=(f"never-run-{n}",))
+        queue.enqueue_call("jobs.csvimport.job.import_upload", args=(f"never-run-{n}",))
     record_job_metric(redis_client, "herald_test_things_total", 2, kind='a "quoted", odd one')
     try:
         async with running_app() as app, client_for(app) as client:
@@ -52,7 +52,7 @@ def test_log_lines_are_json_with_request_and_job_ids(redis_client: redis.Redis) 
 
     from rq.job import Job, _current_job
 
-    from app.logs import JSONFormatter, request_id_var
+    from core.logs import JSONFormatter, request_id_var
 
     record = logging.LogRecord("herald.test", logging.INFO, __file__, 1, "hello %s", ("x",), None)
     request_token = request_id_var.set("req-1")

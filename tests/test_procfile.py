@@ -20,8 +20,8 @@ import orjson
 import pytest
 import redis
 
-from app import events
-from app.embedded import free_port
+from app.dev.embedded import free_port
+from core import events
 from tests.support.asgi import token
 from tests.support.procs import ROOT, Proc, process_env, read_procfile, start, wait_ready
 

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 import redis
 
-from app import events, settings
-from app.hub import Hub
+from app.sse.hub import Hub
+from core import events, settings
 from tests.support.asgi import StreamCall, running_app, token
 
 pytestmark = pytest.mark.anyio
@@ -332,7 +332,7 @@ async def test_send_blocked_past_send_timeout_ends_the_stream(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client whose socket stops draining is cut after SSE_SEND_TIMEOUT_SECONDS, and
-    its slot and mailbox are freed (the stream's timer, app/streams.py)."""
+    its slot and mailbox are freed (the stream's timer, app/sse/streams.py)."""
     from sse_starlette.sse import SendTimeoutError
 
     monkeypatch.setattr(settings, "SSE_SEND_TIMEOUT_SECONDS", 0.2)

@@ -15,7 +15,7 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 
-from app import settings
+from core import settings
 from tests.support.asgi import running_app, token
 from tests.support.uploads import chunk_count, table_exists, upload_events
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from app import settings
+from core import settings
 
 logger = logging.getLogger("herald.migrations")
 
@@ -67,11 +67,3 @@ def setup_checkpointer(conninfo: str | None = None) -> None:
         row_factory=dict_row,
     ) as conn:
         PostgresSaver(conn).setup()
-
-
-if __name__ == "__main__":
-    from app.logs import configure_logging
-
-    configure_logging()
-    names = apply_migrations()
-    logger.info("migrations up to date (%d applied now)", len(names))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from app.logs import configure_logging
 from app.migrations import apply_migrations
+from core.logs import configure_logging
 
 configure_logging()
 names = apply_migrations()

@@ -25,9 +25,9 @@ import httpx
 import psycopg
 import redis
 
-from app import settings
-from app.dev import web_argv, worker_argv
-from app.embedded import free_port
+from app.dev.embedded import free_port
+from app.dev.start import web_argv, worker_argv
+from core import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 30

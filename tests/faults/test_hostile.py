@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from limits import parse
 
-from app import events
-from app import settings as herald
-from app.auth import mint_token
-from app.throttle import AuthThrottle
-from jobs.csvtypes import ColumnSpec, infer_column, parse_cell
+from app.security.auth import mint_token
+from app.security.throttle import AuthThrottle
+from core import events
+from core import settings as herald
+from jobs.csvimport.celltypes import ColumnSpec, infer_column, parse_cell
 from tests.faults.sse import SSEParser
 from tests.support.asgi import running_app
 
@@ -114,7 +114,7 @@ def test_sse_encoder_round_trips_any_text(
 )
 @given(text=payload_text)
 def test_published_frames_round_trip_through_redis(redis_client: redis.Redis, text: str) -> None:
-    """The Lua script frames events itself (app/events.py): check that path too."""
+    """The Lua script frames events itself (core/events.py): check that path too."""
     user = "sse-prop-" + uuid.uuid4().hex[:8]
     pubsub = redis_client.pubsub()
     try:

@@ -19,9 +19,9 @@ import orjson
 import pytest
 from rq import Queue, Worker
 
-from app import settings
-from app.auth import mint_token
-from app.embedded import free_port
+from app.dev.embedded import free_port
+from app.security.auth import mint_token
+from core import settings
 from tests.faults.clients import Client, wait_for
 from tests.faults.procs import Stack, Web
 from tests.support.openai_server import Fault, openai_server

@@ -18,9 +18,9 @@ import httpx
 import orjson
 import pytest
 
-from app import settings
-from app.auth import mint_token
-from app.events import publish_event, user_stream
+from app.security.auth import mint_token
+from core import settings
+from core.events import publish_event, user_stream
 from tests.faults.clients import Client, wait_for
 from tests.faults.procs import Stack, wait_until
 

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from rq.job import Job
 
-from app import settings
-from app.auth import mint_token
-from app.events import publish_event
+from app.security.auth import mint_token
+from core import settings
+from core.events import publish_event
 from tests.faults.clients import Client, wait_for
 from tests.faults.procs import Stack
 

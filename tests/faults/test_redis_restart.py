@@ -13,8 +13,8 @@ import time
 import anyio.to_thread
 import pytest
 
-from app.auth import mint_token
-from app.events import publish_event
+from app.security.auth import mint_token
+from core.events import publish_event
 from tests.faults.clients import Client, wait_for
 from tests.faults.procs import Stack
 from tests.faults.proxy import BlackholeProxy
@@ -187,7 +187,7 @@ async def test_subscriber_connection_killed_while_publishing(stack: Stack) -> No
 
 HEALTH_CHECK_SECONDS = 1.0
 PARTITION_CLIENTS = 20
-# A silent subscriber connection is dropped after 2 health-check intervals (app/hub.py);
+# A silent subscriber connection is dropped after 2 health-check intervals (app/sse/hub.py);
 # then clients resume from history.
 PARTITION_BOUND_SECONDS = 2 * HEALTH_CHECK_SECONDS + 3.0
 

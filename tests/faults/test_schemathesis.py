@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from app.auth import mint_token
+from app.security.auth import mint_token
 from tests.faults.procs import ROOT, Stack
 
 pytestmark = [pytest.mark.faults]

@@ -21,8 +21,8 @@ import pytest
 from rq import Queue, Worker
 from rq.job import Job, JobStatus
 
-from app import settings
-from app.auth import mint_token
+from app.security.auth import mint_token
+from core import settings
 from tests.faults.clients import Client, wait_for
 from tests.faults.procs import Stack, wait_until
 

@@ -11,9 +11,9 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 
-from app.auth import mint_token
 from app.main import create_app
 from app.resources import lifespan
+from app.security.auth import mint_token
 
 
 @contextlib.asynccontextmanager

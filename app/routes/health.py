@@ -1,0 +1,69 @@
+"""Operations endpoints: liveness, readiness, metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app import metrics
+from app.errors import error_body
+from app.openapi import openapi_document
+from core import settings
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def _redis_ok(request: Request) -> bool:
+    try:
+        return bool(await asyncio.wait_for(request.app.state.redis.ping(), timeout=2))
+    except Exception:
+        return False
+
+
+async def _postgres_ok(request: Request) -> bool:
+    async def probe() -> bool:
+        async with request.app.state.pool.connection(timeout=2) as conn:
+            await conn.execute("SELECT 1")
+        return True
+
+    try:
+        return await asyncio.wait_for(probe(), timeout=3)
+    except Exception:
+        return False
+
+
+async def readyz(request: Request) -> JSONResponse:
+    redis_ok, postgres_ok = await asyncio.gather(_redis_ok(request), _postgres_ok(request))
+    checks = {"redis": redis_ok, "postgresql": postgres_ok}
+    down = [name for name, ok in checks.items() if not ok]
+    if down:
+        body = error_body(
+            "not_ready",
+            f"Not ready: {', '.join(down)} unavailable.",
+            {"down": down, "checks": {k: "ok" if v else "down" for k, v in checks.items()}},
+        )
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"status": "ready", "checks": {k: "ok" for k in checks}})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    queue_keys = request.app.state.jobs.keys(settings.CHAT_QUEUE, settings.UPLOAD_QUEUE)
+    body = await metrics.render_metrics(request.app.state.redis, queue_keys)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(openapi_document())
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+]

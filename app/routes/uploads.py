@@ -1,0 +1,328 @@
+"""``/uploads``: receive a CSV into PostgreSQL as it streams in, queue its import, read back.
+
+The body is never held whole: raw ``text/csv`` bodies come from ``request.stream()`` and
+multipart bodies go through python-multipart's push parser, and either way bytes are cut
+into ``UPLOAD_CHUNK_BYTES`` rows of ``upload_chunks`` as they arrive, so any worker on any
+machine can stream the file back. The import itself is ``jobs.csv_import.import_upload``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import orjson
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from app.errors import BadRequest, Conflict, NotFound
+from app.security import ratelimit
+from app.security.auth import Principal, authenticate
+from app.upload_body import UploadBody, read_upload
+from core import events, settings
+
+TYPES = frozenset({"int", "float", "bool", "date", "datetime", "text"})
+ACTIVE = ("queued", "validating", "processing")
+_UPLOAD_FIELDS = "id, filename, status, created_at, progress_percent, rows_processed, result, error"
+# OWASP "CSV Injection": a cell starting with one of these is run as a formula by
+# spreadsheets; prefixing a single quote makes it text.
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+class JSONResponse(Response):
+    """orjson renders dates, datetimes and UUIDs the way API.md wants (ISO 8601)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def parse_columns(raw: str | None) -> dict[str, str] | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("`columns` must be a JSON object.", details={"field": "columns"}) from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v in TYPES for k, v in value.items()
+    ):
+        raise BadRequest(
+            "`columns` must map column names to one of: " + ", ".join(sorted(TYPES)) + ".",
+            details={"field": "columns", "types": sorted(TYPES)},
+        )
+    return value
+
+
+async def create_upload(request: Request) -> Response:
+    principal = await authenticate(request)
+    limit_headers = await ratelimit.hit(
+        request, "upload", settings.UPLOAD_RATE_LIMIT, principal.user_id
+    )
+    query_columns = parse_columns(request.query_params.get("columns"))
+    pool: AsyncConnectionPool = request.app.state.pool
+    body: UploadBody = await read_upload(request, principal, pool)
+    upload_id = body.upload_id
+    try:
+        columns = query_columns if body.columns is None else parse_columns(body.columns)
+        async with pool.connection() as conn:
+            await conn.execute(
+                "UPDATE uploads SET status = 'queued', job_id = %s, column_types = %s,"
+                " updated_at = now() WHERE id = %s",
+                (upload_id, orjson.dumps(columns).decode() if columns else None, upload_id),
+            )
+        await events.apublish_event(
+            request.app.state.redis,
+            "upload.status",
+            {"upload_id": upload_id, "status": "queued"},
+            user_id=principal.user_id,
+            upload_id=upload_id,
+        )
+        # The job id is the upload id, so cancel can reach the job by it.
+        await request.app.state.jobs.enqueue(
+            settings.UPLOAD_QUEUE,
+            "jobs.csvimport.job.import_upload",
+            upload_id,
+            job_id=upload_id,
+            timeout=settings.UPLOAD_JOB_TIMEOUT_SECONDS,
+            # Exactly-once import (jobs/csvimport/job.py), so retrying is safe; 3 retries
+            # (1 + 5 + 15 s apart) ride out a PostgreSQL restart (tests/faults).
+            retries=settings.UPLOAD_JOB_RETRIES,
+        )
+    except BaseException:
+        # Refused after all (bad `columns` field, Redis down): keep nothing of it.
+        with anyio.CancelScope(shield=True):
+            async with pool.connection() as conn:
+                await conn.execute("DELETE FROM uploads WHERE id = %s", (upload_id,))
+        raise
+    return JSONResponse(
+        {"upload_id": upload_id, "job_id": upload_id, "status": "queued"},
+        status_code=202,
+        headers=limit_headers,
+    )
+
+
+def render_upload(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "upload_id": str(row["id"]),
+        "filename": row["filename"],
+        "status": row["status"],
+        "created_at": row["created_at"].isoformat(),
+        "progress": {"percent": row["progress_percent"], "rows_processed": row["rows_processed"]},
+        "result": row["result"],
+        "error": row["error"],
+    }
+
+
+async def fetch_upload(pool: AsyncConnectionPool, upload_id: str, org_id: str) -> dict[str, Any]:
+    """The tenant's upload or 404 (also for malformed ids and other tenants' uploads)."""
+    try:
+        uuid.UUID(upload_id)
+    except ValueError:
+        raise NotFound("No such upload.") from None
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_UPLOAD_FIELDS}, table_name, user_id FROM uploads"  # noqa: S608 - constant  # nosec
+            " WHERE id = %s AND org_id = %s AND status <> 'receiving'",
+            (upload_id, org_id),
+        )
+        row = await cur.fetchone()
+    if row is None:
+        raise NotFound("No such upload.")
+    return row
+
+
+def page_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise BadRequest(
+            f"`{name}` must be an integer from {low} to {high}.",
+            details={"field": name, "min": low, "max": high},
+        )
+    return value
+
+
+async def list_uploads(request: Request) -> Response:
+    principal = await authenticate(request)
+    limit = page_param(request, "limit", 50, 1, settings.UPLOAD_ROWS_PAGE_MAX)
+    offset = page_param(request, "offset", 0, 0, 2**62)
+    pool: AsyncConnectionPool = request.app.state.pool
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_UPLOAD_FIELDS} FROM uploads"  # noqa: S608 - constant  # nosec
+            " WHERE org_id = %s AND status <> 'receiving'"
+            " ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
+            (principal.org_id, limit, offset),
+        )
+        rows = await cur.fetchall()
+    return JSONResponse({"uploads": [render_upload(r) for r in rows]})
+
+
+async def get_upload(request: Request) -> Response:
+    principal = await authenticate(request)
+    row = await fetch_upload(
+        request.app.state.pool, request.path_params["upload_id"], principal.org_id
+    )
+    return JSONResponse(render_upload(row))
+
+
+async def get_rows(request: Request) -> Response:
+    principal = await authenticate(request)
+    pool: AsyncConnectionPool = request.app.state.pool
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    limit = page_param(request, "limit", 100, 1, settings.UPLOAD_ROWS_PAGE_MAX)
+    offset = page_param(request, "offset", 0, 0, 2**62)
+    if row["status"] != "completed" or not row["table_name"]:
+        raise Conflict(
+            "The upload has no rows until it is completed.",
+            code="upload_not_completed",
+            details={"status": row["status"]},
+        )
+    columns = row["result"]["columns"]
+    query = sql.SQL("SELECT * FROM {} ORDER BY _row LIMIT %s OFFSET %s").format(
+        sql.Identifier(row["table_name"])
+    )
+    async with pool.connection() as conn:
+        cur = await conn.execute(query, (limit, offset))
+        records = await cur.fetchall()
+    names = [c["name"] for c in columns]
+    wide = row["result"].get("storage") == "jsonb"  # jobs.csv_import: too wide for columns
+    return JSONResponse(
+        {
+            "upload_id": str(row["id"]),
+            "columns": [{"name": c["name"], "type": c["type"]} for c in columns],
+            "rows": [
+                {n: r[1].get(n) for n in names} if wide else dict(zip(names, r[1:], strict=True))
+                for r in records
+            ],
+            "limit": limit,
+            "offset": offset,
+            "total": row["result"]["rows_valid"],
+        }
+    )
+
+
+def neutralise(cell: str) -> str:
+    return "'" + cell if cell.startswith(_FORMULA_PREFIXES) else cell
+
+
+async def get_errors(request: Request) -> Response:
+    principal = await authenticate(request)
+    pool: AsyncConnectionPool = request.app.state.pool
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    upload_id = str(row["id"])
+
+    async def body() -> AsyncIterator[bytes]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180 line breaks
+        writer.writerow(["row", "column", "value", "error"])
+        # A UTF-8 BOM so spreadsheet programs read the file as UTF-8.
+        yield codecs.BOM_UTF8 + buffer.getvalue().encode()
+        async with pool.connection() as conn, conn.transaction():
+            # A server-side cursor: the error list can be as long as the file.
+            cur = conn.cursor(name=f"errors_{uuid.uuid4().hex}")
+            await cur.execute(
+                "SELECT row_number, column_name, value, error FROM upload_errors"
+                " WHERE upload_id = %s ORDER BY row_number, ctid",
+                (upload_id,),
+            )
+            while batch := await cur.fetchmany(1000):
+                buffer.seek(0)
+                buffer.truncate()
+                for number, column, value, error in batch:
+                    writer.writerow([number, neutralise(column), neutralise(value or ""), error])
+                yield buffer.getvalue().encode()
+            await cur.close()
+
+    stem = row["filename"].rsplit(".", 1)[0] or "upload"
+    ascii_stem = stem.encode("ascii", "ignore").decode().replace('"', "") or "upload"
+    return StreamingResponse(
+        body(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{ascii_stem}-errors.csv"'},
+    )
+
+
+async def mark_cancelled(request: Request, principal: Principal, upload_id: str) -> bool:
+    """Flip an active upload to ``cancelled``; the job notices at its next batch."""
+    async with request.app.state.pool.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE uploads SET status = 'cancelled', updated_at = now()"
+            " WHERE id = %s AND org_id = %s AND status = ANY(%s) RETURNING user_id",
+            (upload_id, principal.org_id, list(ACTIVE)),
+        )
+        found = await cur.fetchone()
+    if found is None:
+        return False
+    await events.apublish_event(
+        request.app.state.redis,
+        "upload.status",
+        {"upload_id": upload_id, "status": "cancelled"},
+        user_id=found[0],
+        upload_id=upload_id,
+    )
+    return True
+
+
+async def cancel_upload(request: Request) -> Response:
+    principal = await authenticate(request)
+    pool: AsyncConnectionPool = request.app.state.pool
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    upload_id = str(row["id"])
+    if row["status"] != "cancelled" and not await mark_cancelled(request, principal, upload_id):
+        refreshed = await fetch_upload(pool, upload_id, principal.org_id)
+        raise Conflict(
+            f"The upload is already {refreshed['status']}.",
+            code="upload_finished",
+            details={"status": refreshed["status"]},
+        )
+    return JSONResponse(render_upload(await fetch_upload(pool, upload_id, principal.org_id)))
+
+
+async def delete_upload(request: Request) -> Response:
+    principal = await authenticate(request)
+    pool: AsyncConnectionPool = request.app.state.pool
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    upload_id = str(row["id"])
+    # Cancel first: a running import then rolls back at its next batch and lets go of
+    # the row, instead of the DELETE below waiting for the whole import.
+    if row["status"] in ACTIVE:
+        await mark_cancelled(request, principal, upload_id)
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "DELETE FROM uploads WHERE id = %s RETURNING table_name", (upload_id,)
+        )
+        deleted = await cur.fetchone()
+        if deleted is not None and deleted[0]:
+            await conn.execute(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(deleted[0]))
+            )
+    await request.app.state.redis.delete(events.upload_stream(upload_id))
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/uploads", create_upload, methods=["POST"]),
+    Route("/uploads", list_uploads, methods=["GET"]),
+    Route("/uploads/{upload_id}", get_upload, methods=["GET"]),
+    Route("/uploads/{upload_id}", delete_upload, methods=["DELETE"]),
+    Route("/uploads/{upload_id}/rows", get_rows, methods=["GET"]),
+    Route("/uploads/{upload_id}/errors", get_errors, methods=["GET"]),
+    Route("/uploads/{upload_id}/cancel", cancel_upload, methods=["POST"]),
+]

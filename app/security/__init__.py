@@ -1,0 +1,1 @@
+"""Who is calling and how often: JWT authentication, rate limits, the auth throttle."""

@@ -1,0 +1,120 @@
+"""Per-user request limits shared by every web process through Redis.
+
+Built on the ``limits`` library (moving-window strategy: exact counts over the last
+window, not fixed clock buckets, so a burst at a bucket edge cannot double the limit).
+Answers carry the IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers:
+``RateLimit-Limit`` / ``-Remaining`` / ``-Reset`` in delta seconds) on success and on
+refusal, and ``Retry-After`` (RFC 9110 section 10.2.3) on refusal.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from starlette.requests import Request
+
+from app import metrics
+from app.errors import RateLimited
+from core import settings
+
+RateLimitHeaders = dict[str, str]
+
+
+@functools.cache
+def parse_limit(limit_string: str) -> RateLimitItem:
+    # "50/hour", "10 per minute", ...: the limits library's notation. A bad setting
+    # fails at first use with a ValueError naming the string.
+    return parse(limit_string)
+
+
+def open_storage(redis_url: str, key_prefix: str) -> RedisStorage:
+    # limits takes "async+redis://..." and, with implementation="redispy", builds a
+    # redis.asyncio client from it (limits docs: "Storage backends"). Its pool gets the
+    # web's own size: redis-py's default of 100 ran dry under 1,000 connects at once.
+    return RedisStorage(
+        "async+" + redis_url,
+        implementation="redispy",
+        key_prefix=key_prefix,
+        socket_connect_timeout=5,
+        max_connections=settings.REDIS_POOL_MAX,
+    )
+
+
+async def close_storage(storage: RedisStorage) -> None:
+    # limits has no close(); its redis-py client is the bridge's ``storage``
+    # (limits/aio/storage/redis/redispy.py, untyped on the base bridge).
+    bridge: Any = storage.bridge
+    await bridge.storage.aclose()
+
+
+class RateLimiter:
+    """One per web process (lifespan); the counters themselves live in Redis."""
+
+    def __init__(self, redis_url: str, key_prefix: str) -> None:
+        self._storage = open_storage(redis_url, key_prefix)
+        self._limiter = MovingWindowRateLimiter(self._storage)
+
+    @classmethod
+    def from_settings(cls) -> RateLimiter:
+        return cls(settings.REDIS_URL, f"{settings.REDIS_PREFIX}:ratelimit")
+
+    async def aclose(self) -> None:
+        await close_storage(self._storage)
+
+    async def hit(self, limit_name: str, limit_string: str, identity: str) -> RateLimitHeaders:
+        """Count one request; returns the headers, or raises ``RateLimited`` with them."""
+        allowed = await self.acquire(limit_name, limit_string, identity)
+        return await self.headers(limit_name, limit_string, identity, allowed=allowed)
+
+    async def acquire(self, limit_name: str, limit_string: str, identity: str) -> bool:
+        """Count one request if it is within the limit; True when it was."""
+        return await self._limiter.hit(parse_limit(limit_string), limit_name, identity)
+
+    async def headers(
+        self, limit_name: str, limit_string: str, identity: str, *, allowed: bool
+    ) -> RateLimitHeaders:
+        """The ``RateLimit-*`` headers after ``acquire``; raises ``RateLimited`` when it
+        refused. A second round trip, so a caller may run it beside its own work."""
+        item = parse_limit(limit_string)
+        reset_at, remaining = await self._limiter.get_window_stats(item, limit_name, identity)
+        reset_in = max(0, math.ceil(reset_at - time.time()))
+        headers = {
+            "RateLimit-Limit": str(item.amount),
+            "RateLimit-Remaining": str(max(0, remaining)),
+            "RateLimit-Reset": str(reset_in),
+        }
+        if not allowed:
+            metrics.RATE_LIMITED.labels(limit_name).inc()
+            raise RateLimited(
+                f"At most {item.amount} per {_period(item)}; retry in {max(1, reset_in)} s.",
+                details={"limit": limit_string, "retry_after_seconds": max(1, reset_in)},
+                headers={**headers, "Retry-After": str(max(1, reset_in))},
+            )
+        return headers
+
+    async def clear(self, limit_name: str, limit_string: str, identity: str) -> None:
+        await self._limiter.clear(parse_limit(limit_string), limit_name, identity)
+
+
+def _period(item: RateLimitItem) -> str:
+    unit = item.GRANULARITY.name
+    return unit if item.multiples == 1 else f"{item.multiples} {unit}s"
+
+
+async def hit(
+    request: Request, limit_name: str, limit_string: str, user_id: str
+) -> RateLimitHeaders:
+    """Count one request of ``user_id`` against ``limit_string`` (e.g. ``"50/hour"``).
+
+    ``limit_name`` keeps limits apart ("chat", "upload") and labels the metric. Raises
+    ``RateLimited`` (429, with ``Retry-After`` and ``RateLimit-*``) when over; else
+    returns the ``RateLimit-*`` headers for the success response.
+    """
+    limiter: RateLimiter = request.app.state.ratelimiter
+    return await limiter.hit(limit_name, limit_string, user_id)

@@ -1,0 +1,1 @@
+"""Server-Sent Events machinery: the Redis subscriber hub, stream slots, the response."""

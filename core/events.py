@@ -1,0 +1,186 @@
+"""The event bus: publish an event for a user (and an upload), read history back.
+
+Each stream (a user's, an upload's) is a Redis Stream holding the last
+``EVENT_HISTORY_MAX`` events for ``EVENT_HISTORY_TTL_SECONDS`` after its last event,
+and a pub/sub channel of the same name announces each event, already framed as SSE
+bytes, so a web process forwards it without re-encoding. One Lua script appends and
+announces atomically, so announcement order is id order on every stream.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio
+
+from core import settings
+
+# XADD ids are "<ms>-<seq>", strictly increasing per stream (Redis docs: Streams intro).
+_PUBLISH_LUA = """
+local ids = {}
+for i, key in ipairs(KEYS) do
+  local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1], 'd', ARGV[2])
+  redis.call('PEXPIRE', key, ARGV[4])
+  local framed = 'id: ' .. id .. '\\nevent: ' .. ARGV[1] .. '\\ndata: ' .. ARGV[2] .. '\\n\\n'
+  redis.call('PUBLISH', key, framed)
+  ids[i] = id
+end
+return ids
+"""
+
+
+def user_stream(user_id: str) -> str:
+    return f"{settings.REDIS_PREFIX}:events:user:{user_id}"
+
+
+def upload_stream(upload_id: str) -> str:
+    return f"{settings.REDIS_PREFIX}:events:upload:{upload_id}"
+
+
+def stream_keys(user_id: str | None, upload_id: str | None) -> list[str]:
+    keys = []
+    if user_id:
+        keys.append(user_stream(user_id))
+    if upload_id:
+        keys.append(upload_stream(upload_id))
+    return keys
+
+
+def encode_data(data: dict[str, Any]) -> bytes:
+    # orjson escapes every control character, so the payload is always one line and
+    # fits in a single `data:` field (WHATWG HTML, "Server-sent events", parsing).
+    return orjson.dumps(data)
+
+
+def frame(event_id: str | None, event: str, data: bytes) -> bytes:
+    head = b"id: " + event_id.encode() + b"\n" if event_id is not None else b""
+    return head + b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def parse_id(event_id: str | bytes) -> tuple[int, int]:
+    text = event_id.decode() if isinstance(event_id, bytes) else event_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def frame_id(framed: bytes) -> tuple[int, int]:
+    # A published frame always starts with b"id: <id>\n" (see _PUBLISH_LUA).
+    return parse_id(framed[4 : framed.index(b"\n")])
+
+
+# Exactly what XRANGE accepts: "<ms>" or "<ms>-<seq>", each an unsigned 64-bit integer.
+# int() alone is too lenient ("+1", " 1", "1_0") and lets Redis raise on client input.
+_ID_RE = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+_U64_MAX = 2**64 - 1
+
+
+def valid_id(event_id: str) -> bool:
+    match = _ID_RE.fullmatch(event_id)
+    return match is not None and all(
+        int(part) <= _U64_MAX for part in match.groups() if part is not None
+    )
+
+
+def _args(event: str, data: dict[str, Any]) -> list[Any]:
+    return [
+        event,
+        encode_data(data),
+        settings.EVENT_HISTORY_MAX,
+        settings.EVENT_HISTORY_TTL_SECONDS * 1000,
+    ]
+
+
+def _ids(result: Sequence[bytes | str]) -> list[str]:
+    return [r.decode() if isinstance(r, bytes) else r for r in result]
+
+
+def publish_event(
+    client: redis.Redis,
+    event: str,
+    data: dict[str, Any],
+    *,
+    user_id: str | None = None,
+    upload_id: str | None = None,
+) -> list[str]:
+    """Append ``event`` to the user's and/or the upload's stream and announce it.
+
+    Called by workers (synchronous Redis client). Returns the new ids, one per stream.
+    """
+    keys = stream_keys(user_id, upload_id)
+    if not keys:
+        raise ValueError("publish_event needs a user_id or an upload_id")
+    script = client.register_script(_PUBLISH_LUA)
+    return _ids(script(keys=keys, args=_args(event, data)))
+
+
+async def apublish_event(
+    client: redis.asyncio.Redis,
+    event: str,
+    data: dict[str, Any],
+    *,
+    user_id: str | None = None,
+    upload_id: str | None = None,
+) -> list[str]:
+    """``publish_event`` for the web process's asyncio Redis client."""
+    keys = stream_keys(user_id, upload_id)
+    if not keys:
+        raise ValueError("apublish_event needs a user_id or an upload_id")
+    script = client.register_script(_PUBLISH_LUA)
+    return _ids(await script(keys=keys, args=_args(event, data)))
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """History after a client's Last-Event-ID, or ``complete=False`` when it is gone."""
+
+    complete: bool
+    frames: list[bytes]
+    last_id: str | None
+
+
+def _entries_to_frames(
+    entries: Any,
+) -> tuple[list[bytes], str | None]:
+    frames = []
+    last = None
+    for raw_id, fields in entries:
+        last = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+        event = fields[b"e"].decode()
+        frames.append(frame(last, event, fields[b"d"]))
+    return frames, last
+
+
+async def read_history(client: redis.asyncio.Redis, key: str, after: str) -> Replay:
+    """Events of ``key`` after the id ``after``, if nothing between was trimmed away.
+
+    The check is conservative and needs no Redis 7 features: history is complete when
+    ``after`` itself is still in the stream. ``0-0`` means "before the first event"
+    and is complete while the stream has never been trimmed.
+    """
+    if after in ("0", "0-0"):
+        length = await client.xlen(key)
+        if length >= settings.EVENT_HISTORY_MAX:
+            return Replay(False, [], None)
+        frames, last = _entries_to_frames(await client.xrange(key, "-", "+"))
+        return Replay(True, frames, last or "0-0")
+    entries = await client.xrange(key, after, "+")
+    if not entries:
+        return Replay(False, [], None)
+    first_id = entries[0][0]
+    if (first_id.decode() if isinstance(first_id, bytes) else first_id) != after:
+        return Replay(False, [], None)
+    frames, last = _entries_to_frames(entries[1:])
+    return Replay(True, frames, last or after)
+
+
+async def latest_id(client: redis.asyncio.Redis, key: str) -> str:
+    entries = await client.xrevrange(key, "+", "-", count=1)
+    if not entries:
+        return "0-0"
+    raw = entries[0][0]
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

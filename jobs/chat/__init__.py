@@ -1,0 +1,1 @@
+"""The chat wing: guard, LangGraph agent, LLM providers, circuit breaker, the job."""

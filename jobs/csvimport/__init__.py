@@ -1,0 +1,1 @@
+"""The CSV import wing: format detection, header cleaning, typing, loading, profiles."""

@@ -1,0 +1,1 @@
+"""Worker processes: the supervisor the Procfile runs and the RQ worker classes."""
