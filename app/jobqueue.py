@@ -7,7 +7,19 @@ from typing import Any
 import anyio.to_thread
 import redis
 from rq import Queue, Retry
-from rq.job import Job
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.rate_limit import RateLimit
+
+# A job in one of these has not started: cancelling it means it never runs.
+_WAITING = {
+    JobStatus.QUEUED,
+    JobStatus.SCHEDULED,
+    JobStatus.DEFERRED,
+    JobStatus.RATE_LIMITED,
+    JobStatus.CREATED,
+}
 
 
 class JobQueue:
@@ -45,8 +57,28 @@ class JobQueue:
         timeout: int | None = None,
         retries: int = 0,
         at_front: bool = False,
+        limit: tuple[str, int] | None = None,
     ) -> str:
+        """``limit``: (key, n) — at most n jobs of this key queued-and-running at once;
+        the rest wait as ``rate_limited`` (RQ's RateLimit) and run as slots free."""
         queue = self.queue(queue_name)
+        retry = Retry(max=retries, interval=[1, 5, 15][:retries]) if retries else None
+
+        def enqueue_limited() -> Job:
+            # RQ promotes waiting jobs inside its own transaction, so a rate-limited job
+            # cannot ride on our pipeline (rq Queue.enqueue_job).
+            assert limit is not None
+            return queue.enqueue_call(
+                func_path,
+                args=args,
+                job_id=job_id,
+                timeout=timeout,
+                retry=retry,
+                result_ttl=3600,
+                failure_ttl=7 * 86400,
+                at_front=at_front,
+                rate_limit=RateLimit(key=limit[0], concurrency=max(1, limit[1])),
+            )
 
         def enqueue() -> Job:
             # Through our own pipeline, so RQ's writes (queue registration, job hash,
@@ -58,7 +90,7 @@ class JobQueue:
                     args=args,
                     job_id=job_id,
                     timeout=timeout,
-                    retry=Retry(max=retries, interval=[1, 5, 15][:retries]) if retries else None,
+                    retry=retry,
                     result_ttl=3600,
                     failure_ttl=7 * 86400,
                     at_front=at_front,
@@ -67,5 +99,27 @@ class JobQueue:
                 pipe.execute()
             return job
 
-        job = await anyio.to_thread.run_sync(enqueue)
+        job = await anyio.to_thread.run_sync(enqueue_limited if limit else enqueue)
         return str(job.id)
+
+    async def cancel(self, job_id: str) -> JobStatus | None:
+        """Stop a job wherever it is: a waiting one never runs (RQ's cancel); a running
+        one gets RQ's ``stop-job`` command on its worker's channel. Returns the status
+        the job had, or None when Redis no longer knows it."""
+
+        def cancel() -> JobStatus | None:
+            try:
+                job = Job.fetch(job_id, connection=self._client)
+            except NoSuchJobError:
+                return None
+            status = job.get_status()
+            try:
+                if status in _WAITING:
+                    job.cancel()
+                elif status == JobStatus.STARTED:
+                    send_stop_job_command(self._client, job_id)
+            except InvalidJobOperation:
+                pass  # it moved on meanwhile; the job's own cancel check covers it
+            return status
+
+        return await anyio.to_thread.run_sync(cancel)

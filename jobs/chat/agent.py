@@ -13,33 +13,29 @@ than duplicates it (``add_messages`` merges by id).
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
-import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
 import redis
+import redis.asyncio
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
 from core import settings
-from core.history import invalidate_history
+from core.history import ainvalidate_history
+from core.replies import ReplyStatus, reply_id, store_reply
 from jobs.chat.breaker import Breaker, BreakerOpen
 from jobs.chat.guard import check_message
 from jobs.chat.llm import LLMError, Message, Provider, stream_with_retry
 
 security_log = logging.getLogger("herald.security")
-_REPLY_NAMESPACE = uuid.UUID("5b8f1f5e-4d7a-4b8e-9a51-6f0c7a1d2e3b")
-
-
-def reply_id(message_id: str) -> str:
-    """The assistant row's id: derived from the user's message, so a retry reuses it."""
-    return str(uuid.uuid5(_REPLY_NAMESPACE, message_id))
 
 
 class ChatState(TypedDict, total=False):
@@ -54,18 +50,20 @@ class ChatState(TypedDict, total=False):
 
 @dataclass
 class AgentContext:
-    conn: AsyncConnection[Any]
-    # The job's one connection is shared with the checkpointer, which writes from
-    # background tasks; it serialises every use with this lock (AsyncPostgresSaver.lock,
-    # langgraph-checkpoint-postgres aio.py ``_cursor``), so ours must take it too.
-    db_lock: asyncio.Lock
-    redis: redis.Redis
+    # Connections are borrowed per statement: hundreds of replies stream at once per
+    # process, and none holds a PostgreSQL connection while it waits on the model.
+    pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
+    redis: redis.asyncio.Redis
     provider: Provider
     breaker: Breaker
     user_id: str
-    # Publishes one piece of the reply ({"index", "text"}) at once, from the node.
-    on_chunk: Callable[[dict[str, Any]], None]
+    # Takes each piece of the reply as it arrives (the job publishes it as chat.chunk).
+    on_chunk: Callable[[str], Awaitable[None]]
+    # The process-wide cap on concurrent upstream requests (ChatRuntime.upstream).
+    upstream: Any = None
     labels: dict[str, str] = field(default_factory=dict)
+    # The reply so far: a stopped reply is stored with what it had.
+    parts: list[str] = field(default_factory=list)
 
 
 def symbol_ratio(text: str) -> float:
@@ -127,13 +125,14 @@ async def respond(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
         permit = ctx.breaker.before_call()
     except BreakerOpen:
         return _fail("llm_unavailable", "The language model is unavailable; retry later.")
-    parts: list[str] = []
+    parts = ctx.parts
     try:
-        async for text in stream_with_retry(
-            ctx.provider, prompt(state), settings.LLM_TIMEOUT_SECONDS
-        ):
-            ctx.on_chunk({"index": len(parts), "text": text})
-            parts.append(text)
+        async with ctx.upstream or _unlimited():
+            async for text in stream_with_retry(
+                ctx.provider, prompt(state), settings.LLM_TIMEOUT_SECONDS
+            ):
+                parts.append(text)
+                await ctx.on_chunk(text)
     except LLMError as exc:
         if exc.breaker:
             ctx.breaker.failed(permit)
@@ -155,33 +154,24 @@ async def respond(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
 async def persist(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState:
     ctx = runtime.context
     code = state.get("error_code", "")
-    status = "failed" if code else "completed"
-    user_status = {"": "answered", "message_blocked": "blocked"}.get(code, "failed")
-    async with ctx.db_lock, ctx.conn.transaction():
-        await ctx.conn.execute(
-            "INSERT INTO messages (id, conversation_id, role, text, status, model, error_code,"
-            " reply_to) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, status = EXCLUDED.status,"
-            " model = EXCLUDED.model, error_code = EXCLUDED.error_code",
-            (
-                reply_id(state["message_id"]),
-                state["conversation_id"],
-                state.get("reply", ""),
-                status,
-                ctx.provider.model,
-                code or None,
-                state["message_id"],
-            ),
+    async with ctx.pool.connection() as conn:
+        await store_reply(
+            conn,
+            message_id=state["message_id"],
+            conversation_id=state["conversation_id"],
+            status=ReplyStatus.FAILED if code else ReplyStatus.COMPLETED,
+            text=state.get("reply", ""),
+            model=ctx.provider.model,
+            error_code=code or None,
+            user_status="blocked" if code == "message_blocked" else None,
         )
-        await ctx.conn.execute(
-            "UPDATE messages SET status = %s WHERE id = %s", (user_status, state["message_id"])
-        )
-        await ctx.conn.execute(
-            "UPDATE conversations SET updated_at = now() WHERE id = %s",
-            (state["conversation_id"],),
-        )
-    invalidate_history(ctx.redis, ctx.user_id, state["conversation_id"])
+    await ainvalidate_history(ctx.redis, ctx.user_id, state["conversation_id"])
     return {}
+
+
+@contextlib.asynccontextmanager
+async def _unlimited() -> AsyncIterator[None]:
+    yield
 
 
 def after_guard(state: ChatState) -> str:

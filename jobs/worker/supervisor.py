@@ -19,7 +19,6 @@ workers run maintenance every ``WORKER_MAINTENANCE_SECONDS`` instead of 10 minut
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import importlib
 import logging
 import multiprocessing
@@ -28,16 +27,16 @@ import socket
 import time
 import uuid
 from types import FrameType
+from typing import Any
 
 import redis
-from redis.client import Pipeline
-from rq import Queue, SimpleWorker, Worker
+from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.executions import Execution
-from rq.utils import now
 
 from core import settings
 from core.logs import configure_logging
+from jobs.worker.asyncworker import AsyncWorker
 
 logger = logging.getLogger("herald.worker")
 
@@ -45,44 +44,8 @@ logger = logging.getLogger("herald.worker")
 # Imported before the first job, not by it: importing LangGraph and friends takes
 # about a second, which the first chat of every fresh process would otherwise wait.
 _JOB_MODULES = {settings.CHAT_QUEUE: "jobs.chat.job", settings.UPLOAD_QUEUE: "jobs.csvimport.job"}
-
-
-class ChatWorker(SimpleWorker):
-    """``SimpleWorker`` with fewer Redis round trips around each job.
-
-    rq 3.0 sends the worker heartbeat as three separate commands (HSET, EXPIRE, EXPIRE)
-    and sends it, with ``set_state(IDLE)``, twice between the end of one job and the
-    next BLMOVE, and once more between dequeue and the job's start (rq/worker/base.py
-    ``work``, ``dequeue_job_and_maintain_ttl``). Measured with ``bench_chat.py --hops``:
-    ~3 ms from a reply's end until the worker listens again, which a chat sent right
-    after the previous one waits for. Here that heartbeat is one pipelined round trip,
-    and is skipped when a heartbeat with the same default TTL (``worker_ttl`` + 60 s,
-    480 s) went out under ``_HEARTBEAT_GAP`` ago: the worker key cannot lapse meanwhile.
-    A heartbeat with another TTL (RQ sends the job's own, shorter one on a pipeline at
-    job start) voids the skip, so the next default one is always sent before a long
-    BLMOVE. Setting the state the worker already has is skipped too.
-    """
-
-    _HEARTBEAT_GAP = dt.timedelta(seconds=1)
-    _default_beat_at: dt.datetime | None = None
-
-    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
-        if pipeline is not None:
-            super().heartbeat(timeout, pipeline=pipeline)
-            self._default_beat_at = now() if timeout is None else None
-            return
-        last = self._default_beat_at
-        if timeout is None and last is not None and now() - last < self._HEARTBEAT_GAP:
-            return
-        with self.connection.pipeline(transaction=False) as pipe:
-            super().heartbeat(timeout, pipeline=pipe)
-            pipe.execute()
-        self._default_beat_at = now() if timeout is None else None
-
-    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
-        if pipeline is None and state == self._state:
-            return
-        super().set_state(state, pipeline=pipeline)
+# Opened once per chat worker process, on its event loop: what its replies share.
+_CHAT_LIFESPAN = ("jobs.chat.runtime", "open_runtime")
 
 
 def run_worker(queues: list[str], simple: bool, name: str | None = None) -> None:
@@ -91,13 +54,22 @@ def run_worker(queues: list[str], simple: bool, name: str | None = None) -> None
         if queue in _JOB_MODULES:
             importlib.import_module(_JOB_MODULES[queue])
     connection = redis.Redis.from_url(settings.REDIS_URL)
-    worker_class = ChatWorker if simple else Worker
-    worker = worker_class(
-        queues,
-        connection=connection,
-        name=name,
-        maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
-    )
+    common: dict[str, Any] = {
+        "connection": connection,
+        "name": name,
+        "maintenance_interval": settings.WORKER_MAINTENANCE_SECONDS,
+    }
+    worker: Worker | AsyncWorker
+    if simple:
+        worker = AsyncWorker(
+            queues,
+            concurrency=settings.CHAT_WORKER_CONCURRENCY,
+            grace_seconds=settings.CHAT_WORKER_GRACE_SECONDS,
+            lifespan=getattr(importlib.import_module(_CHAT_LIFESPAN[0]), _CHAT_LIFESPAN[1]),
+            **common,
+        )
+    else:
+        worker = Worker(queues, **common)
     worker.work(with_scheduler=True, logging_level=settings.LOG_LEVEL)
 
 
