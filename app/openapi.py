@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from core.columntypes import ColumnType
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}, {"cookie": []}]
 _SSE_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"cookie": []}, {"query": []}]
@@ -64,7 +66,7 @@ def _list_schemas() -> dict[str, Any]:
         ["name", "type", "nulls", "invalid", "distinct"],
         {
             "name": _STR,
-            "type": {"enum": ["int", "float", "bool", "date", "datetime", "text"]},
+            "type": {"enum": [t.value for t in ColumnType]},
             "nulls": {"type": "integer"},
             "invalid": {"type": "integer"},
             "distinct": {"type": "integer"},
@@ -125,6 +127,13 @@ def _list_schemas() -> dict[str, Any]:
                 "rows_invalid": {"type": "integer"},
                 "data_quality_score": {"type": "number", "minimum": 0, "maximum": 100},
                 "columns": {"type": "array", "items": column},
+                # Things a person should check about how the file was read (docs/csv.md).
+                "warnings": {
+                    "type": "array",
+                    "items": _object(
+                        ["code", "message"], {"code": _STR, "message": _STR, "details": _OBJ}
+                    ),
+                },
             },
         ),
         "Rows": _object(

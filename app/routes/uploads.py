@@ -29,8 +29,9 @@ from app.security import ratelimit
 from app.security.auth import Principal, authenticate
 from app.upload_body import UploadBody, read_upload
 from core import events, settings
+from core.columntypes import ColumnType
 
-TYPES = frozenset({"int", "float", "bool", "date", "datetime", "text"})
+TYPES = frozenset(ColumnType)
 ACTIVE = ("queued", "validating", "processing")
 _UPLOAD_FIELDS = "id, filename, status, created_at, progress_percent, rows_processed, result, error"
 # OWASP "CSV Injection": a cell starting with one of these is run as a formula by
