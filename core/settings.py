@@ -108,6 +108,8 @@ UPLOAD_PROGRESS_INTERVAL_SECONDS = config(
     "UPLOAD_PROGRESS_INTERVAL_SECONDS", cast=float, default=0.25
 )
 UPLOAD_JOB_RETRIES = config("UPLOAD_JOB_RETRIES", cast=int, default=3)
+# PostgreSQL work_mem for the profile's sorts, per import transaction (SET LOCAL).
+UPLOAD_PROFILE_WORK_MEM = config("UPLOAD_PROFILE_WORK_MEM", default="64MB")
 UPLOAD_ROWS_PAGE_MAX = config("UPLOAD_ROWS_PAGE_MAX", cast=int, default=1000)
 # Rows parsed per COPY batch; cancel is checked between batches (memory ~ batch size).
 UPLOAD_BATCH_ROWS = config("UPLOAD_BATCH_ROWS", cast=int, default=5000)

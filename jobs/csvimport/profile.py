@@ -12,6 +12,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from core import settings
 from core.columntypes import ColumnType
 from jobs.csvimport.celltypes import ColumnSpec, Value
 from jobs.csvimport.columntypes import RECORDS
@@ -210,6 +211,8 @@ def profile_table(
     measured faster than a hash GROUP BY per column for high-cardinality columns); text and
     bool columns then get one GROUP BY each for their top values and distinct count."""
     ident = sql.Identifier(table)
+    # count(DISTINCT) sorts each column; in memory instead of on disk it took ~half as long.
+    conn.execute("SELECT set_config('work_mem', %s, true)", (settings.UPLOAD_PROFILE_WORK_MEM,))
     aggs: list[sql.Composable] = [sql.SQL("count(*)")]
     for c in columns:
         name = sql.Identifier(c.sql_name)
