@@ -24,9 +24,8 @@ from starlette.routing import Route
 from app.errors import BadRequest, InvalidJSON, NotFound, PayloadTooLarge
 from app.security import ratelimit
 from app.security.auth import authenticate
-from core import history, settings
+from core import history, jobkinds, settings
 
-RUN_CHAT = "jobs.chat.job.run_chat"
 # Room for JSON escapes: a message of CHAT_MAX_CHARS characters is at most 12 bytes
 # each as "\\uXXXX\\uXXXX" surrogate pairs; anything bigger is refused unread.
 _BODY_OVERHEAD = 4096
@@ -145,14 +144,7 @@ async def post_message(request: Request) -> Response:
     # The worker never reads the history cache, so its invalidation runs beside the
     # enqueue rather than before it (both are done before the 202).
     job_id, _ = await asyncio.gather(
-        request.app.state.jobs.enqueue(
-            settings.CHAT_QUEUE,
-            RUN_CHAT,
-            message_id,
-            job_id=f"chat-{message_id}",
-            timeout=settings.CHAT_JOB_TIMEOUT_SECONDS,
-            retries=settings.CHAT_JOB_RETRIES,
-        ),
+        request.app.state.jobs.enqueue(jobkinds.CHAT, message_id, job_id=f"chat-{message_id}"),
         history.ainvalidate_history(request.app.state.redis, principal.user_id, conversation_id),
     )
     body = {"conversation_id": conversation_id, "message_id": message_id, "job_id": job_id}

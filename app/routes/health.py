@@ -11,7 +11,6 @@ from starlette.routing import Route
 from app import metrics
 from app.errors import error_body
 from app.openapi import openapi_document
-from core import settings
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -52,7 +51,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    queue_keys = request.app.state.jobs.keys(settings.CHAT_QUEUE, settings.UPLOAD_QUEUE)
+    queue_keys = request.app.state.jobs.keys()
     body = await metrics.render_metrics(request.app.state.redis, queue_keys)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -3,7 +3,8 @@
 The body is never held whole: raw ``text/csv`` bodies come from ``request.stream()`` and
 multipart bodies go through python-multipart's push parser, and either way bytes are cut
 into ``UPLOAD_CHUNK_BYTES`` rows of ``upload_chunks`` as they arrive, so any worker on any
-machine can stream the file back. The import itself is ``jobs.csv_import.import_upload``.
+machine can stream the file back. The import itself is the
+``CSV_IMPORT`` job kind (core/jobkinds.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from app.errors import BadRequest, Conflict, NotFound
 from app.security import ratelimit
 from app.security.auth import Principal, authenticate
 from app.upload_body import UploadBody, read_upload
-from core import events, settings
+from core import events, jobkinds, settings
 
 TYPES = frozenset({"int", "float", "bool", "date", "datetime", "text"})
 ACTIVE = ("queued", "validating", "processing")
@@ -89,16 +90,7 @@ async def create_upload(request: Request) -> Response:
             upload_id=upload_id,
         )
         # The job id is the upload id, so cancel can reach the job by it.
-        await request.app.state.jobs.enqueue(
-            settings.UPLOAD_QUEUE,
-            "jobs.csvimport.job.import_upload",
-            upload_id,
-            job_id=upload_id,
-            timeout=settings.UPLOAD_JOB_TIMEOUT_SECONDS,
-            # Exactly-once import (jobs/csvimport/job.py), so retrying is safe; 3 retries
-            # (1 + 5 + 15 s apart) ride out a PostgreSQL restart (tests/faults).
-            retries=settings.UPLOAD_JOB_RETRIES,
-        )
+        await request.app.state.jobs.enqueue(jobkinds.CSV_IMPORT, upload_id, job_id=upload_id)
     except BaseException:
         # Refused after all (bad `columns` field, Redis down): keep nothing of it.
         with anyio.CancelScope(shield=True):
