@@ -82,8 +82,6 @@ async def read_message(request: Request) -> tuple[str, str | None]:
     if "\x00" in message:
         # PostgreSQL text cannot hold NUL; refuse it here rather than fail at INSERT.
         raise BadRequest("'message' must not contain NUL characters.", details={"field": "message"})
-    if "\x00" in message:  # PostgreSQL text cannot hold NUL (found by tests/faults)
-        raise BadRequest("'message' must not contain NUL characters.", details={"field": "message"})
     conversation_id = data.get("conversation_id")
     if conversation_id is not None and not isinstance(conversation_id, str):
         raise BadRequest(
@@ -111,7 +109,8 @@ async def post_message(request: Request) -> Response:
     limiter: ratelimit.RateLimiter = request.app.state.ratelimiter
     limit = settings.CHAT_RATE_LIMIT
     if not await limiter.acquire("chat", limit, principal.user_id):
-        await limiter.headers("chat", limit, principal.user_id, allowed=False)  # raises 429
+        headers = await limiter.headers("chat", limit, principal.user_id)
+        raise ratelimit.refusal("chat", limit, headers)
     message_id = str(uuid.uuid4())
     if conversation_id is None:
         conversation_id = str(uuid.uuid4())
@@ -137,9 +136,7 @@ async def post_message(request: Request) -> Response:
 
     # The request is counted; reading the window back for the headers need not hold up
     # the job, so it runs beside the write.
-    headers, _ = await asyncio.gather(
-        limiter.headers("chat", limit, principal.user_id, allowed=True), store()
-    )
+    headers, _ = await asyncio.gather(limiter.headers("chat", limit, principal.user_id), store())
     # The job id is derived from the message: a duplicate enqueue cannot make two replies.
     # The worker never reads the history cache, so its invalidation runs beside the
     # enqueue rather than before it (both are done before the 202).
