@@ -25,6 +25,7 @@ from app.errors import BadRequest, InvalidJSON, NotFound, PayloadTooLarge
 from app.security import ratelimit
 from app.security.auth import authenticate
 from core import history, jobkinds, settings
+from core.statuses import MessageStatus
 
 # Room for JSON escapes: a message of CHAT_MAX_CHARS characters is at most 12 bytes
 # each as "\\uXXXX\\uXXXX" surrogate pairs; anything bigger is refused unread.
@@ -130,7 +131,9 @@ async def post_message(request: Request) -> Response:
             # conversation row and the message row; the foreign key is checked at the
             # statement's end, when the CTE's row exists (PostgreSQL docs,
             # "Data-Modifying Statements in WITH").
-            cur = await conn.execute(parent + _INSERT_MESSAGE, (*params, message_id, message))
+            cur = await conn.execute(
+                parent + _INSERT_MESSAGE, (*params, message_id, message, MessageStatus.QUEUED)
+            )
             if cur.rowcount != 1:  # the conversation was deleted after the ownership check
                 raise NotFound("No such conversation.")
 
@@ -157,7 +160,7 @@ _TOUCH_CONVERSATION = (
 )
 _INSERT_MESSAGE = (
     " INSERT INTO messages (id, conversation_id, role, text, status)"
-    " SELECT %s, parent.id, 'user', %s, 'queued' FROM parent"
+    " SELECT %s, parent.id, 'user', %s, %s FROM parent"
 )
 
 

@@ -30,9 +30,11 @@ from app.security import ratelimit
 from app.security.auth import Principal, authenticate
 from app.upload_body import UploadBody, read_upload
 from core import events, jobkinds, settings
+from core.columntypes import ColumnType
+from core.eventkinds import EventKind
+from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
 
-TYPES = frozenset({"int", "float", "bool", "date", "datetime", "text"})
-ACTIVE = ("queued", "validating", "processing")
+_TYPES = sorted(t.value for t in ColumnType)
 _UPLOAD_FIELDS = "id, filename, status, created_at, progress_percent, rows_processed, result, error"
 # OWASP "CSV Injection": a cell starting with one of these is run as a formula by
 # spreadsheets; prefixing a single quote makes it text.
@@ -56,11 +58,11 @@ def parse_columns(raw: str | None) -> dict[str, str] | None:
     except orjson.JSONDecodeError:
         raise BadRequest("`columns` must be a JSON object.", details={"field": "columns"}) from None
     if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and v in TYPES for k, v in value.items()
+        isinstance(k, str) and isinstance(v, str) and v in _TYPES for k, v in value.items()
     ):
         raise BadRequest(
-            "`columns` must map column names to one of: " + ", ".join(sorted(TYPES)) + ".",
-            details={"field": "columns", "types": sorted(TYPES)},
+            "`columns` must map column names to one of: " + ", ".join(_TYPES) + ".",
+            details={"field": "columns", "types": _TYPES},
         )
     return value
 
@@ -78,14 +80,19 @@ async def create_upload(request: Request) -> Response:
         columns = query_columns if body.columns is None else parse_columns(body.columns)
         async with pool.connection() as conn:
             await conn.execute(
-                "UPDATE uploads SET status = 'queued', job_id = %s, column_types = %s,"
+                "UPDATE uploads SET status = %s, job_id = %s, column_types = %s,"
                 " updated_at = now() WHERE id = %s",
-                (upload_id, orjson.dumps(columns).decode() if columns else None, upload_id),
+                (
+                    UploadStatus.QUEUED,
+                    upload_id,
+                    orjson.dumps(columns).decode() if columns else None,
+                    upload_id,
+                ),
             )
         await events.apublish_event(
             request.app.state.redis,
-            "upload.status",
-            {"upload_id": upload_id, "status": "queued"},
+            EventKind.UPLOAD_STATUS,
+            {"upload_id": upload_id, "status": UploadStatus.QUEUED},
             user_id=principal.user_id,
             upload_id=upload_id,
         )
@@ -98,7 +105,7 @@ async def create_upload(request: Request) -> Response:
                 await conn.execute("DELETE FROM uploads WHERE id = %s", (upload_id,))
         raise
     return JSONResponse(
-        {"upload_id": upload_id, "job_id": upload_id, "status": "queued"},
+        {"upload_id": upload_id, "job_id": upload_id, "status": UploadStatus.QUEUED},
         status_code=202,
         headers=limit_headers,
     )
@@ -125,8 +132,8 @@ async def fetch_upload(pool: AsyncConnectionPool, upload_id: str, org_id: str) -
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {_UPLOAD_FIELDS}, table_name, user_id FROM uploads"  # noqa: S608 - constant  # nosec
-            " WHERE id = %s AND org_id = %s AND status <> 'receiving'",
-            (upload_id, org_id),
+            " WHERE id = %s AND org_id = %s AND status <> %s",
+            (upload_id, org_id, UploadStatus.RECEIVING),
         )
         row = await cur.fetchone()
     if row is None:
@@ -158,9 +165,9 @@ async def list_uploads(request: Request) -> Response:
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {_UPLOAD_FIELDS} FROM uploads"  # noqa: S608 - constant  # nosec
-            " WHERE org_id = %s AND status <> 'receiving'"
+            " WHERE org_id = %s AND status <> %s"
             " ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
-            (principal.org_id, limit, offset),
+            (principal.org_id, UploadStatus.RECEIVING, limit, offset),
         )
         rows = await cur.fetchall()
     return JSONResponse({"uploads": [render_upload(r) for r in rows]})
@@ -180,7 +187,7 @@ async def get_rows(request: Request) -> Response:
     row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
     limit = page_param(request, "limit", 100, 1, settings.UPLOAD_ROWS_PAGE_MAX)
     offset = page_param(request, "offset", 0, 0, 2**62)
-    if row["status"] != "completed" or not row["table_name"]:
+    if row["status"] != UploadStatus.COMPLETED or not row["table_name"]:
         raise Conflict(
             "The upload has no rows until it is completed.",
             code="upload_not_completed",
@@ -255,17 +262,17 @@ async def mark_cancelled(request: Request, principal: Principal, upload_id: str)
     """Flip an active upload to ``cancelled``; the job notices at its next batch."""
     async with request.app.state.pool.connection() as conn:
         cur = await conn.execute(
-            "UPDATE uploads SET status = 'cancelled', updated_at = now()"
+            "UPDATE uploads SET status = %s, updated_at = now()"
             " WHERE id = %s AND org_id = %s AND status = ANY(%s) RETURNING user_id",
-            (upload_id, principal.org_id, list(ACTIVE)),
+            (UploadStatus.CANCELLED, upload_id, principal.org_id, list(ACTIVE_UPLOAD_STATUSES)),
         )
         found = await cur.fetchone()
     if found is None:
         return False
     await events.apublish_event(
         request.app.state.redis,
-        "upload.status",
-        {"upload_id": upload_id, "status": "cancelled"},
+        EventKind.UPLOAD_STATUS,
+        {"upload_id": upload_id, "status": UploadStatus.CANCELLED},
         user_id=found[0],
         upload_id=upload_id,
     )
@@ -277,7 +284,9 @@ async def cancel_upload(request: Request) -> Response:
     pool: AsyncConnectionPool = request.app.state.pool
     row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
     upload_id = str(row["id"])
-    if row["status"] != "cancelled" and not await mark_cancelled(request, principal, upload_id):
+    if row["status"] != UploadStatus.CANCELLED and not await mark_cancelled(
+        request, principal, upload_id
+    ):
         refreshed = await fetch_upload(pool, upload_id, principal.org_id)
         raise Conflict(
             f"The upload is already {refreshed['status']}.",
@@ -294,7 +303,7 @@ async def delete_upload(request: Request) -> Response:
     upload_id = str(row["id"])
     # Cancel first: a running import then rolls back at its next batch and lets go of
     # the row, instead of the DELETE below waiting for the whole import.
-    if row["status"] in ACTIVE:
+    if row["status"] in ACTIVE_UPLOAD_STATUSES:
         await mark_cancelled(request, principal, upload_id)
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(

@@ -27,6 +27,7 @@ from app.security.auth import Principal, authenticate
 from app.sse.hub import Hub, Mailbox
 from app.sse.leases import StreamLeases
 from core import events, settings
+from core.eventkinds import EventKind
 
 PING = b": ping\n\n"
 HEADERS = {
@@ -174,7 +175,9 @@ async def stream_frames(
                 last_sent = await events.latest_id(state.redis, key)
                 metrics.RESYNCS.inc()
                 opening += events.frame(
-                    last_sent, "resync", events.encode_data({"reason": "history_unavailable"})
+                    last_sent,
+                    EventKind.RESYNC,
+                    events.encode_data({"reason": "history_unavailable"}),
                 )
             assert last_sent is not None
             cursor = events.parse_id(last_sent)
@@ -185,7 +188,7 @@ async def stream_frames(
             left = principal.seconds_left()
             if left <= 0:
                 data = events.encode_data({"reason": "token_expired"})
-                yield events.frame(last_sent, "token_expired", data)
+                yield events.frame(last_sent, EventKind.TOKEN_EXPIRED, data)
                 return
             frames = await mailbox.wait(min(heartbeat, left))
             if cursor is not None and frames:

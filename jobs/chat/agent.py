@@ -29,6 +29,7 @@ from psycopg import AsyncConnection
 
 from core import settings
 from core.history import invalidate_history
+from core.statuses import MessageStatus
 from jobs.chat.breaker import Breaker, BreakerOpen
 from jobs.chat.guard import check_message
 from jobs.chat.llm import LLMError, Message, Provider, stream_with_retry
@@ -155,8 +156,10 @@ async def respond(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
 async def persist(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState:
     ctx = runtime.context
     code = state.get("error_code", "")
-    status = "failed" if code else "completed"
-    user_status = {"": "answered", "message_blocked": "blocked"}.get(code, "failed")
+    status = MessageStatus.FAILED if code else MessageStatus.COMPLETED
+    user_status = {"": MessageStatus.ANSWERED, "message_blocked": MessageStatus.BLOCKED}.get(
+        code, MessageStatus.FAILED
+    )
     async with ctx.db_lock, ctx.conn.transaction():
         await ctx.conn.execute(
             "INSERT INTO messages (id, conversation_id, role, text, status, model, error_code,"
