@@ -28,7 +28,7 @@ from core.history import invalidate_history
 from core.jobmetrics import record_job_metric
 from core.statuses import MessageStatus
 from jobs.chat import runtime
-from jobs.chat.agent import GRAPH, AgentContext, ChatState, reply_id
+from jobs.chat.agent import GRAPH, AgentContext, ChatState, reply_id, save_turn
 from jobs.chat.breaker import Breaker
 from jobs.chat.llm import ProviderHandle, configured_model
 from jobs.chat.runtime import ProcessRuntime
@@ -102,22 +102,15 @@ async def _mark_failed(
     # Best effort: the failure may be PostgreSQL itself. History then shows the turn as
     # failed instead of waiting for ever.
     try:
-        await conn.execute(
-            "INSERT INTO messages (id, conversation_id, role, text, status, error_code, reply_to)"
-            " VALUES (%s, %s, 'assistant', '', %s, 'internal_error', %s)"
-            " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
-            " error_code = EXCLUDED.error_code",
-            (
-                reply_id(base["message_id"]),
-                base["conversation_id"],
-                MessageStatus.FAILED,
-                base["message_id"],
-            ),
-        )
-        await conn.execute(
-            "UPDATE messages SET status = %s WHERE id = %s",
-            (MessageStatus.FAILED, base["message_id"]),
-        )
+        async with conn.transaction():
+            await save_turn(
+                conn,
+                conversation_id=base["conversation_id"],
+                message_id=base["message_id"],
+                reply="",
+                model=None,
+                error_code="internal_error",
+            )
         invalidate_history(client, user_id, base["conversation_id"])
     except Exception:
         logger.warning("could not mark chat message %s failed", base["message_id"], exc_info=True)
