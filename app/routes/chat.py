@@ -9,7 +9,6 @@ raced a writer caches under a key nobody reads again (no stale window beyond a r
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import uuid
 from typing import Any
 
@@ -26,6 +25,7 @@ from app.security import ratelimit
 from app.security.auth import authenticate
 from core import history, jobkinds, settings
 from core.statuses import MessageStatus
+from core.timestamps import rfc3339
 
 # Room for JSON escapes: a message of CHAT_MAX_CHARS characters is at most 12 bytes
 # each as "\\uXXXX\\uXXXX" surrogate pairs; anything bigger is refused unread.
@@ -45,11 +45,6 @@ async def cached(request: Request, kind: str, owner: str, load: Any) -> bytes:
 
 
 # --- Input ---------------------------------------------------------------------------------
-def iso(value: dt.datetime) -> str:
-    # API.md: ISO 8601 with a zone; PostgreSQL timestamptz comes back zone-aware.
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 def parse_uuid(value: str) -> str | None:
     try:
         return str(uuid.UUID(value))
@@ -195,8 +190,8 @@ async def list_conversations(request: Request) -> Response:
                 {
                     "conversation_id": str(r["id"]),
                     "title": r["title"],
-                    "created_at": iso(r["created_at"]),
-                    "updated_at": iso(r["updated_at"]),
+                    "created_at": rfc3339(r["created_at"]),
+                    "updated_at": rfc3339(r["updated_at"]),
                 }
                 for r in rows
             ]
@@ -232,7 +227,7 @@ async def list_messages(request: Request) -> Response:
                     "role": r["role"],
                     "text": r["text"],
                     "status": r["status"],
-                    "created_at": iso(r["created_at"]),
+                    "created_at": rfc3339(r["created_at"]),
                     **({"model": r["model"]} if r["model"] else {}),
                     **({"error_code": r["error_code"]} if r["error_code"] else {}),
                 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import datetime as dt
 import io
 import uuid
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from core import events, jobkinds, settings
 from core.columntypes import ColumnType
 from core.eventkinds import EventKind
 from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
+from core.timestamps import rfc3339
 
 _TYPES = sorted(t.value for t in ColumnType)
 _UPLOAD_FIELDS = "id, filename, status, created_at, progress_percent, rows_processed, result, error"
@@ -42,12 +44,21 @@ _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 class JSONResponse(Response):
-    """orjson renders dates, datetimes and UUIDs the way API.md wants (ISO 8601)."""
+    """orjson, with a row's datetimes in RFC 3339 UTC like every other time stamp."""
 
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, default=_datetime, option=orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def _datetime(value: object) -> str:
+    # orjson hands over date, time and datetime with OPT_PASSTHROUGH_DATETIME.
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return rfc3339(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def parse_columns(raw: str | None) -> dict[str, str] | None:
@@ -116,7 +127,7 @@ def render_upload(row: dict[str, Any]) -> dict[str, Any]:
         "upload_id": str(row["id"]),
         "filename": row["filename"],
         "status": row["status"],
-        "created_at": row["created_at"].isoformat(),
+        "created_at": rfc3339(row["created_at"]),
         "progress": {"percent": row["progress_percent"], "rows_processed": row["rows_processed"]},
         "result": row["result"],
         "error": row["error"],
