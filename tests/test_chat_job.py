@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -14,7 +18,7 @@ from rq import Queue, SimpleWorker
 
 from core import events, jobkinds, settings
 from jobs.chat.agent import reply_id
-from jobs.chat.llm import DEMO_MODEL, Sanitizer
+from jobs.chat.llm import Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
 
 
@@ -248,9 +252,24 @@ def test_demo_provider(redis_client, db, monkeypatch) -> None:
     assert len(chunks) > 5
     done = got[-1][1]
     assert got[-1][0] == "chat.done"
-    assert done["model"] == DEMO_MODEL
+    assert done["model"] == settings.DEMO_MODEL
     assert done["text"] == "".join(chunks)
     assert "demo model" in done["text"] and "Hello demo" in done["text"]
+
+
+def test_llm_model_defaults_to_the_demo_models_name() -> None:
+    # Settings are read once at import: ask a fresh interpreter without LLM_MODEL.
+    env = {k: v for k, v in os.environ.items() if k != "LLM_MODEL"}
+    code = "from core import settings; print(settings.LLM_MODEL)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == settings.DEMO_MODEL
 
 
 def test_sanitizer_strips_markers_split_across_chunks() -> None:
