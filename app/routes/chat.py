@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import BadRequest, InvalidJSON, NotFound, PayloadTooLarge
+from app.openapi import STRING, TIME, Schema, enum, errors, json_body, obj, operation
 from app.security import ratelimit
 from app.security.auth import authenticate
 from core import history, jobkinds, settings
@@ -95,6 +96,68 @@ def _too_large() -> PayloadTooLarge:
 
 
 # --- Routes -----------------------------------------------------------------------------------
+CHAT_MESSAGE = Schema(
+    "ChatMessage",
+    obj(["message"], {"message": {"type": "string", "minLength": 1}, "conversation_id": STRING}),
+)
+CHAT_ACCEPTED = Schema(
+    "ChatAccepted",
+    obj(
+        ["conversation_id", "message_id", "job_id"],
+        {"conversation_id": STRING, "message_id": STRING, "job_id": STRING},
+    ),
+)
+CONVERSATION_LIST = Schema(
+    "ConversationList",
+    obj(
+        ["conversations"],
+        {
+            "conversations": {
+                "type": "array",
+                "items": obj(
+                    ["conversation_id", "title", "created_at", "updated_at"],
+                    {
+                        "conversation_id": STRING,
+                        "title": STRING,
+                        "created_at": TIME,
+                        "updated_at": TIME,
+                    },
+                ),
+            }
+        },
+    ),
+)
+MESSAGE_LIST = Schema(
+    "MessageList",
+    obj(
+        ["conversation_id", "messages"],
+        {
+            "conversation_id": STRING,
+            "messages": {
+                "type": "array",
+                "items": obj(
+                    ["message_id", "role", "text", "status", "created_at"],
+                    {
+                        "message_id": STRING,
+                        "role": enum(["user", "assistant"]),
+                        "text": STRING,
+                        "status": enum(MessageStatus),
+                        "created_at": TIME,
+                        "model": STRING,
+                        "error_code": STRING,
+                    },
+                ),
+            },
+        },
+    ),
+)
+
+
+@operation(
+    "Send a chat message; the reply streams on /events",
+    {"202": json_body(CHAT_ACCEPTED, "Accepted")} | errors(400, 401, 404, 413, 422, 429, 503),
+    body={"required": True, "content": {"application/json": {"schema": CHAT_MESSAGE}}},
+)
 async def post_message(request: Request) -> Response:
     principal = await authenticate(request)
     message, conversation_id = await read_message(request)
@@ -173,6 +236,10 @@ async def owns(request: Request, conversation_id: str, user_id: str) -> bool:
         return await cur.fetchone() is not None
 
 
+@operation(
+    "The caller's conversations, newest first",
+    {"200": json_body(CONVERSATION_LIST)} | errors(401),
+)
 async def list_conversations(request: Request) -> Response:
     principal = await authenticate(request)
 
@@ -201,6 +268,10 @@ async def list_conversations(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
+@operation(
+    "A conversation's messages in order",
+    {"200": json_body(MESSAGE_LIST)} | errors(401, 404),
+)
 async def list_messages(request: Request) -> Response:
     principal = await authenticate(request)
     conversation_id = parse_uuid(request.path_params["conversation_id"])

@@ -27,13 +27,27 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from app.errors import BadRequest, Conflict, NotFound
+from app.openapi import (
+    INTEGER,
+    STRING,
+    TIME,
+    Schema,
+    content,
+    enum,
+    errors,
+    json_body,
+    obj,
+    operation,
+    paging,
+    query,
+)
 from app.security import ratelimit
 from app.security.auth import Principal, authenticate
 from app.upload_body import UploadBody, read_upload
 from core import events, jobkinds, settings
 from core.columntypes import ColumnType
 from core.eventkinds import EventKind
-from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
+from core.statuses import ACTIVE_UPLOAD_STATUSES, VISIBLE_UPLOAD_STATUSES, UploadStatus
 from core.timestamps import rfc3339
 
 _TYPES = sorted(t.value for t in ColumnType)
@@ -78,6 +92,107 @@ def parse_columns(raw: str | None) -> dict[str, str] | None:
     return value
 
 
+UPLOAD_ACCEPTED = Schema(
+    "UploadAccepted",
+    obj(
+        ["upload_id", "job_id", "status"], {"upload_id": STRING, "job_id": STRING, "status": STRING}
+    ),
+)
+_COLUMN_PROFILE = obj(
+    ["name", "type", "nulls", "invalid", "distinct"],
+    {
+        "name": STRING,
+        "type": enum(ColumnType),
+        "nulls": INTEGER,
+        "invalid": INTEGER,
+        "distinct": INTEGER,
+        "min": {},
+        "max": {},
+        "mean": {},  # a number, or an ISO date/time for date and datetime columns
+        "top": {
+            "type": "array",
+            "items": obj(["value", "count"], {"value": {}, "count": INTEGER}),
+        },
+    },
+)
+UPLOAD_RESULT = Schema(
+    "UploadResult",
+    obj(
+        ["rows_total", "rows_valid", "rows_invalid", "data_quality_score", "columns"],
+        {
+            "rows_total": INTEGER,
+            "rows_valid": INTEGER,
+            "rows_invalid": INTEGER,
+            "data_quality_score": {"type": "number", "minimum": 0, "maximum": 100},
+            "columns": {"type": "array", "items": _COLUMN_PROFILE},
+        },
+    ),
+)
+UPLOAD = Schema(
+    "Upload",
+    obj(
+        ["upload_id", "filename", "status", "created_at", "progress"],
+        {
+            "upload_id": STRING,
+            "filename": STRING,
+            "status": enum(VISIBLE_UPLOAD_STATUSES),
+            "created_at": TIME,
+            "progress": obj(
+                ["percent", "rows_processed"],
+                {
+                    "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+                    "rows_processed": {"type": "integer", "minimum": 0},
+                },
+            ),
+            "result": {"oneOf": [UPLOAD_RESULT, {"type": "null"}]},
+            "error": {
+                "oneOf": [
+                    obj(["code", "message"], {"code": STRING, "message": STRING}),
+                    {"type": "null"},
+                ]
+            },
+        },
+    ),
+)
+UPLOAD_LIST = Schema(
+    "UploadList", obj(["uploads"], {"uploads": {"type": "array", "items": UPLOAD}})
+)
+ROWS = Schema(
+    "Rows",
+    obj(
+        ["upload_id", "columns", "rows", "limit", "offset", "total"],
+        {
+            "upload_id": STRING,
+            "columns": {
+                "type": "array",
+                "items": obj(["name", "type"], {"name": STRING, "type": enum(ColumnType)}),
+            },
+            "rows": {"type": "array", "items": {"type": "object"}},
+            "limit": INTEGER,
+            "offset": INTEGER,
+            "total": INTEGER,
+        },
+    ),
+)
+
+
+@operation(
+    "Upload a CSV file (multipart `file` field, or a raw text/csv body)",
+    {"202": json_body(UPLOAD_ACCEPTED, "Accepted")} | errors(400, 401, 413, 415, 429, 503),
+    parameters=[query("filename", STRING), query("columns", STRING)],
+    body={
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": obj(
+                    ["file"],
+                    {"file": {"type": "string", "format": "binary"}, "columns": STRING},
+                )
+            },
+            "text/csv": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+)
 async def create_upload(request: Request) -> Response:
     principal = await authenticate(request)
     limit_headers = await ratelimit.hit(
@@ -168,6 +283,11 @@ def page_param(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
+@operation(
+    "The tenant's uploads, newest first",
+    {"200": json_body(UPLOAD_LIST)} | errors(400, 401),
+    parameters=paging(),
+)
 async def list_uploads(request: Request) -> Response:
     principal = await authenticate(request)
     limit = page_param(request, "limit", 50, 1, settings.UPLOAD_ROWS_PAGE_MAX)
@@ -184,6 +304,7 @@ async def list_uploads(request: Request) -> Response:
     return JSONResponse({"uploads": [render_upload(r) for r in rows]})
 
 
+@operation("One upload", {"200": json_body(UPLOAD)} | errors(401, 404))
 async def get_upload(request: Request) -> Response:
     principal = await authenticate(request)
     row = await fetch_upload(
@@ -192,6 +313,11 @@ async def get_upload(request: Request) -> Response:
     return JSONResponse(render_upload(row))
 
 
+@operation(
+    "Imported rows, typed",
+    {"200": json_body(ROWS)} | errors(400, 401, 404, 409),
+    parameters=paging(),
+)
 async def get_rows(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
@@ -232,6 +358,10 @@ def neutralise(cell: str) -> str:
     return "'" + cell if cell.startswith(_FORMULA_PREFIXES) else cell
 
 
+@operation(
+    "Rejected cells as CSV (row, column, value, error)",
+    {"200": content("text/csv", STRING, "CSV")} | errors(401, 404),
+)
 async def get_errors(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
@@ -290,6 +420,7 @@ async def mark_cancelled(request: Request, principal: Principal, upload_id: str)
     return True
 
 
+@operation("Cancel an upload's job", {"200": json_body(UPLOAD)} | errors(401, 404, 409))
 async def cancel_upload(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
@@ -307,6 +438,7 @@ async def cancel_upload(request: Request) -> Response:
     return JSONResponse(render_upload(await fetch_upload(pool, upload_id, principal.org_id)))
 
 
+@operation("Delete an upload and its rows", {"204": {"description": "Deleted"}} | errors(401, 404))
 async def delete_upload(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 from sse_starlette import EventSourceResponse
@@ -22,6 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
 from app.errors import RateLimited
+from app.openapi import SSE_AUTH, STRING, content, errors, operation
 from app.routes.uploads import fetch_upload
 from app.security.auth import Principal, authenticate
 from app.sse.hub import Hub, Mailbox
@@ -37,11 +39,26 @@ HEADERS = {
 }
 
 
+def _stream(kinds: list[EventKind]) -> dict[str, Any]:
+    # API.md "Event streams": the event names a client may see on this stream.
+    return content("text/event-stream", STRING, "Events: " + ", ".join(kinds) + ".")
+
+
+@operation(
+    "The caller's event stream (SSE)",
+    {"200": _stream(list(EventKind))} | errors(401, 429),
+    security=SSE_AUTH,
+)
 async def user_events(request: Request) -> EventSourceResponse:
     principal = await authenticate(request, allow_query=True)
     return await open_stream(request, principal, events.user_stream(principal.user_id))
 
 
+@operation(
+    "One upload's event stream (SSE)",
+    {"200": _stream([k for k in EventKind if not k.startswith("chat.")])} | errors(401, 404, 429),
+    security=SSE_AUTH,
+)
 async def upload_events(request: Request) -> EventSourceResponse:
     principal = await authenticate(request, allow_query=True)
     upload_id = request.path_params["upload_id"]
