@@ -18,7 +18,17 @@ from jobs.guard_rules import fired_rules
 # The reason recorded when the learned model alone reaches the threshold.
 MODEL_REASON = "learned_model"
 
-__all__ = ["MODEL_REASON", "Verdict", "check_message", "normalize_text"]
+__all__ = ["MODEL_REASON", "Verdict", "check_message", "explain", "normalize_text"]
+
+# What each reason means to the person who sent the message, in plain words.
+_PLAIN_REASONS = {
+    "instruction_override": "it asks the assistant to ignore or replace its instructions",
+    "prompt_extraction": "it asks the assistant to reveal its hidden instructions",
+    "persona_hijack": "it asks the assistant to take on a role without its usual limits",
+    "delimiter_injection": "it contains text that imitates the assistant's own system messages",
+    "jailbreak_framing": "it uses wording common in attempts to get around the assistant's rules",
+    MODEL_REASON: "it reads like known attempts to change how the assistant behaves",
+}
 
 
 @dataclass(frozen=True)
@@ -55,4 +65,15 @@ def check_message(
         reasons=reasons,
         rule_score=round(1.0 - miss, 4),
         model_score=round(learned, 4),
+    )
+
+
+def explain(verdict: Verdict) -> str:
+    """The refusal as the sender reads it: why, in plain words, and that they may rephrase."""
+    why = _PLAIN_REASONS.get(
+        next(iter(verdict.reasons), MODEL_REASON), _PLAIN_REASONS[MODEL_REASON]
+    )
+    return (
+        f"Your message was not sent to the assistant because {why}. "
+        "If that was not your intent, please rephrase it and send it again."
     )

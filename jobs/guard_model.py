@@ -1,6 +1,6 @@
 """The learned half of the prompt-injection guard: a linear model over character and word n-grams.
 
-A logistic regression over character 3–5-grams (which carry across languages, scripts without
+A logistic regression over character 4-grams (which carry across languages, scripts without
 spaces and leftover obfuscation) plus word unigrams and bigrams, trained offline by
 ``scripts/train_guard.py`` and shipped as ``guard_model.json``. It is read by window: a long
 message is scored in overlapping windows and the highest one counts, so harmless filler
@@ -9,6 +9,7 @@ cannot dilute a payload. Pure stdlib: a dict lookup per n-gram, no ML framework 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import json
@@ -19,15 +20,19 @@ from pathlib import Path
 
 MODEL_PATH = Path(__file__).with_name("guard_model.json")
 FORMAT = 2
-CHAR_SIZES = (3, 4, 5)
-# A window is long enough to hold a whole short attack and its context; half-overlapping
-# windows mean a payload of up to WINDOW_STRIDE characters always lies wholly inside one.
+# One size keeps scoring to one slice and one lookup per character (docs/guard.md "Cost").
+CHAR_SIZES = (4,)
+# A window is long enough to hold a whole attack and its context; half-overlapping windows
+# mean a text of up to half a window always lies wholly inside one. Scoring also reads short
+# windows, so a one-line payload after pages of filler is read nearly alone (issue 15).
 WINDOW_CHARS = 1024
 WINDOW_STRIDE = 512
+SHORT_WINDOW_CHARS = 256
 # Floor on the length used for scaling: a three-word message carries too little evidence to
 # push the score far from its prior either way.
 MIN_SCALE_CHARS = 64
 _WORDS = re.compile(r"\w+")
+_ZEROES = itertools.repeat(0.0)
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,12 @@ def word_grams(text: str) -> list[tuple[int, str]]:
     return found + pairs
 
 
-def windows(length: int) -> list[tuple[int, int]]:
-    """[start, end) of each window over a text of ``length`` characters."""
-    if length <= WINDOW_CHARS:
+def windows(length: int, size: int = WINDOW_CHARS) -> list[tuple[int, int]]:
+    """[start, end) of each half-overlapping window of ``size`` over ``length`` characters."""
+    if length <= size:
         return [(0, length)]
-    starts = range(0, length - WINDOW_CHARS + WINDOW_STRIDE, WINDOW_STRIDE)
-    return [(s, min(s + WINDOW_CHARS, length)) for s in starts]
+    stride = size // 2
+    return [(s, min(s + size, length)) for s in range(0, length - size + stride, stride)]
 
 
 def window_texts(normalized: str) -> list[str]:
@@ -79,32 +84,33 @@ def load_model(path: Path = MODEL_PATH) -> Model:
 def score(normalized: str, model: Model | None = None) -> float:
     """Learned probability that a normalised text is an injection: its highest window."""
     m = model or load_model()
-    if not normalized:
-        return _sigmoid(m.bias)
-    get = m.chars.get
     padded = f" {normalized} "
-    # Weight of the n-grams starting at each offset, summed up front so any window's total
-    # is one subtraction of prefix sums.
-    per_offset = [0.0] * (len(padded) + 1)
+    # Prefix sums of n-gram weights by start offset, one list per size (map and accumulate
+    # run in C), so any window's total is a few subtractions.
+    prefixes = []
     for n in CHAR_SIZES:
-        for i, w in enumerate([get(padded[i : i + n], 0.0) for i in range(len(padded) - n + 1)]):
-            per_offset[i] += w
-    wget = m.words.get
-    for start, key in word_grams(normalized):
-        per_offset[start + 1] += wget(key, 0.0)
-    prefix = [0.0, *itertools.accumulate(per_offset)]
+        grams = [padded[i : i + n] for i in range(len(padded) - n + 1)]
+        prefixes.append([0.0, *itertools.accumulate(map(m.chars.get, grams, _ZEROES))])
+    found = word_grams(normalized)
+    found.sort()
+    word_starts = [start + 1 for start, _ in found]
+    word_prefix = [0.0, *itertools.accumulate(map(m.words.get, (k for _, k in found), _ZEROES))]
     best = -math.inf
-    for s, e in windows(len(padded)):
-        best = max(best, (prefix[e] - prefix[s]) * scale(e - s))
+    spans = windows(len(padded))
+    if len(padded) > SHORT_WINDOW_CHARS:
+        spans += windows(len(padded), SHORT_WINDOW_CHARS)
+    for s, e in spans:
+        total = sum(p[min(e, len(p) - 1)] - p[min(s, len(p) - 1)] for p in prefixes)
+        total += word_prefix[bisect.bisect_left(word_starts, e)]
+        total -= word_prefix[bisect.bisect_left(word_starts, s)]
+        best = max(best, total * scale(e - s))
     return _sigmoid(m.bias + best)
 
 
 def features(normalized: str) -> list[tuple[str, str]]:
     """Every (kind, key) that ``score`` reads for a text short enough to be one window."""
     padded = f" {normalized} "
-    return [("c", g) for g in char_grams(padded)] + [
-        ("w", k) for _, k in word_grams(normalized)
-    ]
+    return [("c", g) for g in char_grams(padded)] + [("w", k) for _, k in word_grams(normalized)]
 
 
 def _sigmoid(z: float) -> float:

@@ -20,6 +20,7 @@ from collections import Counter
 # Bounds the cost whatever a caller sends. Above CHAT_MAX_CHARS (5000), so every message the
 # API accepts is read whole: a cut-off would let filler push the payload out of view.
 MAX_SCAN_CHARS = 8000
+CAESAR_ALL_SHIFTS_CHARS = 1000
 
 # Unicode tag characters (U+E0000–E007F) render as nothing but map one-to-one onto ASCII:
 # "ASCII smuggling" (Goodside 2024; Unicode TR #51 annex on tag sequences).
@@ -135,7 +136,7 @@ def _printable(raw: bytes) -> str | None:
     return text if text and good >= 0.9 * len(text) and any(c.isalpha() for c in text) else None
 
 
-def _attack_words(text: str) -> set[str]:
+def _attack_words(text: str) -> frozenset[str]:
     return _ATTACK_WORDS.intersection(_WORD.findall(text.lower()))
 
 
@@ -171,10 +172,13 @@ def _cipher_views(text: str) -> list[str]:
 
 
 def _caesar_candidates(text: str) -> list[str]:
-    # English's commonest letters are e, t, a: the shifts that map the text's three
-    # commonest letters onto "e" cover a shifted English text without trying all 25.
+    # A short text is tried at every shift (a translate costs microseconds). In a long one,
+    # English's commonest letter "e" is the text's commonest after shifting, so the shifts
+    # that map its commonest letters onto "e" suffice.
+    if len(text) <= CAESAR_ALL_SHIFTS_CHARS:
+        return [text.translate(_SHIFTS[k]) for k in range(1, 26)]
     letters = Counter(c for c in text.lower() if "a" <= c <= "z")
-    shifts = {(ord("e") - ord(c)) % 26 for c, _ in letters.most_common(3)}
+    shifts = {(ord("e") - ord(c)) % 26 for c, _ in letters.most_common(4)}
     return [text.translate(_SHIFTS[k]) for k in sorted(shifts) if k]
 
 

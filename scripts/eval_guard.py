@@ -163,7 +163,9 @@ def latency(rows: list[Row]) -> str:
     ):
         ms = sorted(x * 1000 for x in picked)
         p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
-        lines.append(f"- {label} (n={len(ms)}): mean {statistics.fmean(ms):.3f} ms, p99 {p99:.3f} ms")
+        lines.append(
+            f"- {label} (n={len(ms)}): mean {statistics.fmean(ms):.3f} ms, p99 {p99:.3f} ms"
+        )
     size = guard_model.MODEL_PATH.stat().st_size / 2**20
     lines.append(f"- model file {guard_model.MODEL_PATH.name}: {size:.1f} MiB")
     return "\n".join([*lines, ""])
@@ -183,8 +185,13 @@ def main() -> int:
             kfold.score(test, model, [r.source for r in test])
             by_language.score(test, model, [language(r.text) for r in test])
             print(f"fold {i + 1}/{args.folds} done", file=sys.stderr)
-        print(table(f"{args.folds}-fold, by source", kfold, f"Seed {SEED}; threshold {THRESHOLD}."))
-        print(table(f"{args.folds}-fold, by language", by_language, "Same refits, grouped by language."))
+        note = f"Seed {SEED}; threshold {THRESHOLD}."
+        print(table(f"{args.folds}-fold, by source", kfold, note), flush=True)
+        print(
+            table(
+                f"{args.folds}-fold, by language", by_language, "Same refits, grouped by language."
+            )
+        )
         loso = Tally.empty()
         sources = sorted({r.source for r in rows})
         for source in sources:
@@ -194,7 +201,7 @@ def main() -> int:
             model = train([r for r in rows if r.source != source])
             loso.score(test, model, [source] * len(test))
             print(f"left out {source}", file=sys.stderr)
-        print(table("Leave one source out", loso, "Each row: fitted without that source at all."))
+        print(table("Leave one source out", loso, "Fitted without that source."), flush=True)
     print(latency(rows))
     return 0
 
