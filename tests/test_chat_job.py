@@ -297,7 +297,7 @@ def test_crash_without_retries_left_is_internal_error(
     async def crash(*args: object) -> dict:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(jobs.chat, "_turn", crash)
+    monkeypatch.setattr(jobs.chat.job, "_turn", crash)
     user = "job-crash"
     _, msg = post(db, user, "crash please")
     with pytest.raises(RuntimeError):
