@@ -32,10 +32,12 @@ ACTIVE_UPLOAD_STATUSES: Final = (
 
 
 class MessageStatus(StrEnum):
-    # A user's message: waiting for its reply, answered, or refused by the guard.
+    # A user's message: waiting for its reply, answered, refused by the guard, or
+    # answered though the guard flagged it (GUARD_MODE=flag, docs/guard.md).
     QUEUED = "queued"
     ANSWERED = "answered"
     BLOCKED = "blocked"
+    FLAGGED = "flagged"
     # An assistant's reply: stored whole, or ended in an error (either side may fail).
     COMPLETED = "completed"
     FAILED = "failed"

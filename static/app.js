@@ -12,7 +12,7 @@ const UPLOAD_STATUS = {
   COMPLETED: "completed", FAILED: "failed", CANCELLED: "cancelled",
 };
 const MESSAGE_STATUS = {
-  QUEUED: "queued", ANSWERED: "answered", BLOCKED: "blocked",
+  QUEUED: "queued", ANSWERED: "answered", BLOCKED: "blocked", FLAGGED: "flagged",
   COMPLETED: "completed", FAILED: "failed",
 };
 const TERMINAL = new Set([UPLOAD_STATUS.COMPLETED, UPLOAD_STATUS.FAILED, UPLOAD_STATUS.CANCELLED]);
