@@ -1,6 +1,6 @@
 """Chat over HTTP (API.md "Chat"): accept a message, enqueue the reply, read history.
 
-The reply itself is made by ``jobs.chat.run_chat`` on a worker and streamed as
+The reply itself is made by the ``CHAT`` job kind (core/jobkinds.py) on a worker and streamed as
 ``chat.*`` events. History is read from PostgreSQL through a short-lived Redis cache;
 every write bumps a generation number that is part of the cache key, so a reader that
 raced a writer caches under a key nobody reads again (no stale window beyond a read).

@@ -338,7 +338,7 @@ async def get_rows(request: Request) -> Response:
         cur = await conn.execute(query, (limit, offset))
         records = await cur.fetchall()
     names = [c["name"] for c in columns]
-    wide = row["result"].get("storage") == "jsonb"  # jobs.csv_import: too wide for columns
+    wide = row["result"].get("storage") == "jsonb"  # jobs/csvimport: too wide for columns
     return JSONResponse(
         {
             "upload_id": str(row["id"]),

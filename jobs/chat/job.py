@@ -41,7 +41,7 @@ ERROR_MESSAGES = {
 
 
 def run_chat(message_id: str) -> dict[str, Any]:
-    """RQ entry point (``jobs.chat.run_chat``): one message, one reply."""
+    """RQ entry point (the CHAT job kind, core/jobkinds.py): one message, one reply."""
     client = redis_client()
     return runtime.run(lambda rt: _run(rt, client, message_id))
 
