@@ -1,6 +1,8 @@
-"""The column type names of CSV uploads (API.md "CSV uploads": the ``columns`` override and
-``result.columns[].type``). What each type means to the importer lives in
-``jobs.csvimport.columntypes``; the web side needs only the names."""
+"""The names of CSV column types (API.md "CSV uploads": the `columns` field).
+
+Names only: the web validates a client's `columns` against them and /openapi.json
+lists them; how each type parses and profiles lives in jobs/csvimport.
+"""
 
 from __future__ import annotations
 
