@@ -56,6 +56,8 @@ _sep = "&" if "?" in _base_db else "?"
 os.environ.update(
     DATABASE_URL=f"{_base_db}{_sep}options=-csearch_path%3D{SCHEMA}",
     REDIS_PREFIX=f"bench-chat-{RUN}",
+    # rq reads it when first imported (below): its keys then sit under our prefix too.
+    RQ_KEY_PREFIX=f"bench-chat-{RUN}:rq",
     JWT_SECRET=os.environ.get("JWT_SECRET") or "bench-" + secrets.token_hex(24),
     LOG_LEVEL="WARNING",
     CHAT_RATE_LIMIT="1000000/hour",
@@ -603,9 +605,8 @@ def main() -> None:
         client = redis.Redis.from_url(os.environ["REDIS_URL"])
         try:
             keys = list(client.scan_iter(match=f"bench-chat-{RUN}:*", count=1000))
-            keys += list(client.scan_iter(match=f"rq:*bench-chat-{RUN}*", count=1000))
             for i in range(0, len(keys), 500):
-                client.delete(*keys[i : i + 500])
+                client.unlink(*keys[i : i + 500])
         finally:
             client.close()
         with psycopg.connect(_base_db, autocommit=True) as conn:
