@@ -6,8 +6,10 @@ from typing import Any
 
 import anyio.to_thread
 import redis
-from rq import Queue, Retry
+from rq import Queue
 from rq.job import Job
+
+from core.rqjobs import FAILURE_TTL_SECONDS, RESULT_TTL_SECONDS, retry_policy
 
 
 class JobQueue:
@@ -58,9 +60,9 @@ class JobQueue:
                     args=args,
                     job_id=job_id,
                     timeout=timeout,
-                    retry=Retry(max=retries, interval=[1, 5, 15][:retries]) if retries else None,
-                    result_ttl=3600,
-                    failure_ttl=7 * 86400,
+                    retry=retry_policy(retries),
+                    result_ttl=RESULT_TTL_SECONDS,
+                    failure_ttl=FAILURE_TTL_SECONDS,
                     at_front=at_front,
                     pipeline=pipe,
                 )

@@ -74,6 +74,9 @@ CHAT_HISTORY_MAX_MESSAGES = config("CHAT_HISTORY_MAX_MESSAGES", cast=int, defaul
 # Earlier turns sent to the model with each message (the checkpointer keeps them all).
 CHAT_CONTEXT_MESSAGES = config("CHAT_CONTEXT_MESSAGES", cast=int, default=20)
 CHAT_JOB_RETRIES = config("CHAT_JOB_RETRIES", cast=int, default=1)
+# At worker start, a message still 'queued' this long after it was accepted, with no
+# live RQ job, was lost by a restart and is enqueued again (jobs/chat/recovery.py).
+CHAT_RECOVERY_GRACE_SECONDS = config("CHAT_RECOVERY_GRACE_SECONDS", cast=float, default=5.0)
 CHAT_SYSTEM_PROMPT = config(
     "CHAT_SYSTEM_PROMPT", default="You are Herald, a concise and helpful assistant."
 )

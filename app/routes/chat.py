@@ -25,8 +25,8 @@ from app.errors import BadRequest, InvalidJSON, NotFound, PayloadTooLarge
 from app.security import ratelimit
 from app.security.auth import authenticate
 from core import history, settings
+from core.rqjobs import RUN_CHAT, chat_job_id
 
-RUN_CHAT = "jobs.chat.job.run_chat"
 # Room for JSON escapes: a message of CHAT_MAX_CHARS characters is at most 12 bytes
 # each as "\\uXXXX\\uXXXX" surrogate pairs; anything bigger is refused unread.
 _BODY_OVERHEAD = 4096
@@ -141,7 +141,6 @@ async def post_message(request: Request) -> Response:
     headers, _ = await asyncio.gather(
         limiter.headers("chat", limit, principal.user_id, allowed=True), store()
     )
-    # The job id is derived from the message: a duplicate enqueue cannot make two replies.
     # The worker never reads the history cache, so its invalidation runs beside the
     # enqueue rather than before it (both are done before the 202).
     job_id, _ = await asyncio.gather(
@@ -149,7 +148,7 @@ async def post_message(request: Request) -> Response:
             settings.CHAT_QUEUE,
             RUN_CHAT,
             message_id,
-            job_id=f"chat-{message_id}",
+            job_id=chat_job_id(message_id),
             timeout=settings.CHAT_JOB_TIMEOUT_SECONDS,
             retries=settings.CHAT_JOB_RETRIES,
         ),

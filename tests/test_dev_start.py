@@ -1,0 +1,112 @@
+"""``scripts/start`` (``python -m app.dev``) as a developer uses it: embedded servers,
+Ctrl-C mid-reply, start again (issue 10 item 3). Ctrl-C is SIGINT to the whole
+foreground process group, as a terminal sends it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.dev.embedded import free_port
+from tests.support.asgi import token
+from tests.support.procs import Proc, process_env, start, wait_ready
+
+pytestmark = pytest.mark.e2e
+
+USER = "ctrl-c-user"
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    # Not pytest's tmp_path: pgserver, run as root, hands the data directory to its
+    # own system user, which cannot enter pytest's private (0700) temp root.
+    path = Path(tempfile.mkdtemp(prefix="herald-dev-state-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def dev_env(state: Path, port: int) -> dict[str, str]:
+    env = process_env(
+        HERALD_STATE_DIR=str(state),
+        PORT=str(port),
+        DEMO_WORD_DELAY_SECONDS="0.2",  # a reply takes several seconds: time to interrupt
+        WORKER_CHAT_PROCESSES="1",  # so the second message waits in the queue
+        WORKER_UPLOAD_PROCESSES="0",
+        LOG_LEVEL="INFO",
+    )
+    for name in ("REDIS_URL", "DATABASE_URL"):  # embedded servers, as on a fresh clone
+        env.pop(name, None)
+    return env
+
+
+def start_dev(name: str, state: Path, port: int) -> Proc:
+    proc = start(name, [sys.executable, "-m", "app.dev"], dev_env(state, port))
+    wait_ready(proc, f"http://127.0.0.1:{port}", timeout=180)
+    return proc
+
+
+def wait_exit(proc: Proc, timeout: float = 120) -> int:
+    code = proc.popen.wait(timeout=timeout)
+    proc._log.close()
+    return code
+
+
+def first_chunk(client: httpx.Client, message_id: str) -> None:
+    with client.stream("GET", "/events", timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:]).get("message_id") == message_id:
+                return
+
+
+def test_issue10_ctrl_c_mid_reply_then_restart_answers_every_message(state_dir: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    headers = {"authorization": f"Bearer {token(USER)}"}
+    first = start_dev("issue10-dev-first", state_dir, port)
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+            posted = [
+                client.post("/chat/messages", json={"message": f"message {i} " * 10}).json()
+                for i in range(2)
+            ]
+            first_chunk(client, posted[0]["message_id"])
+        first.signal(signal.SIGINT)  # Ctrl-C, mid-reply
+        assert wait_exit(first) == 0, first.log()
+    finally:
+        first.stop()
+    log = first.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log[-6000:]
+    assert "Stopping" in log
+
+    second = start_dev("issue10-dev-second", state_dir, port)
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+            deadline = time.monotonic() + 120  # a hang guard, not a speed check
+            statuses: dict[str, str] = {}
+            while time.monotonic() < deadline:
+                statuses = {}
+                for accepted in posted:
+                    url = f"/chat/conversations/{accepted['conversation_id']}/messages"
+                    messages = client.get(url).json()["messages"]
+                    statuses[accepted["message_id"]] = messages[0]["status"]
+                if "queued" not in statuses.values():
+                    break
+                time.sleep(0.5)
+        # The reply in flight was finished by the warm shutdown; the one waiting in the
+        # queue is answered after the restart (or, at worst, failed with a reason).
+        assert statuses[posted[0]["message_id"]] == "answered", statuses
+        assert statuses[posted[1]["message_id"]] in ("answered", "failed"), statuses
+        second.signal(signal.SIGTERM)
+        assert wait_exit(second) == 0, second.log()
+    finally:
+        second.stop()
+    assert "Traceback" not in second.log_path.read_text(errors="replace")
