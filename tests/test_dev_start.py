@@ -86,6 +86,8 @@ def test_issue10_ctrl_c_mid_reply_then_restart_answers_every_message(state_dir: 
     log = first.log_path.read_text(errors="replace")
     assert "Traceback" not in log, log[-6000:]
     assert "Stopping" in log
+    # The dev Redis appends to a file under the state directory (issue 10 item 7).
+    assert any(p.name.startswith("appendonly") for p in (state_dir / "redis").iterdir())
 
     second = start_dev("issue10-dev-second", state_dir, port)
     try:

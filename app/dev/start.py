@@ -85,7 +85,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stack.on_signal)
     signal.signal(signal.SIGINT, stack.on_signal)
     env = dict(os.environ)
-    services = embedded.ensure_services(env)
+    # Persistent: queued jobs and event history survive a restart of the dev stack.
+    services = embedded.ensure_services(env, persistent_redis=True)
     try:
         return run(stack, env)
     finally:
