@@ -5,6 +5,7 @@ foreground process group, as a terminal sends it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sys
@@ -86,6 +87,8 @@ def test_issue10_ctrl_c_mid_reply_then_restart_answers_every_message(state_dir: 
     log = first.log_path.read_text(errors="replace")
     assert "Traceback" not in log, log[-6000:]
     assert "Stopping" in log
+    if os.geteuid() == 0:  # said before pgserver acts (issue 10 item 8)
+        assert log.index("system user 'pgserver'") < log.index("Herald is")
     # The dev Redis appends to a file under the state directory (issue 10 item 7).
     assert any(p.name.startswith("appendonly") for p in (state_dir / "redis").iterdir())
 

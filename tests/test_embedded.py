@@ -47,3 +47,15 @@ def test_test_and_benchmark_redis_is_not_persistent() -> None:
     finally:
         client.close()
         services.stop()
+
+
+def test_issue10_root_is_told_about_the_pgserver_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run as root, pgserver creates a system user and opens folder permissions; the
+    start command says so first (issue 10 item 8)."""
+    monkeypatch.setattr(embedded.os, "geteuid", lambda: 0)
+    notice = embedded.root_notice()
+    assert notice is not None
+    assert "'pgserver'" in notice
+    assert "DATABASE_URL" in notice
+    monkeypatch.setattr(embedded.os, "geteuid", lambda: 1000)
+    assert embedded.root_notice() is None

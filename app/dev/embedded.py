@@ -155,6 +155,24 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def root_notice() -> str | None:
+    """What pgserver does on the host when run as root, said before it does it.
+
+    PostgreSQL refuses to run as root, so pgserver runs it as a system user
+    ``pgserver``, created with ``useradd`` when missing, and adds g+rx,o+rx to every
+    folder above the data directory so that user can reach it (pgserver/utils.py
+    ``ensure_user_exists``, ``ensure_prefix_permissions``). No pgserver setting avoids it.
+    """
+    if os.name != "posix" or os.geteuid() != 0:
+        return None
+    return (
+        "Note: running as root, the embedded PostgreSQL runs as the system user "
+        "'pgserver' (created if missing) and the folders above "
+        f"{STATE_DIR / 'pgdata'} are made readable by other users so it can reach them. "
+        "Set DATABASE_URL to use a PostgreSQL of your own instead."
+    )
+
+
 def ensure_services(
     environ: dict[str, str] | None = None, *, persistent_redis: bool = False
 ) -> Services:

@@ -85,6 +85,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stack.on_signal)
     signal.signal(signal.SIGINT, stack.on_signal)
     env = dict(os.environ)
+    notice = None if env.get("DATABASE_URL") else embedded.root_notice()
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
     # Persistent: queued jobs and event history survive a restart of the dev stack.
     services = embedded.ensure_services(env, persistent_redis=True)
     try:
