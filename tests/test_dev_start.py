@@ -1,13 +1,17 @@
-"""``scripts/start`` (``python -m app.dev``) as a developer uses it: embedded servers,
-Ctrl-C mid-reply, start again (issue 10 item 3). Ctrl-C is SIGINT to the whole
-foreground process group, as a terminal sends it."""
+"""``scripts/start`` (``python -m app.dev``) as a developer uses it (issue 10): embedded
+servers, Ctrl-C mid-reply and start again (item 3), a banner that is printed once the
+stack is ready and can be pasted (item 4), arguments checked before anything starts.
+Ctrl-C is SIGINT to the whole foreground process group, as a terminal sends it."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +90,11 @@ def test_issue10_ctrl_c_mid_reply_then_restart_answers_every_message(state_dir: 
         first.stop()
     log = first.log_path.read_text(errors="replace")
     assert "Traceback" not in log, log[-6000:]
+    # The banner came once the stack was ready, and its curl line works pasted as is.
+    assert log.index("Application startup complete") < log.index("Herald is ready")
+    curl = re.search(r"curl -N -H 'Authorization: Bearer ([\w.-]+)' (\S+)/events", log)
+    assert curl is not None, log[-3000:]
+    assert curl.group(2) == base
     assert "Stopping" in log
     if os.geteuid() == 0:  # said before pgserver acts (issue 10 item 8)
         assert log.index("system user 'pgserver'") < log.index("Herald is")
@@ -94,6 +103,8 @@ def test_issue10_ctrl_c_mid_reply_then_restart_answers_every_message(state_dir: 
 
     second = start_dev("issue10-dev-second", state_dir, port)
     try:
+        pasted = {"authorization": f"Bearer {curl.group(1)}"}
+        assert httpx.get(f"{base}/chat/conversations", headers=pasted).status_code == 200
         with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
             deadline = time.monotonic() + 120  # a hang guard, not a speed check
             statuses: dict[str, str] = {}
@@ -115,3 +126,37 @@ def test_issue10_ctrl_c_mid_reply_then_restart_answers_every_message(state_dir: 
     finally:
         second.stop()
     assert "Traceback" not in second.log_path.read_text(errors="replace")
+
+
+def run_dev(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.dev", *args],
+        env=process_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_issue10_start_documents_port_and_refuses_unknown_arguments() -> None:
+    usage = run_dev("--help")
+    assert usage.returncode == 0
+    assert "PORT" in usage.stdout
+    assert "--port" in usage.stdout
+    refused = run_dev("--prot", "9000")
+    assert refused.returncode == 2
+    assert "unrecognized arguments: --prot 9000" in refused.stderr
+
+
+def test_issue10_busy_port_fails_before_the_banner() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_dev(PORT=str(port))
+        by_flag = run_dev("--port", str(port))
+    for result in (done, by_flag):
+        assert result.returncode == 1
+        assert f"port {port} is already in use" in result.stderr
+        assert "token" not in (result.stdout + result.stderr).lower()
+        assert "Traceback" not in result.stderr

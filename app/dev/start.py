@@ -6,11 +6,16 @@ development value, passed to both processes so they agree; set JWT_SECRET to ove
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
+import socket
 import subprocess  # starts our own web and worker processes  # nosec B404
 import sys
 import time
+from collections.abc import Sequence
+
+import httpx
 
 # The documented dev-only value (README "Tokens"); production has no default.
 DEV_SECRET = "herald-dev-secret-not-for-production"  # noqa: S105  # nosec B105
@@ -76,15 +81,63 @@ class Stack:
         return max((p.returncode or 0) for p in self.procs)
 
 
-def main() -> int:
+ENVIRONMENT_HELP = """\
+environment:
+  PORT              the web port, 8000 unless set (--port wins over it)
+  REDIS_URL         a Redis to use; unset: an embedded one, its data in .herald/redis
+  DATABASE_URL      a PostgreSQL to use; unset: an embedded one, in .herald/pgdata
+  JWT_SECRET        the token secret; unset: a published, dev-only value
+  HERALD_STATE_DIR  where embedded servers keep their data (default: ./.herald)
+  Every other setting and limit is an environment variable too (core/settings.py).
+
+Ctrl-C stops: workers finish the job in hand first; Ctrl-C again forces.
+"""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/start",
+        description="Run Herald's web and worker processes on this machine, for development.",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT") or 8000),
+        help="the web port (default: $PORT, else 8000)",
+    )
+    return parser.parse_args(argv)
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        # As uvicorn binds: a port only in TIME_WAIT (a restart) is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     from app.dev import embedded
 
+    args = parse_args(argv)
+    if port_in_use(args.port):
+        print(
+            f"scripts/start: port {args.port} is already in use; "
+            "stop what runs there, or choose another with PORT=... or --port.",
+            file=sys.stderr,
+        )
+        return 1
     stack = Stack()
     # From here on a signal stops the stack; before any process started it only
     # cancels the start.
     signal.signal(signal.SIGTERM, stack.on_signal)
     signal.signal(signal.SIGINT, stack.on_signal)
-    env = dict(os.environ)
+    env = {**os.environ, "PORT": str(args.port)}
     notice = None if env.get("DATABASE_URL") else embedded.root_notice()
     if notice:
         print(notice, file=sys.stderr, flush=True)
@@ -100,20 +153,43 @@ def main() -> int:
 def run(stack: Stack, env: dict[str, str]) -> int:
     env.setdefault("JWT_SECRET", DEV_SECRET)
     env.setdefault("HERALD_DEV", "1")
-    env.setdefault("PORT", "8000")
     os.environ.update(env)  # settings are read below, after this point
 
+    from app.dev.token import DEV_ORG, DEV_TOKEN_TTL_SECONDS, DEV_USER
     from app.migrations import apply_migrations
     from app.security.auth import mint_token
 
     apply_migrations()
-    token = mint_token("dev-user", org_id="dev-org", ttl_seconds=7 * 86400)
+    token = mint_token(DEV_USER, org_id=DEV_ORG, ttl_seconds=DEV_TOKEN_TTL_SECONDS)
     port = env["PORT"]
     if stack.signals:
         return 130
+    print(f"Starting Herald on port {port}...", flush=True)
     stack.start(web_argv(port, "--timeout-graceful-shutdown", "5"), env)
     stack.start(worker_argv(), env)
-    print(f"\nHerald is starting on http://127.0.0.1:{port}/", flush=True)
-    print(f"A token for user 'dev-user' in org 'dev-org' (7 days):\n{token}\n", flush=True)
-    print(f"  curl -N -H 'Authorization: Bearer {token[:16]}...' http://127.0.0.1:{port}/events\n")
+    if wait_ready(stack, f"http://127.0.0.1:{port}"):
+        print(banner(f"http://127.0.0.1:{port}", token, DEV_USER, DEV_ORG), flush=True)
     return stack.wait()
+
+
+def wait_ready(stack: Stack, base: str) -> bool:
+    """Until ``/readyz`` answers 200 (Redis and PostgreSQL reachable, the web serving),
+    or the stack is stopping."""
+    while not stack.signals and all(p.poll() is None for p in stack.procs):
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def banner(base: str, token: str, user: str, org: str) -> str:
+    # The whole token: the curl line is meant to be pasted as it is.
+    return (
+        f"\nHerald is ready on {base}/\n"
+        f"A token for user '{user}' in org '{org}' (7 days):\n{token}\n\n"
+        f"Try:\n  curl -N -H 'Authorization: Bearer {token}' {base}/events\n"
+        "Stop with Ctrl-C.\n"
+    )
