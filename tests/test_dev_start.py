@@ -22,6 +22,8 @@ import httpx
 import pytest
 
 from app.dev.embedded import free_port
+from app.dev.start import dev_environment
+from core import settings
 from tests.support.asgi import token
 from tests.support.procs import Proc, process_env, start, wait_ready
 
@@ -79,10 +81,13 @@ def test_issue10_ctrl_c_mid_reply_then_restart_answers_every_message(state_dir: 
     first = start_dev("issue10-dev-first", state_dir, port)
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
-            posted = [
-                client.post("/chat/messages", json={"message": f"message {i} " * 10}).json()
+            responses = [
+                client.post("/chat/messages", json={"message": f"message {i} " * 10})
                 for i in range(2)
             ]
+            # The dev stack's roomier limit (item 5), not production's 50/hour.
+            assert responses[0].headers["ratelimit-limit"] == "1000"
+            posted = [r.json() for r in responses]
             first_chunk(client, posted[0]["message_id"])
         first.signal(signal.SIGINT)  # Ctrl-C, mid-reply
         assert wait_exit(first) == 0, first.log()
@@ -160,3 +165,13 @@ def test_issue10_busy_port_fails_before_the_banner() -> None:
         assert f"port {port} is already in use" in result.stderr
         assert "token" not in (result.stdout + result.stderr).lower()
         assert "Traceback" not in result.stderr
+
+
+def test_issue10_dev_limits_are_roomier_unless_set() -> None:
+    env = dev_environment({})
+    assert env["UPLOAD_RATE_LIMIT"] == "1000/hour"
+    assert env["CHAT_RATE_LIMIT"] == "1000/hour"
+    assert dev_environment({"UPLOAD_RATE_LIMIT": "5/minute"})["UPLOAD_RATE_LIMIT"] == "5/minute"
+    # Production defaults are untouched (the test run sets none of these).
+    assert (settings.UPLOAD_RATE_LIMIT, settings.CHAT_RATE_LIMIT) == ("20/hour", "50/hour")
+    assert settings.SSE_MAX_CONNECTIONS_PER_USER == 5

@@ -19,6 +19,14 @@ import httpx
 
 # The documented dev-only value (README "Tokens"); production has no default.
 DEV_SECRET = "herald-dev-secret-not-for-production"  # noqa: S105  # nosec B105
+# Roomier limits for one developer trying things (the sample CSVs alone are 16
+# uploads; a few browser tabs each hold a stream). Production defaults are in
+# core/settings.py; a variable set in the environment always wins over these.
+DEV_LIMITS = {
+    "CHAT_RATE_LIMIT": "1000/hour",
+    "UPLOAD_RATE_LIMIT": "1000/hour",
+    "SSE_MAX_CONNECTIONS_PER_USER": "20",
+}
 
 
 def web_argv(port: int | str, *extra: str, host: str = "127.0.0.1") -> list[str]:
@@ -89,6 +97,8 @@ environment:
   JWT_SECRET        the token secret; unset: a published, dev-only value
   HERALD_STATE_DIR  where embedded servers keep their data (default: ./.herald)
   Every other setting and limit is an environment variable too (core/settings.py).
+  Roomier than in production here, unless set:
+{dev_limits}
 
 Ctrl-C stops: workers finish the job in hand first; Ctrl-C again forces.
 """
@@ -98,7 +108,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/start",
         description="Run Herald's web and worker processes on this machine, for development.",
-        epilog=ENVIRONMENT_HELP,
+        epilog=ENVIRONMENT_HELP.format(
+            dev_limits="\n".join(f"    {name}={value}" for name, value in DEV_LIMITS.items())
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -150,9 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         services.stop()
 
 
+def dev_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The dev stack's settings: the dev secret and limits, unless set already."""
+    return {"JWT_SECRET": DEV_SECRET, "HERALD_DEV": "1", **DEV_LIMITS, **environ}
+
+
 def run(stack: Stack, env: dict[str, str]) -> int:
-    env.setdefault("JWT_SECRET", DEV_SECRET)
-    env.setdefault("HERALD_DEV", "1")
+    env = dev_environment(env)
     os.environ.update(env)  # settings are read below, after this point
 
     from app.dev.token import DEV_ORG, DEV_TOKEN_TTL_SECONDS, DEV_USER
