@@ -207,6 +207,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 # --- Baseline: the upstream called directly ---------------------------------------------
 async def baseline(base_url: str, n: int) -> tuple[list[float], list[float]]:
+    from core import settings
     from jobs.chat.llm import OpenAIProvider
 
     first: list[float] = []
@@ -219,6 +220,7 @@ async def baseline(base_url: str, n: int) -> tuple[list[float], list[float]]:
             model="loopback-bench",
             first_token_timeout=10,
             idle_timeout=10,
+            max_tokens=settings.LLM_MAX_TOKENS,  # the same request body as a chat job sends
         )
         messages = [{"role": "user", "content": "hello"}]
         for _ in range(n):
