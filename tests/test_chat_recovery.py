@@ -14,7 +14,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 
 from core import settings
-from core.rqjobs import RUN_CHAT, chat_job_id
+from core.jobkinds import CHAT, chat_job_id
 from jobs.chat.recovery import recover_chats
 from jobs.worker.supervisor import reap_orphans
 from tests.test_chat_job import chat_events, post
@@ -58,7 +58,7 @@ def test_pending_and_just_accepted_messages_are_left_alone(
 ) -> None:
     queue = fresh_queue(redis_client)
     pending = accepted_earlier(db, "rec-pending", "my job is queued")
-    queue.enqueue_call(RUN_CHAT, args=(pending,), job_id=chat_job_id(pending))
+    queue.enqueue_call(CHAT.target, args=(pending,), job_id=chat_job_id(pending))
     _, just_now = post(db, "rec-now", "my job is being enqueued right now")
     recovered = recover_chats(redis_client, str(settings.DATABASE_URL), queue.name)
     assert pending not in recovered
@@ -74,7 +74,7 @@ def test_issue10_reply_cut_by_a_stopped_worker_is_run_again(
     queue = fresh_queue(redis_client)
     cut = accepted_earlier(db, "rec-cut", "answer me despite the restart")
     job = queue.enqueue_call(
-        RUN_CHAT, args=(cut,), job_id=chat_job_id(cut), retry=Retry(max=1, interval=[1])
+        CHAT.target, args=(cut,), job_id=chat_job_id(cut), retry=Retry(max=1, interval=[1])
     )
     queue.remove(job)
     with redis_client.pipeline() as pipe:

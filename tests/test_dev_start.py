@@ -82,7 +82,10 @@ def test_issue10_ctrl_c_mid_reply_then_restart_answers_every_message(state_dir: 
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
             responses = [
-                client.post("/chat/messages", json={"message": f"message {i} " * 10})
+                client.post(
+                    "/chat/messages",
+                    json={"message": f"Please tell me a short story about lighthouse number {i}."},
+                )
                 for i in range(2)
             ]
             # The dev stack's roomier limit (item 5), not production's 50/hour.

@@ -23,13 +23,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from core import settings
-from core.rqjobs import (
-    FAILURE_TTL_SECONDS,
-    RESULT_TTL_SECONDS,
-    RUN_CHAT,
-    chat_job_id,
-    retry_policy,
-)
+from core.jobkinds import CHAT, FAILURE_TTL_SECONDS, RESULT_TTL_SECONDS, chat_job_id
+from core.statuses import MessageStatus
 
 logger = logging.getLogger("herald.recovery")
 
@@ -42,9 +37,9 @@ def stranded_messages(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]
     """User messages still waiting for a reply, older than the grace period (a message
     accepted this instant may not have its job enqueued yet)."""
     rows = conn.execute(
-        "SELECT id FROM messages WHERE role = 'user' AND status = 'queued'"
+        "SELECT id FROM messages WHERE role = 'user' AND status = %s"
         " AND created_at < now() - make_interval(secs => %s) ORDER BY created_at",
-        (settings.CHAT_RECOVERY_GRACE_SECONDS,),
+        (MessageStatus.QUEUED, settings.CHAT_RECOVERY_GRACE_SECONDS),
     ).fetchall()
     return [str(row[0]) for row in rows]
 
@@ -68,7 +63,7 @@ def recover_chats(
     try:
         with psycopg.connect(database_url, autocommit=True) as conn:
             candidates = stranded_messages(conn)
-        queue = Queue(queue_name or settings.CHAT_QUEUE, connection=connection)
+        queue = Queue(queue_name or CHAT.queue, connection=connection)
         recovered = [m for m in candidates if not has_pending_job(connection, m)]
         for message_id in recovered:
             _enqueue(queue, message_id)
@@ -84,11 +79,11 @@ def _enqueue(queue: Queue, message_id: str) -> None:
     with contextlib.suppress(NoSuchJobError):
         Job.fetch(job_id, connection=queue.connection).delete()
     queue.enqueue_call(
-        RUN_CHAT,
+        CHAT.target,
         args=(message_id,),
         job_id=job_id,
-        timeout=settings.CHAT_JOB_TIMEOUT_SECONDS,
-        retry=retry_policy(settings.CHAT_JOB_RETRIES),
+        timeout=CHAT.timeout_seconds,
+        retry=CHAT.retry(),
         result_ttl=RESULT_TTL_SECONDS,
         failure_ttl=FAILURE_TTL_SECONDS,
     )
