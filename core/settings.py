@@ -79,6 +79,9 @@ CHAT_HISTORY_MAX_MESSAGES = config("CHAT_HISTORY_MAX_MESSAGES", cast=int, defaul
 # Earlier turns sent to the model with each message (the checkpointer keeps them all).
 CHAT_CONTEXT_MESSAGES = config("CHAT_CONTEXT_MESSAGES", cast=int, default=20)
 CHAT_JOB_RETRIES = config("CHAT_JOB_RETRIES", cast=int, default=1)
+# At worker start, a message still 'queued' this long after it was accepted, with no
+# live RQ job, was lost by a restart and is enqueued again (jobs/chat/recovery.py).
+CHAT_RECOVERY_GRACE_SECONDS = config("CHAT_RECOVERY_GRACE_SECONDS", cast=float, default=5.0)
 CHAT_SYSTEM_PROMPT = config(
     "CHAT_SYSTEM_PROMPT", default="You are Herald, a concise and helpful assistant."
 )
@@ -93,6 +96,9 @@ LLM_API_KEY = config("LLM_API_KEY", cast=Secret, default="")
 DEMO_MODEL = "herald-demo-offline"
 LLM_MODEL = config("LLM_MODEL", default=DEMO_MODEL)
 LLM_TIMEOUT_SECONDS = config("LLM_TIMEOUT_SECONDS", cast=float, default=60.0)
+# Longest reply asked of the model (sent as max_tokens; 0: not sent, the model's own
+# limit). Without it a small model may run to its whole context and hit the timeout.
+LLM_MAX_TOKENS = config("LLM_MAX_TOKENS", cast=int, default=1024)
 LLM_CONNECT_TIMEOUT_SECONDS = config("LLM_CONNECT_TIMEOUT_SECONDS", cast=float, default=5.0)
 LLM_FIRST_TOKEN_TIMEOUT_SECONDS = config(
     "LLM_FIRST_TOKEN_TIMEOUT_SECONDS", cast=float, default=20.0

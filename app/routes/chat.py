@@ -198,11 +198,12 @@ async def post_message(request: Request) -> Response:
     # The request is counted; reading the window back for the headers need not hold up
     # the job, so it runs beside the write.
     headers, _ = await asyncio.gather(limiter.headers("chat", limit, principal.user_id), store())
-    # The job id is derived from the message: a duplicate enqueue cannot make two replies.
     # The worker never reads the history cache, so its invalidation runs beside the
     # enqueue rather than before it (both are done before the 202).
     job_id, _ = await asyncio.gather(
-        request.app.state.jobs.enqueue(jobkinds.CHAT, message_id, job_id=f"chat-{message_id}"),
+        request.app.state.jobs.enqueue(
+            jobkinds.CHAT, message_id, job_id=jobkinds.chat_job_id(message_id)
+        ),
         history.ainvalidate_history(request.app.state.redis, principal.user_id, conversation_id),
     )
     body = {"conversation_id": conversation_id, "message_id": message_id, "job_id": job_id}
