@@ -70,7 +70,7 @@ def stack() -> Iterator[str]:
     )
     procs: list[Proc] = [web]
     try:
-        procs.append(start("browser-worker", ["python", "-m", "jobs.worker.supervisor"], env))
+        procs.append(start("browser-worker", ["python", "-m", "jobs.worker"], env))
         base = f"http://127.0.0.1:{port}"
         wait_ready(web, base)
         yield base
