@@ -13,7 +13,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from core import events, settings
-from jobs.chat.agent import reply_id
+from core.drafts import reply_id
 from jobs.chat.llm import DEMO_MODEL, Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
 
@@ -297,11 +297,11 @@ def test_crash_without_retries_left_is_internal_error(
     async def crash(*args: object) -> dict:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(jobs.chat, "_turn", crash)
+    monkeypatch.setattr(jobs.chat.job, "_turn", crash)
     user = "job-crash"
     _, msg = post(db, user, "crash please")
     with pytest.raises(RuntimeError):
-        jobs.chat.run_chat(msg)  # outside RQ: no retry left
+        jobs.chat.job.run_chat(msg)  # outside RQ: no retry left
     got = chat_events(redis_client, user, msg)
     assert [(e, d["code"]) for e, d in got] == [("chat.error", "internal_error")]
     assert reply_row(db, msg) == ("", "failed", "internal_error")

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from app.errors import BadRequest, InvalidJSON, NotFound, PayloadTooLarge
 from app.security import ratelimit
 from app.security.auth import authenticate
-from core import history, settings
+from core import drafts, history, settings
 
 RUN_CHAT = "jobs.chat.job.run_chat"
 # Room for JSON escapes: a message of CHAT_MAX_CHARS characters is at most 12 bytes
@@ -225,7 +225,8 @@ async def list_messages(request: Request) -> Response:
             cur = conn.cursor(row_factory=dict_row)
             # The newest CHAT_HISTORY_MAX_MESSAGES, returned oldest first.
             await cur.execute(
-                "SELECT * FROM (SELECT id, role, text, status, model, error_code, created_at"
+                "SELECT * FROM (SELECT id, role, text, status, model, error_code, reply_to,"
+                " created_at"
                 " FROM messages WHERE conversation_id = %s"
                 " ORDER BY created_at DESC, id DESC LIMIT %s) recent"
                 " ORDER BY created_at, id",
@@ -243,6 +244,7 @@ async def list_messages(request: Request) -> Response:
                     "created_at": iso(r["created_at"]),
                     **({"model": r["model"]} if r["model"] else {}),
                     **({"error_code": r["error_code"]} if r["error_code"] else {}),
+                    **({"reply_to": str(r["reply_to"])} if r["reply_to"] else {}),
                 }
                 for r in rows
             ],
@@ -250,7 +252,42 @@ async def list_messages(request: Request) -> Response:
 
     # Tenancy was checked above, before the cache: a cached body never skips it.
     body = await cached(request, "messages", conversation_id, load)
+    if b'"queued"' in body:  # a reply may be streaming: its draft is never cached
+        body = await with_drafts(request, body)
     return Response(body, media_type="application/json")
+
+
+async def with_drafts(request: Request, body: bytes) -> bytes:
+    """Each reply still streaming, as an assistant message holding its text so far,
+    right after the user message it answers (core/drafts.py)."""
+    data = orjson.loads(body)
+    messages: list[dict[str, Any]] = data["messages"]
+    answered = {m.get("reply_to") for m in messages if m["role"] == "assistant"}
+    waiting = [
+        m["message_id"]
+        for m in messages
+        if m["role"] == "user" and m["status"] == "queued" and m["message_id"] not in answered
+    ]
+    found = await drafts.read_drafts(request.app.state.redis, waiting)
+    if not found:
+        return body
+    merged: list[dict[str, Any]] = []
+    for m in messages:
+        merged.append(m)
+        draft = found.get(m["message_id"]) if m["role"] == "user" else None
+        if draft is not None:
+            merged.append(
+                {
+                    "message_id": drafts.reply_id(m["message_id"]),
+                    "role": "assistant",
+                    "text": draft.text,
+                    "status": "streaming",
+                    "created_at": draft.started or iso(dt.datetime.now(dt.UTC)),
+                    "reply_to": m["message_id"],
+                    "chunks": draft.chunks,
+                }
+            )
+    return orjson.dumps({**data, "messages": merged})
 
 
 routes = [
