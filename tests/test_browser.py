@@ -287,6 +287,24 @@ def test_chat_and_upload_in_chromium(stack: str, browser: WebDriver, tmp_path: P
     assert status == 200 and "not-a-price" in report
     shot(browser, "4-upload-done")
 
+    # The CSP is enforced, not only sent: an inline script added to the page is
+    # refused, and Chromium says so in the console (drained here, so the fixture's
+    # own check sees only the page's real behaviour).
+    ran = browser.execute_script(
+        "const s = document.createElement('script'); s.textContent = 'window.inlineRan = 1';"
+        " document.body.append(s); return window.inlineRan === 1;"
+    )
+    assert ran is False
+    reported: list[dict[str, Any]] = []
+    wait_until(
+        browser,
+        lambda d: (
+            reported.extend(console(d))
+            or any("Content Security Policy" in e["message"] for e in reported)
+        ),
+        "Chromium's report of the refused inline script",
+    )
+
     # Phone width: the panels stack into one column.
     browser.set_window_size(390, 844)
     chat_panel, upload_panel = browser.find_elements(By.CSS_SELECTOR, ".workspace > .panel")
