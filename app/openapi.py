@@ -107,10 +107,13 @@ def _list_schemas() -> dict[str, Any]:
                             "message_id": _STR,
                             "role": {"enum": ["user", "assistant"]},
                             "text": _STR,
+                            # "streaming": a reply in progress, text so far (docs/page.md).
                             "status": _STR,
                             "created_at": _TIME,
                             "model": _STR,
                             "error_code": _STR,
+                            "reply_to": _STR,
+                            "chunks": {"type": "integer"},
                         },
                     ),
                 },
@@ -153,6 +156,7 @@ _SSE = {
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     uid = [_path_id("upload_id")]
+    heartbeat = [_query("heartbeat", {"enum": ["comment", "event"], "default": "comment"})]
     paths: dict[str, Any] = {
         "/chat/messages": {
             "post": _op(
@@ -271,16 +275,17 @@ def openapi_document() -> dict[str, Any]:
         "/events": {
             "get": _op(
                 "The caller's event stream (SSE)",
-                {"200": _SSE} | _errors(401, 429),
+                {"200": _SSE} | _errors(400, 401, 429),
                 security=_SSE_AUTH,
+                parameters=heartbeat,
             )
         },
         "/uploads/{upload_id}/events": {
             "get": _op(
                 "One upload's event stream (SSE)",
-                {"200": _SSE} | _errors(401, 404, 429),
+                {"200": _SSE} | _errors(400, 401, 404, 429),
                 security=_SSE_AUTH,
-                parameters=uid,
+                parameters=uid + heartbeat,
             )
         },
         "/healthz": {"get": _op("Liveness", {"200": _json(_STATUS)}, security=[])},
