@@ -22,6 +22,7 @@ import redis
 import redis.asyncio
 
 from core import settings
+from core.timestamps import rfc3339
 
 _REPLY_NAMESPACE = uuid.UUID("5b8f1f5e-4d7a-4b8e-9a51-6f0c7a1d2e3b")
 
@@ -57,8 +58,7 @@ def add_chunk(pipe: redis.client.Pipeline, message_id: str, index: int, text: st
     pipe.rpush(key, text)
     pipe.expire(key, _ttl())
     if index == 0:
-        now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-        pipe.set(_started_key(message_id), now, ex=_ttl())
+        pipe.set(_started_key(message_id), rfc3339(dt.datetime.now(dt.UTC)), ex=_ttl())
 
 
 def discard_draft(client: redis.Redis, message_id: str) -> None:

@@ -3,9 +3,19 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+// The server's vocabularies (core/eventkinds.py, core/statuses.py), written out because
+// the page has no build step; tests/test_vocabulary.py checks they match exactly.
 const EVENT_TYPES = ["chat.chunk", "chat.done", "chat.error", "upload.status",
-  "upload.progress", "upload.done", "upload.error", "resync", "token_expired"];
+  "upload.progress", "upload.done", "upload.error", "resync", "token_expired", "heartbeat"];
+const UPLOAD_STATUS = {
+  QUEUED: "queued", VALIDATING: "validating", PROCESSING: "processing",
+  COMPLETED: "completed", FAILED: "failed", CANCELLED: "cancelled",
+};
+const MESSAGE_STATUS = {
+  QUEUED: "queued", ANSWERED: "answered", BLOCKED: "blocked", FLAGGED: "flagged",
+  COMPLETED: "completed", FAILED: "failed", STREAMING: "streaming",
+};
+const TERMINAL = new Set([UPLOAD_STATUS.COMPLETED, UPLOAD_STATUS.FAILED, UPLOAD_STATUS.CANCELLED]);
 // A stream that sends nothing for two heartbeat periods (plus this) is presumed dead.
 const HEARTBEAT_GRACE_MS = 1000;
 const CHAT_ERRORS = {
@@ -172,11 +182,6 @@ function connect() {
     state.retryTimer = setTimeout(connect, delay * 1000);
   };
   for (const type of EVENT_TYPES) source.addEventListener(type, onEvent);
-  source.addEventListener("heartbeat", (event) => {
-    const seconds = Number(JSON.parse(event.data).interval_seconds);
-    if (seconds > 0) state.heartbeatMs = seconds * 1000;
-    watch();
-  });
 }
 
 // A path that freezes without a reset (a sleeping laptop's Wi-Fi, a NAT dropping the
@@ -207,9 +212,11 @@ function note(line) {
 }
 
 function onEvent(event) {
+  watch();
+  // A heartbeat has no id of its own (event.lastEventId repeats the last one's).
+  if (event.type === "heartbeat") return HANDLERS.heartbeat(JSON.parse(event.data));
   const id = event.lastEventId;
   note(`${event.type} ${id}`);
-  watch();
   const control = event.type === "resync" || event.type === "token_expired";
   if (id && control) {
     state.lastEventId = id; // where the server says "now" is, even if it went back
@@ -267,12 +274,16 @@ const HANDLERS = {
   "upload.status": (d) => updateUpload(d.upload_id, { status: d.status }),
   "upload.progress": (d) => updateUpload(d.upload_id, { progress: d }),
   "upload.done": (d) => updateUpload(d.upload_id, {
-    status: "completed",
+    status: UPLOAD_STATUS.COMPLETED,
     progress: { percent: 100, rows_processed: d.result && d.result.rows_total },
     result: d.result,
   }),
-  "upload.error": (d) => updateUpload(d.upload_id, { status: "failed", error: d }),
+  "upload.error": (d) => updateUpload(d.upload_id, { status: UPLOAD_STATUS.FAILED, error: d }),
   resync: () => refresh(),
+  heartbeat: (d) => {
+    const seconds = Number(d.interval_seconds);
+    if (seconds > 0) state.heartbeatMs = seconds * 1000;
+  },
   token_expired: () => askForToken("Your token has expired; paste a new one to continue."),
 };
 
@@ -390,10 +401,10 @@ async function loadConversation(conversationId) {
 }
 
 // An assistant message read back over REST. One still streaming holds its first
-// `chunks` chunks in `text`; later chunk events add to it (docs/page.md).
+// `chunks` chunks in `text`; later chunk events add to it (docs/api.md).
 function replyFromHistory(m, seen) {
-  const streaming = m.status === "streaming";
-  const failed = m.status === "failed";
+  const streaming = m.status === MESSAGE_STATUS.STREAMING;
+  const failed = m.status === MESSAGE_STATUS.FAILED;
   const text = failed ? CHAT_ERRORS[m.error_code] || m.text || CHAT_ERRORS.internal_error : m.text || "";
   const reply = {
     el: bubble("assistant", ""),
@@ -579,7 +590,7 @@ async function uploadFiles(files) {
 async function cancelUpload(uploadId) {
   try {
     const data = await api("POST", `/uploads/${encodeURIComponent(uploadId)}/cancel`);
-    updateUpload(uploadId, { status: (data && data.status) || "cancelled" });
+    updateUpload(uploadId, { status: (data && data.status) || UPLOAD_STATUS.CANCELLED });
   } catch (error) {
     uploadRow(uploadId).querySelector(".u-error").textContent = describe(error);
   }
