@@ -22,3 +22,5 @@ class EventKind(StrEnum):
     # Control events of the stream itself, never stored in history.
     RESYNC = "resync"
     TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an event name, not a secret
+    # Sent, without an id, only to streams opened with ?heartbeat=event (docs/api.md).
+    HEARTBEAT = "heartbeat"

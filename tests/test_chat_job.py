@@ -17,7 +17,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from core import events, jobkinds, settings
-from jobs.chat.agent import reply_id
+from core.drafts import reply_id
 from jobs.chat.llm import Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
 
