@@ -22,7 +22,8 @@ from rq.job import Job, JobStatus
 
 from app.jobqueue import JobQueue
 from core import settings
-from core.replies import chat_job_id, reply_id
+from core.jobkinds import chat_job_id
+from core.replies import reply_id
 from jobs.chat.runtime import open_runtime
 from jobs.worker.asyncworker import AsyncWorker
 from tests.support.openai_server import Fault, OpenAIServer, openai_server

@@ -22,8 +22,11 @@ from app.errors import Conflict, NotFound
 from app.routes.chat import parse_uuid
 from app.security.auth import authenticate
 from core import history, settings
+from core.eventkinds import EventKind
 from core.events import apublish_event
-from core.replies import FINAL, ReplyStatus, chat_job_id, reply_id, store_reply
+from core.jobkinds import chat_job_id
+from core.replies import reply_id, store_reply
+from core.statuses import FINAL_REPLY_STATUSES
 
 # The flag outlives any job timeout; the job deletes nothing, it only reads it.
 _CANCEL_FLAG_SECONDS = 86400
@@ -35,7 +38,7 @@ async def cancel_reply(request: Request) -> Response:
     row = await _load(request, message_id, principal.user_id) if message_id else None
     if row is None or message_id is None:
         raise NotFound("No such message.")
-    if row["reply_status"] in FINAL:
+    if row["reply_status"] in FINAL_REPLY_STATUSES:
         raise Conflict(
             "This reply has already ended.",
             code="reply_finished",
@@ -73,8 +76,7 @@ async def _store_cancelled(
             conn,
             message_id=message_id,
             conversation_id=conversation_id,
-            status=ReplyStatus.CANCELLED,
-            unless_final=True,
+            cancelled=True,
         )
     if stored:
         redis = request.app.state.redis
@@ -86,7 +88,7 @@ async def _store_cancelled(
             "model": None,
             "cancelled": True,
         }
-        await apublish_event(redis, "chat.done", data, user_id=user_id)
+        await apublish_event(redis, EventKind.CHAT_DONE, data, user_id=user_id)
 
 
 routes = [

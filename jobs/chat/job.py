@@ -29,10 +29,13 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from rq import get_current_job
 
 from core import settings
-from core.events import apublish_event
+from core.drafts import add_chunk, draft_keys
+from core.eventkinds import EventKind
+from core.events import apublish_event, aqueue_event
 from core.history import ainvalidate_history
 from core.jobmetrics import metric_field, record_job_metric
-from core.replies import ReplyStatus, reply_id, store_reply
+from core.replies import reply_id, store_reply
+from core.statuses import FINAL_REPLY_STATUSES, MessageStatus
 from jobs.chat.agent import GRAPH, AgentContext, ChatState
 from jobs.chat.breaker import Breaker
 from jobs.chat.llm import configured_model
@@ -71,18 +74,19 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
         return {"outcome": "missing"}
     user_id, conversation_id = row["user_id"], str(row["conversation_id"])
     base = {"conversation_id": conversation_id, "message_id": message_id}
-    if row["reply_status"] in tuple(ReplyStatus):
+    if row["reply_status"] in FINAL_REPLY_STATUSES:
         # A retry of a turn that already finished: say how it ended, once more.
         await _announce_end(rt.redis, user_id, base, row)
         return {"outcome": "replayed"}
-    # One round trip: did an earlier run publish chunks, and was a stop asked for
-    # before this run started (the web sets the flag before it looks at the job)?
+    # One round trip: did an earlier run stream chunks (its draft is dropped: this run
+    # streams from index 0), and was a stop asked for before this run started (the web
+    # sets the flag before it looks at the job)?
     async with rt.redis.pipeline(transaction=False) as pipe:
-        pipe.getdel(_key("streamed", message_id))
+        pipe.delete(*draft_keys(message_id))
         pipe.exists(_key("cancel", message_id))
         streamed, cancel_asked = await pipe.execute()
     if streamed:
-        await _publish(rt.redis, user_id, "chat.restart", {**base, "reason": "retried"})
+        await _publish(rt.redis, user_id, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
     chunks = ChunkPublisher(rt.redis, user_id, base, started, labels)
     parts: list[str] = []  # the reply so far, filled by the agent's respond node
     if cancel_asked:
@@ -110,7 +114,8 @@ async def _fail_if_last_try(
     if job is not None and job.retries_left:
         return  # RQ runs it again; the client hears of the end from that run
     message = ERROR_MESSAGES.get(code, ERROR_MESSAGES["internal_error"])
-    await _publish(rt.redis, user_id, "chat.error", {**base, "code": code, "message": message})
+    error = {**base, "code": code, "message": message}
+    await _publish(rt.redis, user_id, EventKind.CHAT_ERROR, error)
     _metric(rt.redis_sync, "herald_chat_jobs_total", labels, outcome=code)
     await _mark_failed(rt, user_id, base, code)
 
@@ -121,15 +126,14 @@ async def _stop(rt: ChatRuntime, user_id: str, base: dict[str, Any], partial: st
             conn,
             message_id=base["message_id"],
             conversation_id=base["conversation_id"],
-            status=ReplyStatus.CANCELLED,
             text=partial,
             model=rt.handle.provider.model,
-            unless_final=True,
+            cancelled=True,
         )
     if stored:
         await ainvalidate_history(rt.redis, user_id, base["conversation_id"])
         done = {**base, "text": partial, "model": rt.handle.provider.model, "cancelled": True}
-        await _publish(rt.redis, user_id, "chat.done", done)
+        await _publish(rt.redis, user_id, EventKind.CHAT_DONE, done)
 
 
 async def _mark_failed(rt: ChatRuntime, user_id: str, base: dict[str, Any], code: str) -> None:
@@ -141,7 +145,6 @@ async def _mark_failed(rt: ChatRuntime, user_id: str, base: dict[str, Any], code
                 conn,
                 message_id=base["message_id"],
                 conversation_id=base["conversation_id"],
-                status=ReplyStatus.FAILED,
                 error_code=code,
             )
         await ainvalidate_history(rt.redis, user_id, base["conversation_id"])
@@ -213,17 +216,18 @@ class ChunkPublisher:
             index = self.events
             self.events += 1
             data = {**self.base, "index": index, "text": text}
+            # The draft before the event, in one round trip: whoever saw the event and
+            # reloads finds the chunk in the draft (core/drafts.py).
+            async with self.client.pipeline(transaction=False) as pipe:
+                add_chunk(pipe, self.base["message_id"], index, text)
+                await aqueue_event(pipe, EventKind.CHAT_CHUNK, data, user_id=self.user_id)
+                await pipe.execute()
             if index == 0:
-                await self._first(data)
-            else:
-                await _publish(self.client, self.user_id, "chat.chunk", data)
+                await self._first()
 
-    async def _first(self, data: dict[str, Any]) -> None:
-        await _publish(self.client, self.user_id, "chat.chunk", data)
+    async def _first(self) -> None:
         first = max(0.0, time.time() - self.started)
-        # Remember that chunks went out: a later run of this message must say it restarts.
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(_key("streamed", self.base["message_id"]), 1, ex=86400)
             for name, amount in (
                 ("herald_chat_first_chunk_seconds_sum_total", first),
                 ("herald_chat_first_chunk_seconds_count_total", 1.0),
@@ -280,7 +284,8 @@ async def _turn(
     client = rt.redis
     code = state.get("error_code", "")
     async with client.pipeline(transaction=False) as pipe:
-        pipe.delete(_key("streamed", base["message_id"]))
+        # The reply row is stored (the graph's persist node): the draft has served.
+        pipe.delete(*draft_keys(base["message_id"]))
         if chunks.events:
             pipe.hincrbyfloat(*metric_field("herald_chat_tokens_total", labels), len(parts))
         if code == "message_blocked":
@@ -292,10 +297,10 @@ async def _turn(
         await pipe.execute()
     if code:
         error = {**base, "code": code, "message": state["error_message"]}
-        await _publish(client, user_id, "chat.error", error)
+        await _publish(client, user_id, EventKind.CHAT_ERROR, error)
     else:
         done = {**base, "text": state.get("reply", ""), "model": handle.provider.model}
-        await _publish(client, user_id, "chat.done", done)
+        await _publish(client, user_id, EventKind.CHAT_DONE, done)
     return {"outcome": outcome, "chunks": len(parts), "events": chunks.events}
 
 
@@ -305,16 +310,18 @@ GRAPH_COMPILED = GRAPH.compile()
 async def _announce_end(
     client: redis.asyncio.Redis, user_id: str, base: dict[str, Any], row: dict[str, Any]
 ) -> None:
-    if row["reply_status"] == ReplyStatus.COMPLETED:
+    if row["reply_status"] == MessageStatus.COMPLETED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"]}
-        await _publish(client, user_id, "chat.done", data)
-    elif row["reply_status"] == ReplyStatus.CANCELLED:
+        await _publish(client, user_id, EventKind.CHAT_DONE, data)
+    elif row["reply_status"] == MessageStatus.CANCELLED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"], "cancelled": True}
-        await _publish(client, user_id, "chat.done", data)
+        await _publish(client, user_id, EventKind.CHAT_DONE, data)
     else:
         code = row["reply_error"] or "internal_error"
         message = ERROR_MESSAGES.get(code, "The reply failed.")
-        await _publish(client, user_id, "chat.error", {**base, "code": code, "message": message})
+        await _publish(
+            client, user_id, EventKind.CHAT_ERROR, {**base, "code": code, "message": message}
+        )
 
 
 def _metric(
@@ -324,7 +331,7 @@ def _metric(
 
 
 async def _publish(
-    client: redis.asyncio.Redis, user_id: str, event: str, data: dict[str, Any]
+    client: redis.asyncio.Redis, user_id: str, event: EventKind, data: dict[str, Any]
 ) -> None:
     await apublish_event(client, event, data, user_id=user_id)
 
