@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import httpx
 import psycopg
 import pytest
@@ -58,7 +57,7 @@ async def test_streaming_reply_is_read_back_with_its_text_so_far(
     conversation, message = post(db, user, "Tell me something long.")
     streaming: dict[str, Any] = {}
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(anyio.to_thread.run_sync, run_chat, message)
+        tasks.start_soon(run_chat, message)
         with anyio.fail_after(30):
             while not streaming:
                 listed = await messages(web, user, conversation)
@@ -92,7 +91,7 @@ async def test_finished_reply_is_not_shown_twice(
 ) -> None:
     user = "draft-finished"
     conversation, message = post(db, user, "Say hello.")
-    await anyio.to_thread.run_sync(run_chat, message)
+    await run_chat(message)
     assert not redis_client.keys(f"{settings.REDIS_PREFIX}:chat:draft*:{message}")
     # Between storing the row and deleting the draft, both exist: the row wins.
     with redis_client.pipeline() as pipe:

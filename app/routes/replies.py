@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import Conflict, NotFound
+from app.openapi import STRING, Schema, errors, json_body, obj, operation
 from app.routes.chat import parse_uuid
 from app.security.auth import authenticate
 from core import history, settings
@@ -32,6 +33,16 @@ from core.statuses import FINAL_REPLY_STATUSES
 _CANCEL_FLAG_SECONDS = 86400
 
 
+CANCEL_ACCEPTED = Schema(
+    "CancelAccepted",
+    obj(["message_id", "status"], {"message_id": STRING, "status": {"enum": ["cancelling"]}}),
+)
+
+
+@operation(
+    "Stop a reply, queued or streaming; it ends with chat.done carrying cancelled: true",
+    {"202": json_body(CANCEL_ACCEPTED, "Accepted")} | errors(401, 404, 409),
+)
 async def cancel_reply(request: Request) -> Response:
     principal = await authenticate(request)
     message_id = parse_uuid(request.path_params["message_id"])
