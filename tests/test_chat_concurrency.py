@@ -21,7 +21,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from app.jobqueue import JobQueue
-from core import settings
+from core import jobkinds, settings
 from core.jobkinds import chat_job_id
 from core.replies import reply_id
 from jobs.chat.runtime import open_runtime
@@ -29,7 +29,7 @@ from jobs.worker.asyncworker import AsyncWorker
 from tests.support.openai_server import Fault, OpenAIServer, openai_server
 from tests.test_chat_job import chat_events, post
 
-RUN_CHAT = "jobs.chat.job.run_chat"
+RUN_CHAT = jobkinds.CHAT.target
 
 
 @pytest.fixture
@@ -102,8 +102,7 @@ def test_per_user_cap_makes_a_users_messages_wait_their_turn(
         posted.append((message_id, text))
         asyncio.run(
             jobs.enqueue(
-                settings.CHAT_QUEUE,
-                RUN_CHAT,
+                jobkinds.CHAT,
                 message_id,
                 job_id=chat_job_id(message_id),
                 limit=(f"chat-user:{user}", 2),
