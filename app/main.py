@@ -13,8 +13,7 @@ from app.accesslog import AccessLogMiddleware
 from app.dev import token as devtoken
 from app.errors import exception_handlers
 from app.resources import lifespan
-from app.routes import chat, health, uploads
-from app.sse import streams
+from app.routes import chat, events, health, uploads
 from core import settings
 from core.logs import configure_logging
 
@@ -22,7 +21,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def create_app() -> Starlette:
-    routes: list[BaseRoute] = [*health.routes, *streams.routes, *chat.routes, *uploads.routes]
+    routes: list[BaseRoute] = [*health.routes, *events.routes, *chat.routes, *uploads.routes]
     if settings.DEV_MODE:  # a token for anyone who asks: never outside local development
         routes.extend(devtoken.routes)
     app = Starlette(
