@@ -22,8 +22,8 @@ from app.security.throttle import AuthThrottle
 from core import events
 from core import settings as herald
 from jobs.csvimport.celltypes import ColumnSpec, infer_column, parse_cell
-from tests.faults.sse import SSEParser
 from tests.support.asgi import running_app
+from tests.support.sse import SSEParser
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 

@@ -22,7 +22,8 @@ from app.security.auth import mint_token
 from core import settings
 from core.events import publish_event, user_stream
 from tests.faults.clients import Client, wait_for
-from tests.faults.procs import Stack, wait_until
+from tests.faults.stack import Stack
+from tests.support.procs import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
