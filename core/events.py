@@ -118,6 +118,22 @@ def publish_event(
     return _ids(script(keys=keys, args=_args(event, data)))
 
 
+def queue_publish(
+    pipe: redis.client.Pipeline,
+    event: str,
+    data: dict[str, Any],
+    *,
+    user_id: str | None = None,
+    upload_id: str | None = None,
+) -> None:
+    """``publish_event`` queued on a pipeline, so many events cost one round trip; the
+    ids come back, one list per event, from ``pipe.execute()``."""
+    keys = stream_keys(user_id, upload_id)
+    if not keys:
+        raise ValueError("queue_publish needs a user_id or an upload_id")
+    pipe.register_script(_PUBLISH_LUA)(keys=keys, args=_args(event, data), client=pipe)
+
+
 async def apublish_event(
     client: redis.asyncio.Redis,
     event: str,
