@@ -14,6 +14,7 @@ from app.sse.hub import Hub
 from app.sse.response import SendTimeoutError
 from core import events, settings
 from tests.support.asgi import StreamCall, running_app, token
+from tests.support.sse import SSEParser
 
 pytestmark = pytest.mark.anyio
 
@@ -108,14 +109,11 @@ async def test_resume_under_random_disconnects(redis_client: redis.Redis) -> Non
                     tg.start_soon(call.run)
                     await anyio.sleep(0.003 + (len(received) % 5) * 0.002)
                     call.disconnect()
-                for block in bytes(call.body).split(b"\n\n"):
-                    lines = dict(
-                        line.split(b": ", 1) for line in block.split(b"\n") if b": " in line
-                    )
-                    if lines.get(b"event") == b"chat.chunk":
-                        received.append(lines[b"data"].decode())
-                        last = lines[b"id"].decode()
-                    assert lines.get(b"event") != b"resync"
+                for event in SSEParser().feed(bytes(call.body)):
+                    assert event.type != "resync"
+                    if event.type == "chat.chunk":
+                        received.append(event.data)
+                        last = event.last_event_id
 
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
