@@ -14,6 +14,7 @@ than duplicates it (``add_messages`` merges by id).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from psycopg import AsyncConnection
 from core import settings
 from core.history import invalidate_history
 from jobs.chat.breaker import Breaker, BreakerOpen
-from jobs.chat.guard import check_message
+from jobs.chat.guard import check_message, explain
 from jobs.chat.llm import LLMError, Message, Provider, stream_with_retry
 
 security_log = logging.getLogger("herald.security")
@@ -50,6 +51,8 @@ class ChatState(TypedDict, total=False):
     reply: str
     error_code: str
     error_message: str
+    # Set when the guard flagged the message in GUARD_MODE=flag: the reply proceeds.
+    flagged: bool
 
 
 @dataclass
@@ -85,10 +88,20 @@ async def guard(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState:
         _log_blocked(state, runtime.context, score=ratio, reasons=("symbol_ratio",))
         return _fail("message_blocked", "The message has too many non-alphanumeric characters.")
     verdict = check_message(text)
-    if verdict.blocked:
-        _log_blocked(state, runtime.context, score=verdict.score, reasons=verdict.reasons)
-        return _fail("message_blocked", "The message was refused by the prompt-injection check.")
-    return {"error_code": "", "error_message": ""}
+    if not verdict.blocked:
+        return {"error_code": "", "error_message": "", "flagged": False}
+    flag_only = settings.GUARD_MODE == "flag"
+    _log_blocked(
+        state,
+        runtime.context,
+        score=verdict.score,
+        reasons=verdict.reasons,
+        parts={"rule_score": verdict.rule_score, "model_score": verdict.model_score},
+        action="flagged" if flag_only else "blocked",
+    )
+    if flag_only:
+        return {"error_code": "", "error_message": "", "flagged": True}
+    return _fail("message_blocked", explain(verdict))
 
 
 def _fail(code: str, message: str) -> ChatState:
@@ -96,17 +109,30 @@ def _fail(code: str, message: str) -> ChatState:
 
 
 def _log_blocked(
-    state: ChatState, ctx: AgentContext, *, score: float, reasons: tuple[str, ...]
+    state: ChatState,
+    ctx: AgentContext,
+    *,
+    score: float,
+    reasons: tuple[str, ...],
+    parts: dict[str, float] | None = None,
+    action: str = "blocked",
 ) -> None:
+    # The score and which part fired, never the whole text: a flagged message may be a
+    # false positive, so only a short excerpt and a digest (to match repeats) are kept.
+    text = state["text"]
     security_log.warning(
-        "chat message blocked",
+        f"chat message {action}",
         extra={
             "user_id": ctx.user_id,
             "conversation_id": state["conversation_id"],
             "message_id": state["message_id"],
+            "action": action,
             "score": score,
+            **(parts or {}),
             "reasons": list(reasons),
-            "excerpt": state["text"][:200],
+            "chars": len(text),
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "excerpt": text[:80],
         },
     )
 
@@ -157,6 +183,8 @@ async def persist(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
     code = state.get("error_code", "")
     status = "failed" if code else "completed"
     user_status = {"": "answered", "message_blocked": "blocked"}.get(code, "failed")
+    if user_status == "answered" and state.get("flagged"):
+        user_status = "flagged"
     async with ctx.db_lock, ctx.conn.transaction():
         await ctx.conn.execute(
             "INSERT INTO messages (id, conversation_id, role, text, status, model, error_code,"
