@@ -19,7 +19,7 @@ import redis
 
 from app.dev.embedded import free_port
 from core import events
-from tests.support.procs import ARTIFACTS, Proc, process_env, start, wait_ready
+from tests.support.procs import ARTIFACTS, Proc, process_env, start, start_worker, wait_ready
 
 # Real processes and a real browser: more than the default budget on a busy machine.
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -70,7 +70,7 @@ def stack() -> Iterator[str]:
     )
     procs: list[Proc] = [web]
     try:
-        procs.append(start("browser-worker", ["python", "-m", "jobs.worker.supervisor"], env))
+        procs.append(start_worker("browser-worker", env))
         base = f"http://127.0.0.1:{port}"
         wait_ready(web, base)
         yield base
