@@ -262,6 +262,7 @@ def publish_main(
     import redis
 
     from core import events
+    from core.eventkinds import EventKind
 
     client = redis.Redis.from_url(redis_url)
     batch = 100 if rate == 0 else max(1, int(rate / 200))  # 200 batches/s when paced
@@ -281,7 +282,7 @@ def publish_main(
             now = time.time()
             for user, i in plan[start : start + batch]:
                 data = {"t": now, "i": i, "text": "lorem ipsum "}
-                events.queue_publish(pipe, "chat.chunk", data, user_id=user)
+                events.queue_publish(pipe, EventKind.CHAT_CHUNK, data, user_id=user)
             pipe.execute()
             sent += len(plan[start : start + batch])
     finally:

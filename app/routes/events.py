@@ -6,22 +6,41 @@ app/sse/streams.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.routing import Route
 
+from app.openapi import SSE_AUTH, STRING, content, errors, operation
 from app.routes.uploads import fetch_upload
 from app.security.auth import authenticate
 from app.sse.response import EventStreamResponse
 from app.sse.streams import open_stream
 from core import events
+from core.eventkinds import EventKind
 
 
+def _stream(kinds: list[EventKind]) -> dict[str, Any]:
+    # API.md "Event streams": the event names a client may see on this stream.
+    return content("text/event-stream", STRING, "Events: " + ", ".join(kinds) + ".")
+
+
+@operation(
+    "The caller's event stream (SSE)",
+    {"200": _stream(list(EventKind))} | errors(401, 429),
+    security=SSE_AUTH,
+)
 async def user_events(request: Request) -> EventStreamResponse:
     """The caller's own stream: every event of their chats and uploads."""
     principal = await authenticate(request, allow_query=True)
     return open_stream(request, principal, events.user_stream(principal.user_id))
 
 
+@operation(
+    "One upload's event stream (SSE)",
+    {"200": _stream([k for k in EventKind if not k.startswith("chat.")])} | errors(401, 404, 429),
+    security=SSE_AUTH,
+)
 async def upload_events(request: Request) -> EventStreamResponse:
     """One upload's events, for any user of its tenant."""
     principal = await authenticate(request, allow_query=True)

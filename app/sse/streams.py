@@ -23,6 +23,7 @@ from app.sse.hub import Hub, Mailbox
 from app.sse.leases import StreamLeases
 from app.sse.response import EventStreamResponse
 from core import events, settings
+from core.eventkinds import EventKind
 
 PING = b": ping\n\n"
 
@@ -82,7 +83,7 @@ async def stream_frames(
                 left = principal.seconds_left()
                 if left <= 0:
                     data = events.encode_data({"reason": "token_expired"})
-                    yield events.frame(last_sent, "token_expired", data)
+                    yield events.frame(last_sent, EventKind.TOKEN_EXPIRED, data)
                     return
                 frames = await mailbox.wait(min(heartbeat, left))
                 if cursor is not None and frames:
@@ -125,4 +126,4 @@ async def _opening(
     latest = await events.latest_id(client, key)
     metrics.RESYNCS.inc()
     data = events.encode_data({"reason": "history_unavailable"})
-    return opening + events.frame(latest, "resync", data), latest
+    return opening + events.frame(latest, EventKind.RESYNC, data), latest

@@ -11,6 +11,7 @@ import time
 import redis
 
 from core import settings
+from core.eventkinds import EventKind
 from core.events import publish_event
 
 
@@ -19,7 +20,7 @@ def main(user: str, total: int) -> list[str]:
     ids = []
     try:
         for i in range(total):
-            ids.append(publish_event(client, "chat.chunk", {"index": i}, user_id=user)[0])
+            ids.append(publish_event(client, EventKind.CHAT_CHUNK, {"index": i}, user_id=user)[0])
             time.sleep(0.003)
     finally:
         client.close()
