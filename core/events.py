@@ -119,7 +119,7 @@ def publish_event(
     return _ids(script(keys=keys, args=_args(event, data)))
 
 
-def queue_publish(
+def queue_event(
     pipe: redis.client.Pipeline,
     event: EventKind,
     data: dict[str, Any],
@@ -127,12 +127,13 @@ def queue_publish(
     user_id: str | None = None,
     upload_id: str | None = None,
 ) -> None:
-    """``publish_event`` queued on a pipeline, so many events cost one round trip; the
-    ids come back, one list per event, from ``pipe.execute()``."""
+    """``publish_event`` queued on a pipeline, to go out in one round trip with the
+    caller's own commands (and after those queued before it)."""
     keys = stream_keys(user_id, upload_id)
     if not keys:
-        raise ValueError("queue_publish needs a user_id or an upload_id")
-    pipe.register_script(_PUBLISH_LUA)(keys=keys, args=_args(event, data), client=pipe)
+        raise ValueError("queue_event needs a user_id or an upload_id")
+    script = pipe.register_script(_PUBLISH_LUA)
+    script(keys=keys, args=_args(event, data), client=pipe)
 
 
 async def apublish_event(

@@ -6,7 +6,7 @@
 Starts everything itself: Redis (REDIS_URL if set, else embedded), one uvicorn web
 process (httptools, uvloop, no access log), client processes holding raw asyncio
 sockets (the SSE client of tests/support/sse.py), and publisher processes queueing
-the worker-side publish (core.events.queue_publish) on pipelines. Measures
+the worker-side publish (core.events.queue_event) on pipelines. Measures
 
   a. idle SSE connections held by one web process, and server RSS per connection;
   b. events/s fanned out to ``--users`` clients at saturation, nothing lost;
@@ -282,7 +282,7 @@ def publish_main(
             now = time.time()
             for user, i in plan[start : start + batch]:
                 data = {"t": now, "i": i, "text": "lorem ipsum "}
-                events.queue_publish(pipe, EventKind.CHAT_CHUNK, data, user_id=user)
+                events.queue_event(pipe, EventKind.CHAT_CHUNK, data, user_id=user)
             pipe.execute()
             sent += len(plan[start : start + batch])
     finally:

@@ -11,11 +11,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from app.openapi import SSE_AUTH, STRING, content, errors, operation
+from app.openapi import SSE_AUTH, STRING, content, errors, operation, query
 from app.routes.uploads import fetch_upload
 from app.security.auth import authenticate
 from app.sse.response import EventStreamResponse
-from app.sse.streams import open_stream
+from app.sse.streams import HEARTBEAT_STYLES, open_stream
 from core import events
 from core.eventkinds import EventKind
 
@@ -25,10 +25,15 @@ def _stream(kinds: list[EventKind]) -> dict[str, Any]:
     return content("text/event-stream", STRING, "Events: " + ", ".join(kinds) + ".")
 
 
+# Opt-in named heartbeats, for clients that watch for a dead stream (docs/api.md).
+_HEARTBEAT_PARAMETER = [query("heartbeat", {"enum": list(HEARTBEAT_STYLES), "default": "comment"})]
+
+
 @operation(
     "The caller's event stream (SSE)",
-    {"200": _stream(list(EventKind))} | errors(401, 429),
+    {"200": _stream(list(EventKind))} | errors(400, 401, 429),
     security=SSE_AUTH,
+    parameters=_HEARTBEAT_PARAMETER,
 )
 async def user_events(request: Request) -> EventStreamResponse:
     """The caller's own stream: every event of their chats and uploads."""
@@ -38,8 +43,10 @@ async def user_events(request: Request) -> EventStreamResponse:
 
 @operation(
     "One upload's event stream (SSE)",
-    {"200": _stream([k for k in EventKind if not k.startswith("chat.")])} | errors(401, 404, 429),
+    {"200": _stream([k for k in EventKind if not k.startswith("chat.")])}
+    | errors(400, 401, 404, 429),
     security=SSE_AUTH,
+    parameters=_HEARTBEAT_PARAMETER,
 )
 async def upload_events(request: Request) -> EventStreamResponse:
     """One upload's events, for any user of its tenant."""

@@ -17,7 +17,7 @@ import redis.asyncio
 from starlette.requests import Request
 
 from app import metrics
-from app.errors import RateLimited
+from app.errors import BadRequest, RateLimited
 from app.security.auth import Principal
 from app.sse.hub import Hub, Mailbox
 from app.sse.leases import StreamLeases
@@ -26,6 +26,11 @@ from core import events, settings
 from core.eventkinds import EventKind
 
 PING = b": ping\n\n"
+# ?heartbeat=event: comments are invisible to EventSource, so a page cannot tell a
+# quiet stream from a dead one (a frozen path that was never reset). Opted-in clients
+# get a named event instead, with no id: it leaves Last-Event-ID alone (WHATWG HTML,
+# "Server-sent events", dispatch). curl and other clients keep the comment.
+HEARTBEAT_STYLES = ("comment", "event")
 
 
 @asynccontextmanager
@@ -60,21 +65,38 @@ async def stream_slot(
 def open_stream(request: Request, principal: Principal, key: str) -> EventStreamResponse:
     """The response for one stream; the slot is taken when its body starts, before the
     status line is sent (app/sse/response.py), so a refusal is still a JSON 429."""
+    ping = heartbeat_frame(request.query_params.get("heartbeat", "comment"))
     last_event_id = request.headers.get("last-event-id") or request.query_params.get(
         "last_event_id"
     )
-    body = stream_frames(request, principal, key, last_event_id)
+    body = stream_frames(request, principal, key, last_event_id, ping)
     return EventStreamResponse(body, send_timeout=settings.SSE_SEND_TIMEOUT_SECONDS)
 
 
+def heartbeat_frame(style: str) -> bytes:
+    if style not in HEARTBEAT_STYLES:
+        raise BadRequest(
+            "'heartbeat' must be 'comment' or 'event'.",
+            details={"field": "heartbeat", "allowed": list(HEARTBEAT_STYLES)},
+        )
+    if style == "comment":
+        return PING
+    data = events.encode_data({"interval_seconds": settings.SSE_HEARTBEAT_SECONDS})
+    return events.frame(None, EventKind.HEARTBEAT, data)
+
+
 async def stream_frames(
-    request: Request, principal: Principal, key: str, last_event_id: str | None
+    request: Request,
+    principal: Principal,
+    key: str,
+    last_event_id: str | None,
+    ping: bytes = PING,
 ) -> AsyncGenerator[bytes, None]:
     state = request.app.state
     async with stream_slot(state.leases, state.hub, principal.user_id, key) as mailbox:
         metrics.OPEN_STREAMS.inc()
         try:
-            opening, last_sent = await _opening(state.redis, key, last_event_id)
+            opening, last_sent = await _opening(state.redis, key, last_event_id, ping)
             # Set after a replay: live frames up to here were in it already.
             cursor = events.parse_id(last_sent) if last_sent is not None else None
             yield opening
@@ -99,17 +121,19 @@ async def stream_frames(
                 elif mailbox.closed is not None:
                     return  # slow client, shutdown or lost Redis: the client resumes
                 elif principal.seconds_left() > 0:
-                    yield PING
+                    yield ping
         finally:
             metrics.OPEN_STREAMS.dec()
 
 
 async def _opening(
-    client: redis.asyncio.Redis, key: str, last_event_id: str | None
+    client: redis.asyncio.Redis, key: str, last_event_id: str | None, ping: bytes
 ) -> tuple[bytes, str | None]:
     """The first bytes, sent at once so routers with a first-byte timeout keep the
     stream: the retry hint, then what the client missed; and the last id they carry."""
     opening = b"retry: %d\n: connected\n\n" % settings.SSE_RETRY_MS
+    if ping != PING:
+        opening += ping  # a named heartbeat: the watcher learns the interval at once
     if not last_event_id:
         return opening, None
     replay = (
