@@ -73,7 +73,9 @@ def stream_ids(stack: Stack, users: list[str]) -> dict[str, list[str]]:
 def our_channels(stack: Stack) -> tuple[list[bytes], int]:
     client = stack.redis.client()
     try:
-        channels = client.pubsub_channels(f"{settings.REDIS_PREFIX}:*")
+        # The event channels only: RQ's own (worker command channels, under the same
+        # prefix through RQ_KEY_PREFIX) stay subscribed while the workers live.
+        channels = client.pubsub_channels(f"{settings.REDIS_PREFIX}:events:*")
         numsub = client.pubsub_numsub(*channels) if channels else []
         return channels, sum(n for _, n in numsub)
     finally:
