@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.settings import GUARD_CACHE_WORDS
+
 MODEL_PATH = Path(__file__).with_name("guard_model.json")
 FORMAT = 3
 # Word windows: a long one holds a whole attack and its context (about 1,000 characters); a
@@ -40,7 +42,7 @@ _FIRST = operator.itemgetter(0)
 _SECOND = operator.itemgetter(1)
 # Words whose summed weights are kept per process; past this the cache starts again, so
 # memory stays bounded whatever is sent.
-CACHE_WORDS = 100_000
+CACHE_WORDS = GUARD_CACHE_WORDS
 
 
 @dataclass(frozen=True)
@@ -106,18 +108,40 @@ def pair_key(key: str) -> tuple[str, str]:
     return first, second
 
 
-def _word_value(m: Model, word: str) -> tuple[float, int]:
-    grams = char_grams(word, m.char_sizes)
-    return m.words.get(word, 0.0) + sum(map(m.chars.get, grams, _ZEROES)), len(grams) + 1
-
-
 def _word_values(m: Model, words: list[str]) -> list[tuple[float, int]]:
     cache = m.cache
     if len(cache) > CACHE_WORDS:
         cache.clear()
-    for word in set(words).difference(cache):
-        cache[word] = _word_value(m, word)
+    missing = list(set(words).difference(cache))
+    if missing:
+        cache.update(zip(missing, _value_of_new(m, missing), strict=True))
     return list(map(cache.__getitem__, words))
+
+
+def _value_of_new(m: Model, words: list[str]) -> list[tuple[float, int]]:
+    """(weight, feature count) of each word, for many words at once: the padded words are
+    joined into one string, its n-grams are looked up in one pass and each word's share is a
+    difference of prefix sums (``map`` over C functions rather than a Python call per word).
+    N-grams that span the separator are in no model and weigh nothing."""
+    joined = "\0".join(f" {w} " for w in words) + "\0" * max(m.char_sizes, default=0)
+    # Each word occupies len + 2 characters plus a separator.
+    starts = [0, *itertools.accumulate(len(w) + 3 for w in words)][:-1]
+    totals = list(map(m.words.get, words, _ZEROES))
+    counts = [1] * len(words)
+    for n in m.char_sizes:
+        grams = [joined[i : i + n] for i in range(len(joined) - n + 1)]
+        prefix = [0.0, *itertools.accumulate(map(m.chars.get, grams, _ZEROES))]
+        # A padded word of len + 2 characters has len + 3 - n n-grams of size n.
+        ends = [s + max(0, len(w) + 3 - n) for s, w in zip(starts, words, strict=True)]
+        totals = list(
+            map(
+                operator.add,
+                totals,
+                map(operator.sub, map(prefix.__getitem__, ends), map(prefix.__getitem__, starts)),
+            )
+        )
+        counts = [c + max(0, len(w) + 3 - n) for c, w in zip(counts, words, strict=True)]
+    return list(zip(totals, counts, strict=True))
 
 
 def score(normalized: str, model: Model | None = None) -> float:

@@ -147,7 +147,11 @@ def _printable(raw: bytes) -> str | None:
 
 
 def _attack_words(text: str) -> frozenset[str]:
-    return _ATTACK_WORDS.intersection(_WORD.findall(text.lower()))
+    low = text.lower()
+    # Substring tests run in C; most candidate decodings hold fewer than two and stop here.
+    if sum(w in low for w in _ATTACK_WORDS) < 2:
+        return frozenset()
+    return _ATTACK_WORDS.intersection(_WORD.findall(low))
 
 
 def _looks_enciphered(text: str) -> bool:
@@ -188,8 +192,9 @@ def _caesar_candidates(text: str) -> list[str]:
     # that map its commonest letters onto "e" suffice.
     if len(text) <= CAESAR_ALL_SHIFTS_CHARS:
         return [text.translate(_SHIFTS[k]) for k in range(1, 26)]
-    letters = Counter(c for c in text.lower() if "a" <= c <= "z")
-    shifts = {(ord("e") - ord(c)) % 26 for c, _ in letters.most_common(4)}
+    counts = Counter(text.lower())  # counted in C; the letters are picked out after
+    letters = sorted(_LOWER, key=lambda c: counts[c], reverse=True)[:4]
+    shifts = {(ord("e") - ord(c)) % 26 for c in letters if counts[c]}
     return [text.translate(_SHIFTS[k]) for k in sorted(shifts) if k]
 
 
