@@ -19,6 +19,7 @@ import redis
 import redis.asyncio
 
 from core import settings
+from core.eventkinds import EventKind
 
 # XADD ids are "<ms>-<seq>", strictly increasing per stream (Redis docs: Streams intro).
 _PUBLISH_LUA = """
@@ -86,7 +87,7 @@ def valid_id(event_id: str) -> bool:
     )
 
 
-def _args(event: str, data: dict[str, Any]) -> list[Any]:
+def _args(event: EventKind, data: dict[str, Any]) -> list[Any]:
     return [
         event,
         encode_data(data),
@@ -101,7 +102,7 @@ def _ids(result: Sequence[bytes | str]) -> list[str]:
 
 def publish_event(
     client: redis.Redis,
-    event: str,
+    event: EventKind,
     data: dict[str, Any],
     *,
     user_id: str | None = None,
@@ -118,9 +119,26 @@ def publish_event(
     return _ids(script(keys=keys, args=_args(event, data)))
 
 
+def queue_event(
+    pipe: redis.client.Pipeline,
+    event: EventKind,
+    data: dict[str, Any],
+    *,
+    user_id: str | None = None,
+    upload_id: str | None = None,
+) -> None:
+    """``publish_event`` queued on a pipeline, to go out in one round trip with the
+    caller's own commands (and after those queued before it)."""
+    keys = stream_keys(user_id, upload_id)
+    if not keys:
+        raise ValueError("queue_event needs a user_id or an upload_id")
+    script = pipe.register_script(_PUBLISH_LUA)
+    script(keys=keys, args=_args(event, data), client=pipe)
+
+
 async def apublish_event(
     client: redis.asyncio.Redis,
-    event: str,
+    event: EventKind,
     data: dict[str, Any],
     *,
     user_id: str | None = None,

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 from rq import Queue, SimpleWorker
 
-from core import events, settings
-from jobs.chat.agent import reply_id
-from jobs.chat.llm import DEMO_MODEL, Sanitizer
+from core import events, jobkinds, settings
+from core.drafts import reply_id
+from jobs.chat.llm import Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
 
 
@@ -61,7 +65,7 @@ def post(
 def run_jobs(redis_client: redis.Redis, *message_ids: str) -> None:
     queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
     for message_id in message_ids:
-        queue.enqueue("jobs.chat.job.run_chat", message_id, job_id=f"chat-{message_id}")
+        queue.enqueue(jobkinds.CHAT.target, message_id, job_id=f"chat-{message_id}")
     SimpleWorker([queue], connection=redis_client).work(burst=True)
 
 
@@ -285,9 +289,24 @@ def test_demo_provider(redis_client, db, monkeypatch) -> None:
     assert len(chunks) > 5
     done = got[-1][1]
     assert got[-1][0] == "chat.done"
-    assert done["model"] == DEMO_MODEL
+    assert done["model"] == settings.DEMO_MODEL
     assert done["text"] == "".join(chunks)
     assert "demo model" in done["text"] and "Hello demo" in done["text"]
+
+
+def test_llm_model_defaults_to_the_demo_models_name() -> None:
+    # Settings are read once at import: ask a fresh interpreter without LLM_MODEL.
+    env = {k: v for k, v in os.environ.items() if k != "LLM_MODEL"}
+    code = "from core import settings; print(settings.LLM_MODEL)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == settings.DEMO_MODEL
 
 
 def test_sanitizer_strips_markers_split_across_chunks() -> None:
@@ -342,3 +361,41 @@ def test_crash_without_retries_left_is_internal_error(
     got = chat_events(redis_client, user, msg)
     assert [(e, d["code"]) for e, d in got] == [("chat.error", "internal_error")]
     assert reply_row(db, msg) == ("", "failed", "internal_error")
+
+
+def test_issue10_max_tokens_is_sent_upstream(
+    upstream: OpenAIServer, redis_client, db, monkeypatch
+) -> None:
+    monkeypatch.setattr(settings, "LLM_MAX_TOKENS", 7)
+    _, msg = post(db, "job-max-tokens", "Be brief.")
+    run_jobs(redis_client, msg)
+    assert upstream.requests[-1]["max_tokens"] == 7
+    monkeypatch.setattr(settings, "LLM_MAX_TOKENS", 0)  # 0: the model's own limit
+    _, msg = post(db, "job-max-tokens", "Say anything.")
+    run_jobs(redis_client, msg)
+    assert "max_tokens" not in upstream.requests[-1]
+
+
+def test_issue10_long_reply_cut_by_total_timeout_does_not_trip_breaker(
+    upstream: OpenAIServer, redis_client, db, monkeypatch
+) -> None:
+    """Tokens keep coming, well within the idle bound, but the reply outlasts
+    LLM_TIMEOUT_SECONDS: llm_timeout for that reply, yet the upstream is healthy, so
+    as many of them as it takes to open the breaker leave it closed."""
+    monkeypatch.setattr(settings, "LLM_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(settings, "LLM_IDLE_TIMEOUT_SECONDS", 2.0)
+    upstream.reply = [f" word{i}" for i in range(200)]
+    upstream.chunk_delay = 0.02  # ~4 s of steady tokens
+    user = "job-long-reply"
+    long_ones = [post(db, user, f"tell a long story {i}")[1] for i in range(3)]
+    run_jobs(redis_client, *long_ones)
+    for msg in long_ones:
+        got = chat_events(redis_client, user, msg)
+        assert got[0][0] == "chat.chunk"
+        assert got[-1][0] == "chat.error" and got[-1][1]["code"] == "llm_timeout"
+    assert redis_client.hget(_breaker_keys()[0], "state") in (None, b"closed")
+    # The contrast: the same number of upstream failures does open it.
+    upstream.script(*[Fault("500")] * 3)
+    failing = [post(db, user, f"fail {i}")[1] for i in range(3)]
+    run_jobs(redis_client, *failing)
+    assert redis_client.hget(_breaker_keys()[0], "state") == b"open"

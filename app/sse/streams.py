@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 from sse_starlette import EventSourceResponse
@@ -21,14 +22,21 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
-from app.errors import RateLimited
+from app.errors import BadRequest, RateLimited
+from app.openapi import SSE_AUTH, STRING, content, errors, operation, query
 from app.routes.uploads import fetch_upload
 from app.security.auth import Principal, authenticate
 from app.sse.hub import Hub, Mailbox
 from app.sse.leases import StreamLeases
 from core import events, settings
+from core.eventkinds import EventKind
 
 PING = b": ping\n\n"
+# ?heartbeat=event: comments are invisible to EventSource, so a page cannot tell a
+# quiet stream from a dead one (a frozen path that was never reset). Opted-in clients
+# get a named event instead, with no id: it leaves Last-Event-ID alone (WHATWG HTML,
+# "Server-sent events", dispatch). curl and other clients keep the comment.
+HEARTBEAT_STYLES = ("comment", "event")
 HEADERS = {
     # API.md "Event streams"; X-Accel-Buffering stops nginx-style proxies buffering.
     "Cache-Control": "no-cache",
@@ -36,11 +44,33 @@ HEADERS = {
 }
 
 
+def _stream(kinds: list[EventKind]) -> dict[str, Any]:
+    # API.md "Event streams": the event names a client may see on this stream.
+    return content("text/event-stream", STRING, "Events: " + ", ".join(kinds) + ".")
+
+
+# Opt-in named heartbeats, for clients that watch for a dead stream (docs/api.md).
+_HEARTBEAT_PARAMETER = [query("heartbeat", {"enum": list(HEARTBEAT_STYLES), "default": "comment"})]
+
+
+@operation(
+    "The caller's event stream (SSE)",
+    {"200": _stream(list(EventKind))} | errors(400, 401, 429),
+    security=SSE_AUTH,
+    parameters=_HEARTBEAT_PARAMETER,
+)
 async def user_events(request: Request) -> EventSourceResponse:
     principal = await authenticate(request, allow_query=True)
     return await open_stream(request, principal, events.user_stream(principal.user_id))
 
 
+@operation(
+    "One upload's event stream (SSE)",
+    {"200": _stream([k for k in EventKind if not k.startswith("chat.")])}
+    | errors(400, 401, 404, 429),
+    security=SSE_AUTH,
+    parameters=_HEARTBEAT_PARAMETER,
+)
 async def upload_events(request: Request) -> EventSourceResponse:
     principal = await authenticate(request, allow_query=True)
     upload_id = request.path_params["upload_id"]
@@ -56,6 +86,7 @@ async def open_stream(request: Request, principal: Principal, key: str) -> Event
         # issue #218), so stream_frames' cleanup would never run: a HEAD that took a
         # slot and a mailbox would leak both for the life of the process.
         return EventSourceResponse(iter(()), headers=HEADERS, ping=0, sep="\n")
+    ping = heartbeat_frame(request.query_params.get("heartbeat", "comment"))
     leases: StreamLeases = request.app.state.leases
     hub: Hub = request.app.state.hub
     lease_id = uuid.uuid4().hex
@@ -74,7 +105,7 @@ async def open_stream(request: Request, principal: Principal, key: str) -> Event
     last_event_id = request.headers.get("last-event-id") or request.query_params.get(
         "last_event_id"
     )
-    body = stream_frames(request, principal, key, mailbox, last_event_id, lease_id)
+    body = stream_frames(request, principal, key, mailbox, last_event_id, lease_id, ping)
     # SIGTERM is handled once per process: the hub closes every mailbox, each
     # stream_frames returns, and each body ends properly, so EventSource reconnects
     # with Last-Event-ID to another web process (issue 5, "Deploy").
@@ -85,6 +116,18 @@ async def open_stream(request: Request, principal: Principal, key: str) -> Event
         sep="\n",
         send_timeout=settings.SSE_SEND_TIMEOUT_SECONDS,
     )
+
+
+def heartbeat_frame(style: str) -> bytes:
+    if style not in HEARTBEAT_STYLES:
+        raise BadRequest(
+            "'heartbeat' must be 'comment' or 'event'.",
+            details={"field": "heartbeat", "allowed": list(HEARTBEAT_STYLES)},
+        )
+    if style == "comment":
+        return PING
+    data = events.encode_data({"interval_seconds": settings.SSE_HEARTBEAT_SECONDS})
+    return events.frame(None, EventKind.HEARTBEAT, data)
 
 
 class LeanEventSourceResponse(EventSourceResponse):
@@ -149,12 +192,15 @@ async def stream_frames(
     mailbox: Mailbox,
     last_event_id: str | None,
     lease_id: str,
+    ping: bytes = PING,
 ) -> AsyncIterator[bytes]:
     state = request.app.state
     metrics.OPEN_STREAMS.inc()
     try:
         # First bytes at once: routers with a first-byte timeout keep the stream.
         opening = b"retry: %d\n: connected\n\n" % settings.SSE_RETRY_MS
+        if ping != PING:
+            opening += ping  # the watcher learns the interval at once
         cursor: tuple[int, int] | None = None
         last_sent: str | None = None
         if last_event_id:
@@ -174,7 +220,9 @@ async def stream_frames(
                 last_sent = await events.latest_id(state.redis, key)
                 metrics.RESYNCS.inc()
                 opening += events.frame(
-                    last_sent, "resync", events.encode_data({"reason": "history_unavailable"})
+                    last_sent,
+                    EventKind.RESYNC,
+                    events.encode_data({"reason": "history_unavailable"}),
                 )
             assert last_sent is not None
             cursor = events.parse_id(last_sent)
@@ -185,7 +233,7 @@ async def stream_frames(
             left = principal.seconds_left()
             if left <= 0:
                 data = events.encode_data({"reason": "token_expired"})
-                yield events.frame(last_sent, "token_expired", data)
+                yield events.frame(last_sent, EventKind.TOKEN_EXPIRED, data)
                 return
             frames = await mailbox.wait(min(heartbeat, left))
             if cursor is not None and frames:
@@ -201,7 +249,7 @@ async def stream_frames(
             elif mailbox.closed is not None:
                 return  # slow client, shutdown or lost Redis: the client resumes
             elif not frames and principal.seconds_left() > 0:
-                yield PING
+                yield ping
     finally:
         metrics.OPEN_STREAMS.dec()
         state.hub.unsubscribe(mailbox)

@@ -1,6 +1,10 @@
 """The CSV import job: stream an upload's chunks back from PostgreSQL, type-check every
 cell, COPY the valid rows into a typed per-upload table, report progress and a profile.
 
+Types come from the whole file: guessed from the first MiB and checked on every cell while
+loading; when a cell does not fit, the load is rolled back (to a savepoint), one pass
+decides the types from every value, and the file is loaded again (jobs.csvimport.inference).
+
 Exactly once: the table, its rows, the rejected cells and ``status = 'completed'`` are
 written in ONE transaction, so a run killed at any point (SIGKILL included) leaves
 nothing visible, and a re-run starts from scratch; a run that finds the upload already
@@ -23,6 +27,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -33,13 +38,16 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from core import events, jobmetrics, settings
+from core.eventkinds import EventKind
+from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
 from jobs.csvimport import load as csvload
-from jobs.csvimport.format import CsvFormatError, detect_format, iter_rows
+from jobs.csvimport.format import CsvFormat, CsvFormatError, detect_format, iter_rows
+from jobs.csvimport.inference import decide
 
 logger = logging.getLogger("herald.csv_import")
 
 APP_NAME = "herald-csv-import"
-ACTIVE = ["queued", "validating", "processing"]
+ACTIVE = list(ACTIVE_UPLOAD_STATUSES)
 # Start at most this many bytes of the file into format detection (sniffing + inference).
 SAMPLE_BYTES = 1024 * 1024
 
@@ -75,6 +83,11 @@ class Run:
         self.redis = client
         self.bytes_read = 0
         self.rows_processed = 0
+        # Progress of the current pass over the file maps onto [floor, floor + span] percent,
+        # so it keeps rising when a misguessed type makes the file be read again.
+        self.floor = 0
+        self.span = 100
+        self.percent = 0
         self.last_progress = time.monotonic()
         self.last_check = float("-inf")
         # Progress is reported from a thread: an UPDATE and a Redis script took 1-10 ms on a
@@ -83,7 +96,7 @@ class Run:
         self.reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-progress")
         self.pending: Future[None] | None = None
 
-    def publish(self, event: str, data: dict[str, Any]) -> None:
+    def publish(self, event: EventKind, data: dict[str, Any]) -> None:
         events.publish_event(
             self.redis,
             event,
@@ -92,7 +105,7 @@ class Run:
             upload_id=self.upload_id,
         )
 
-    def set_status(self, status: str) -> None:
+    def set_status(self, status: UploadStatus) -> None:
         cur = self.ctl.execute(
             "UPDATE uploads SET status = %s, updated_at = now()"
             " WHERE id = %s AND status = ANY(%s) RETURNING id",
@@ -100,7 +113,7 @@ class Run:
         )
         if cur.fetchone() is None:
             raise Cancelled
-        self.publish("upload.status", {"status": status})
+        self.publish(EventKind.UPLOAD_STATUS, {"status": status})
 
     def chunks(self) -> Iterator[bytes]:
         # One chunk per query, by primary key: never more than one chunk in memory, and
@@ -130,9 +143,16 @@ class Run:
         interval = settings.UPLOAD_PROGRESS_INTERVAL_SECONDS
         if interval > 0 and now - self.last_progress >= interval:
             self.last_progress = now
-            percent = min(99, self.bytes_read * 100 // self.size)
+            percent = min(99, self.floor + self.bytes_read * self.span // self.size)
+            self.percent = percent
             self.settle()  # at the default interval the previous report is long done
             self.pending = self.reporter.submit(self.progress, percent, rows_processed)
+
+    def next_pass(self, passes_left: int) -> None:
+        """Start reading the file again; `passes_left` share what is left of the bar."""
+        self.floor = self.percent
+        self.span = (99 - self.floor) // passes_left
+        self.bytes_read = 0
 
     def settle(self) -> None:
         if self.pending is not None:
@@ -148,25 +168,48 @@ class Run:
             "UPDATE uploads SET progress_percent = %s, rows_processed = %s WHERE id = %s",
             (percent, rows_processed, self.upload_id),
         )
-        self.publish("upload.progress", {"percent": percent, "rows_processed": rows_processed})
+        self.publish(
+            EventKind.UPLOAD_PROGRESS, {"percent": percent, "rows_processed": rows_processed}
+        )
 
     def fail(self, code: str, message: str) -> None:
         self.close()  # no progress event after the error
         cur = self.ctl.execute(
-            "UPDATE uploads SET status = 'failed', error = %s, updated_at = now()"
+            "UPDATE uploads SET status = %s, error = %s, updated_at = now()"
             " WHERE id = %s AND status = ANY(%s) RETURNING id",
-            (Jsonb({"code": code, "message": message}), self.upload_id, ACTIVE),
+            (
+                UploadStatus.FAILED,
+                Jsonb({"code": code, "message": message}),
+                self.upload_id,
+                ACTIVE,
+            ),
         )
         if cur.fetchone() is None:
             return
         self.ctl.execute("DELETE FROM upload_chunks WHERE upload_id = %s", (self.upload_id,))
-        self.publish("upload.status", {"status": "failed"})
-        self.publish("upload.error", {"code": code, "message": message})
+        self.publish(EventKind.UPLOAD_STATUS, {"status": UploadStatus.FAILED})
+        self.publish(EventKind.UPLOAD_ERROR, {"code": code, "message": message})
         jobmetrics.record_job_metric(self.redis, "herald_upload_imports_total", outcome="failed")
+
+    def load_table(
+        self,
+        conn: psycopg.Connection[Any],
+        table: str,
+        fmt: CsvFormat,
+        rows: Iterator[tuple[int, list[str]]],
+    ) -> dict[str, Any]:
+        csvload.create_table(conn, table, fmt.columns)
+        load = csvload.load_wide if csvload.is_wide(fmt.columns) else csvload.load_columns
+        result = load(conn, table, fmt, rows, self.upload_id, self.after_batch)
+        self.settle()
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
+        result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
+        result["storage"] = "jsonb" if csvload.is_wide(fmt.columns) else "columns"
+        return result
 
     def load(self, conn: psycopg.Connection[Any], column_types: dict[str, str] | None) -> Any:
         """Everything inside the one transaction; returns the result of API.md."""
-        self.set_status("validating")
+        self.set_status(UploadStatus.VALIDATING)
         chunks = self.chunks()
         head: list[bytes] = []
         for chunk in chunks:
@@ -176,22 +219,35 @@ class Run:
         sample = b"".join(head)
         is_final = self.bytes_read >= self.size
         fmt = detect_format(sample, column_types, is_final=is_final)
-        self.set_status("processing")
+        self.set_status(UploadStatus.PROCESSING)
         table = table_name(self.upload_id)
-        csvload.create_table(conn, table, fmt.columns)
-        rows = iter_rows(itertools.chain(head, chunks), fmt)
-        load = csvload.load_wide if csvload.is_wide(fmt.columns) else csvload.load_columns
-        result = load(conn, table, fmt, rows, self.upload_id, self.after_batch)
-        self.settle()
-        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
-        result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
-        result["storage"] = "jsonb" if csvload.is_wide(fmt.columns) else "columns"
-        result["warnings"] = fmt.warnings
+        try:
+            with conn.transaction():  # a savepoint: a misguess rolls back to here
+                rows = iter_rows(itertools.chain(head, chunks), fmt)
+                result = self.load_table(conn, table, fmt, rows)
+        except csvload.Misguessed as wrong:
+            columns = wrong.columns
+            if columns is None:
+                self.next_pass(2)
+                rows = iter_rows(self.chunks(), fmt)
+                batches = csvload.fitted_batches(rows, len(fmt.columns), self.after_batch)
+                columns = decide(fmt.columns, fmt.delimiter, batches)
+            logger.info("upload %s: types decided from the whole file", self.upload_id)
+            fmt = replace(fmt, columns=columns)
+            self.next_pass(1)
+            result = self.load_table(conn, table, fmt, iter_rows(self.chunks(), fmt))
         cur = conn.execute(
-            "UPDATE uploads SET status = 'completed', result = %s, table_name = %s,"
+            "UPDATE uploads SET status = %s, result = %s, table_name = %s,"
             " progress_percent = 100, rows_processed = %s, updated_at = now()"
-            " WHERE id = %s AND status = 'processing' RETURNING id",
-            (Jsonb(result), table, self.rows_processed, self.upload_id),
+            " WHERE id = %s AND status = %s RETURNING id",
+            (
+                UploadStatus.COMPLETED,
+                Jsonb(result),
+                table,
+                self.rows_processed,
+                self.upload_id,
+                UploadStatus.PROCESSING,
+            ),
         )
         if cur.fetchone() is None:
             raise Cancelled  # cancelled or deleted at the last moment: roll it all back
@@ -274,9 +330,11 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
             raise
         finally:
             run.close()  # before the connections it reports on close
-        run.publish("upload.progress", {"percent": 100, "rows_processed": run.rows_processed})
-        run.publish("upload.status", {"status": "completed"})
-        run.publish("upload.done", {"result": result})
+        run.publish(
+            EventKind.UPLOAD_PROGRESS, {"percent": 100, "rows_processed": run.rows_processed}
+        )
+        run.publish(EventKind.UPLOAD_STATUS, {"status": UploadStatus.COMPLETED})
+        run.publish(EventKind.UPLOAD_DONE, {"result": result})
         jobmetrics.record_job_metric(client, "herald_upload_imports_total", outcome="completed")
         jobmetrics.record_job_metric(client, "herald_upload_rows_total", result["rows_valid"])
         # Sum and count make a mean duration in PromQL (rate(sum) / rate(count)).
