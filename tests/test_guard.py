@@ -60,6 +60,8 @@ BENIGN = [
     "Quels sont les meilleurs musées à Paris ?",
     "东京有哪些好吃的拉面店？",
     "Какие книги почитать о космосе?",
+    # A short instruction with a DAN word in it ("do anything now"); test_chat_job sends it.
+    "Say anything.",
 ]
 
 

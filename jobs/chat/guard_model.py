@@ -32,8 +32,10 @@ FORMAT = 3
 WINDOW_WORDS = 160
 SHORT_WINDOW_WORDS = 40
 # Floor on the feature count used for scaling: a three-word message carries too little
-# evidence to push the score far from its prior either way.
-MIN_SCALE_FEATURES = 64
+# evidence to push the score far from its prior either way. A word of n letters gives about
+# 2n features (its 3- and 5-grams), so this is the floor of about 64 characters that the
+# character-level model before it used.
+MIN_SCALE_FEATURES = 128
 # Scripts without spaces (Chinese, Japanese) come as one run per clause; longer runs are cut
 # so that windows still have words to slide over.
 _WORDS = re.compile(r"\w{1,24}")
