@@ -62,8 +62,11 @@ pytestmark = [
 WAIT_SECONDS = 60
 # 40 rows, one bad price: the column is still inferred as float (95% rule), so that
 # cell is rejected and the page offers the error report.
+# Row 3 has one field too many: the one row the import rejects (a type is decided from
+# every value, so a stray word in a number column would make it text, not a reject).
 CSV = "id,name,price,in_stock,added\n" + "".join(
-    f"{i},item{i},{'not-a-price' if i == 3 else i * 1.25},{i % 2 == 0},2024-01-{i % 28 + 1:02d}\n"
+    f"{i},item{i},{i * 1.25},{i % 2 == 0},2024-01-{i % 28 + 1:02d}"
+    + (",not-a-price\n" if i == 3 else "\n")
     for i in range(1, 41)
 )
 
