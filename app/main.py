@@ -15,8 +15,7 @@ from app.errors import exception_handlers
 from app.headers import SecurityHeadersMiddleware
 from app.openapi import openapi_document
 from app.resources import lifespan
-from app.routes import chat, health, replies, uploads
-from app.sse import streams
+from app.routes import chat, events, health, replies, uploads
 from core import settings
 from core.logs import configure_logging
 
@@ -26,7 +25,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 def create_app() -> Starlette:
     routes: list[BaseRoute] = [
         *health.routes,
-        *streams.routes,
+        *events.routes,
         *chat.routes,
         *replies.routes,
         *uploads.routes,
