@@ -218,9 +218,44 @@ def main() -> int:
     return 0
 
 
+def rescue_dequeued(connection: redis.Redis, queues: list[str], settle: float = 0.5) -> list[str]:
+    """Put back jobs left in RQ's intermediate queue by a worker that died between its
+    BLMOVE and the StartedJobRegistry; returns their ids.
+
+    A dead worker's blocked BLMOVE can still be served by Redis until it notices the
+    closed socket, so a job re-queued at that moment lands in the intermediate list with
+    no live worker behind it; RQ itself only finds it at its next maintenance (minutes).
+    A live worker moves a job from that list to the registry within milliseconds, so a
+    job still there, unregistered, after ``settle`` seconds is stuck.
+    """
+    suspects = {
+        name: set(Queue(name, connection=connection).intermediate_queue.get_job_ids())
+        for name in queues
+    }
+    if not any(suspects.values()):
+        return []
+    time.sleep(settle)
+    rescued: list[str] = []
+    for name, job_ids in suspects.items():
+        queue = Queue(name, connection=connection)
+        still = set(queue.intermediate_queue.get_job_ids())
+        for job_id in sorted(job_ids & still):
+            if job_id in queue.started_job_registry:
+                continue
+            with connection.pipeline() as pipe:
+                pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                pipe.lpush(queue.key, job_id)
+                pipe.execute()
+            rescued.append(job_id)
+    return rescued
+
+
 def _reap_quietly(connection: redis.Redis, name: str, queues: list[str]) -> None:
     try:
         reaped = reap_abandoned(connection, name, queues)
+        rescued = rescue_dequeued(connection, queues)
+        if rescued:
+            logger.warning("re-queued %s left mid-dequeue by dead worker %s", rescued, name)
     except (redis.exceptions.RedisError, OSError) as exc:
         # Redis down: RQ's periodic maintenance picks the job up later instead.
         logger.warning("could not reap jobs of dead worker %s: %s", name, exc)
