@@ -720,6 +720,15 @@ def test_page_reconnects_by_itself_after_a_web_restart(
     try:
         wait_ready(web, base)
         sign_in(browser, base)
+        # The sign-in's own refresh reloads the open conversation (404 for a made-up one,
+        # which closes it): let it finish before the test picks a conversation.
+        wait_until(
+            browser,
+            lambda d: d.execute_script(
+                "return (window.heraldLog || []).some(l => l.includes('refreshed'))"
+            ),
+            "the sign-in refresh",
+        )
         conversation = str(uuid.uuid4())
         browser.execute_script("state.conversationId = arguments[0];", conversation)
         marker = events.publish_event(
