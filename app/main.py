@@ -10,8 +10,8 @@ from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
 from app.accesslog import AccessLogMiddleware
-from app.dev import token as devtoken
 from app.errors import exception_handlers
+from app.proxy import TrustedProxyMiddleware
 from app.resources import lifespan
 from app.routes import chat, health, uploads
 from app.sse import streams
@@ -24,10 +24,14 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 def create_app() -> Starlette:
     routes: list[BaseRoute] = [*health.routes, *streams.routes, *chat.routes, *uploads.routes]
     if settings.DEV_MODE:  # a token for anyone who asks: never outside local development
+        # Imported here only: a production process never loads app.dev.
+        from app.dev import token as devtoken
+
         routes.extend(devtoken.routes)
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(AccessLogMiddleware)],
+        # The proxy first: the access log and everything after see the real client.
+        middleware=[Middleware(TrustedProxyMiddleware), Middleware(AccessLogMiddleware)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

@@ -229,7 +229,7 @@ def openapi_document() -> dict[str, Any]:
             ),
             "delete": _op(
                 "Delete an upload and its rows",
-                {"204": {"description": "Deleted"}} | _errors(401, 404),
+                {"204": {"description": "Deleted"}} | _errors(401, 403, 404),
                 security=_BEARER,
                 parameters=uid,
             ),
@@ -263,7 +263,8 @@ def openapi_document() -> dict[str, Any]:
         "/uploads/{upload_id}/cancel": {
             "post": _op(
                 "Cancel an upload's job",
-                {"200": _json({"$ref": "#/components/schemas/Upload"})} | _errors(401, 404, 409),
+                {"200": _json({"$ref": "#/components/schemas/Upload"})}
+                | _errors(401, 403, 404, 409),
                 security=_BEARER,
                 parameters=uid,
             )
@@ -293,13 +294,14 @@ def openapi_document() -> dict[str, Any]:
         },
         "/metrics": {
             "get": _op(
-                "Prometheus metrics",
+                "Prometheus metrics (a bearer METRICS_TOKEN when one is configured)",
                 {
                     "200": {
                         "description": "Prometheus text",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     }
-                },
+                }
+                | _errors(401),
                 security=[],
             )
         },

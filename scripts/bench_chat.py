@@ -178,8 +178,8 @@ def run_chat(message_id):
         mark(message_id, "job_end")
 jobs.chat.run_chat = run_chat
 orig_publish = jobs.chat._publish
-def publish(client, user_id, event, data):
-    orig_publish(client, user_id, event, data)
+def publish(client, owner, event, data):
+    orig_publish(client, owner, event, data)
     if event == "chat.chunk" and data.get("index") == 0:
         mark(data["message_id"], "first_publish")
 jobs.chat._publish = publish
@@ -248,7 +248,7 @@ def job_in_process(n: int) -> list[float]:
             for _ in range(n):
                 conv, msg = str(uuid.uuid4()), str(uuid.uuid4())
                 db.execute(
-                    "INSERT INTO conversations (id, user_id, org_id) VALUES (%s, 'bench', 'b')",
+                    "INSERT INTO conversations (id, user_id, tenant) VALUES (%s, 'bench', 'org:b')",
                     (conv,),
                 )
                 db.execute(

@@ -330,7 +330,7 @@ def baseline_app() -> Any:
     async def stream(request: Request) -> StreamingResponse:
         principal = await authenticate(request, allow_query=True)
         pubsub = state["redis"].pubsub()
-        await pubsub.subscribe(events.user_stream(principal.user_id))
+        await pubsub.subscribe(events.user_stream(principal.key))
 
         async def body() -> Any:
             try:

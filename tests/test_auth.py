@@ -325,9 +325,9 @@ async def test_query_token_never_logged(caplog: pytest.LogCaptureFixture) -> Non
 def insert_upload(db: psycopg.Connection, org: str) -> str:
     upload_id = str(uuid.uuid4())
     db.execute(
-        "INSERT INTO uploads (id, org_id, user_id, filename, status)"
+        "INSERT INTO uploads (id, tenant, user_id, filename, status)"
         " VALUES (%s, %s, %s, %s, 'queued')",
-        (upload_id, org, "owner", "data.csv"),
+        (upload_id, f"org:{org}", "owner", "data.csv"),
     )
     return upload_id
 

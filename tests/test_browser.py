@@ -19,6 +19,7 @@ import redis
 
 from app.dev.embedded import free_port
 from core import events
+from core.principal import Identity
 from tests.support.procs import ARTIFACTS, Proc, process_env, start, wait_ready
 
 # Real processes and a real browser: more than the default budget on a busy machine.
@@ -42,6 +43,9 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+# The page signs in with the dev token: user dev-user of org dev-org (app/dev/token.py).
+DEV_OWNER = Identity("dev-user", "dev-org").key
 
 WAIT_SECONDS = 60
 # 40 rows, one bad price: the column is still inferred as float (95% rule), so that
@@ -241,7 +245,7 @@ def test_page_resumes_without_loss_or_doubles(
         redis_client,
         "chat.done",
         {"conversation_id": "other", "message_id": "m0", "text": "elsewhere", "model": "x"},
-        user_id="dev-user",
+        owner=DEV_OWNER,
     )[0]
     # seen, not lastEventId: replies to earlier tests' messages may still be streaming.
     wait_until(
@@ -263,7 +267,7 @@ def test_page_resumes_without_loss_or_doubles(
             redis_client,
             "chat.chunk",
             {"conversation_id": conversation, "message_id": message, "index": i, "text": word},
-            user_id="dev-user",
+            owner=DEV_OWNER,
         )
     # The page recreates its EventSource, passing ?last_event_id= itself.
     browser.execute_script("connect();")
@@ -288,7 +292,7 @@ def test_page_resumes_without_loss_or_doubles(
             "text": "Resumed without loss.",
             "model": "herald-demo-1",
         },
-        user_id="dev-user",
+        owner=DEV_OWNER,
     )
     wait_until(
         browser,
@@ -409,7 +413,7 @@ def test_page_reconnects_by_itself_after_a_web_restart(
             redis_client,
             "upload.status",
             {"upload_id": "u-x", "status": "queued"},
-            user_id="dev-user",
+            owner=DEV_OWNER,
         )[0]
         wait_until(
             browser,
@@ -427,7 +431,7 @@ def test_page_reconnects_by_itself_after_a_web_restart(
                 "index": i,
                 "text": word,
             }
-            events.publish_event(redis_client, "chat.chunk", data, user_id="dev-user")
+            events.publish_event(redis_client, "chat.chunk", data, owner=DEV_OWNER)
         web = start("browser-web-restart-2", argv, env)
         wait_ready(web, base)
         # The browser's own retry sends Last-Event-ID: the missed chunks arrive once.

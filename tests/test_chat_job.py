@@ -13,6 +13,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from core import events, settings
+from core.principal import Identity
 from jobs.chat.agent import reply_id
 from jobs.chat.llm import DEMO_MODEL, Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
@@ -46,7 +47,7 @@ def post(
     if conversation_id is None:
         conversation_id = str(uuid.uuid4())
         db.execute(
-            "INSERT INTO conversations (id, user_id, org_id) VALUES (%s, %s, %s)",
+            "INSERT INTO conversations (id, user_id, tenant) VALUES (%s, %s, %s)",
             (conversation_id, user, f"user:{user}"),
         )
     message_id = str(uuid.uuid4())
@@ -67,7 +68,7 @@ def run_jobs(redis_client: redis.Redis, *message_ids: str) -> None:
 
 def chat_events(redis_client: redis.Redis, user: str, message_id: str) -> list[tuple[str, dict]]:
     out = []
-    for _, fields in redis_client.xrange(events.user_stream(user), "-", "+"):
+    for _, fields in redis_client.xrange(events.user_stream(Identity(user).key), "-", "+"):
         data = json.loads(fields[b"d"])
         if data.get("message_id") == message_id:
             out.append((fields[b"e"].decode(), data))
@@ -297,11 +298,11 @@ def test_crash_without_retries_left_is_internal_error(
     async def crash(*args: object) -> dict:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(jobs.chat, "_turn", crash)
+    monkeypatch.setattr(jobs.chat.job, "_turn", crash)
     user = "job-crash"
     _, msg = post(db, user, "crash please")
     with pytest.raises(RuntimeError):
-        jobs.chat.run_chat(msg)  # outside RQ: no retry left
+        jobs.chat.job.run_chat(msg)  # outside RQ: no retry left
     got = chat_events(redis_client, user, msg)
     assert [(e, d["code"]) for e, d in got] == [("chat.error", "internal_error")]
     assert reply_row(db, msg) == ("", "failed", "internal_error")

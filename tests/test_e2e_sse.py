@@ -29,13 +29,14 @@ import json, sys, time
 import redis
 from core import settings
 from core.events import publish_event
+from core.principal import Identity
 
 user, total = sys.argv[1], int(sys.argv[2])
 client = redis.Redis.from_url(settings.REDIS_URL)
 ids = []
 try:
     for i in range(total):
-        ids.append(publish_event(client, "chat.chunk", {"index": i}, user_id=user)[0])
+        ids.append(publish_event(client, "chat.chunk", {"index": i}, owner=Identity(user).key)[0])
         time.sleep(0.003)
 finally:
     client.close()

@@ -22,6 +22,7 @@ import redis
 
 from app.dev.embedded import free_port
 from core import events
+from core.principal import Identity
 from tests.support.asgi import token
 from tests.support.procs import ROOT, Proc, process_env, read_procfile, start, wait_ready
 
@@ -171,7 +172,7 @@ async def test_sigterm_on_web_mid_stream_resumes_on_another_web(
                 received += await until(sse(response), "chat.done", conversation_id=conversation)
 
     # Exactly the stream's history from the first event on: nothing lost, nothing twice.
-    history = redis_client.xrange(events.user_stream(user), received[0]["id"], "+")
+    history = redis_client.xrange(events.user_stream(Identity(user).key), received[0]["id"], "+")
     assert [e["id"] for e in received] == [raw.decode() for raw, _ in history]
     chunks = [e["data"] for e in received if e["event"] == "chat.chunk"]
     assert [c["index"] for c in chunks] == list(range(len(chunks)))

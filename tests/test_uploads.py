@@ -59,7 +59,7 @@ async def post_raw(
 
 
 def uploads_of(db: psycopg.Connection, org: str) -> int:
-    row = db.execute("SELECT count(*) FROM uploads WHERE org_id = %s", (org,)).fetchone()
+    row = db.execute("SELECT count(*) FROM uploads WHERE tenant = %s", (f"org:{org}",)).fetchone()
     return int(row[0])
 
 

@@ -24,11 +24,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import BadRequest, Conflict, Forbidden, NotFound
+from app.ids import parse_id
 from app.security import ratelimit
 from app.security.auth import Principal, authenticate
 from app.upload_body import UploadBody, read_upload
 from core import events, settings
+from core.principal import Identity
 
 TYPES = frozenset({"int", "float", "bool", "date", "datetime", "text"})
 ACTIVE = ("queued", "validating", "processing")
@@ -67,7 +69,7 @@ def parse_columns(raw: str | None) -> dict[str, str] | None:
 async def create_upload(request: Request) -> Response:
     principal = await authenticate(request)
     limit_headers = await ratelimit.hit(
-        request, "upload", settings.UPLOAD_RATE_LIMIT, principal.user_id
+        request, "upload", settings.UPLOAD_RATE_LIMIT, principal.key
     )
     query_columns = parse_columns(request.query_params.get("columns"))
     pool: AsyncConnectionPool = request.app.state.pool
@@ -85,7 +87,7 @@ async def create_upload(request: Request) -> Response:
             request.app.state.redis,
             "upload.status",
             {"upload_id": upload_id, "status": "queued"},
-            user_id=principal.user_id,
+            owner=principal.key,
             upload_id=upload_id,
         )
         # The job id is the upload id, so cancel can reach the job by it.
@@ -124,17 +126,15 @@ def render_upload(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def fetch_upload(pool: AsyncConnectionPool, upload_id: str, org_id: str) -> dict[str, Any]:
+async def fetch_upload(pool: AsyncConnectionPool, upload_id: str, tenant: str) -> dict[str, Any]:
     """The tenant's upload or 404 (also for malformed ids and other tenants' uploads)."""
-    try:
-        uuid.UUID(upload_id)
-    except ValueError:
-        raise NotFound("No such upload.") from None
+    if parse_id(upload_id) is None:
+        raise NotFound("No such upload.")
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            f"SELECT {_UPLOAD_FIELDS}, table_name, user_id FROM uploads"  # noqa: S608 - constant  # nosec
-            " WHERE id = %s AND org_id = %s AND status <> 'receiving'",
-            (upload_id, org_id),
+            f"SELECT {_UPLOAD_FIELDS}, table_name, user_id, tenant FROM uploads"  # noqa: S608 - constant  # nosec
+            " WHERE id = %s AND tenant = %s AND status <> 'receiving'",
+            (upload_id, tenant),
         )
         row = await cur.fetchone()
     if row is None:
@@ -166,9 +166,9 @@ async def list_uploads(request: Request) -> Response:
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {_UPLOAD_FIELDS} FROM uploads"  # noqa: S608 - constant  # nosec
-            " WHERE org_id = %s AND status <> 'receiving'"
+            " WHERE tenant = %s AND status <> 'receiving'"
             " ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
-            (principal.org_id, limit, offset),
+            (principal.tenant, limit, offset),
         )
         rows = await cur.fetchall()
     return JSONResponse({"uploads": [render_upload(r) for r in rows]})
@@ -177,7 +177,7 @@ async def list_uploads(request: Request) -> Response:
 async def get_upload(request: Request) -> Response:
     principal = await authenticate(request)
     row = await fetch_upload(
-        request.app.state.pool, request.path_params["upload_id"], principal.org_id
+        request.app.state.pool, request.path_params["upload_id"], principal.tenant
     )
     return JSONResponse(render_upload(row))
 
@@ -185,7 +185,7 @@ async def get_upload(request: Request) -> Response:
 async def get_rows(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
-    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.tenant)
     limit = page_param(request, "limit", 100, 1, settings.UPLOAD_ROWS_PAGE_MAX)
     offset = page_param(request, "offset", 0, 0, 2**62)
     if row["status"] != "completed" or not row["table_name"]:
@@ -225,7 +225,7 @@ def neutralise(cell: str) -> str:
 async def get_errors(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
-    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.tenant)
     upload_id = str(row["id"])
 
     async def body() -> AsyncIterator[bytes]:
@@ -259,13 +259,24 @@ async def get_errors(request: Request) -> Response:
     )
 
 
+def check_may_change(principal: Principal, row: dict[str, Any]) -> None:
+    """Cancel and delete: the uploader, or an admin of the org (docs/security.md).
+
+    Every member sees the org's uploads (API.md), so a refusal is 403, not 404."""
+    if principal.is_admin or row["user_id"] == principal.user_id:
+        return
+    raise Forbidden(
+        "Only the member who uploaded this file, or an org admin, may cancel or delete it."
+    )
+
+
 async def mark_cancelled(request: Request, principal: Principal, upload_id: str) -> bool:
     """Flip an active upload to ``cancelled``; the job notices at its next batch."""
     async with request.app.state.pool.connection() as conn:
         cur = await conn.execute(
             "UPDATE uploads SET status = 'cancelled', updated_at = now()"
-            " WHERE id = %s AND org_id = %s AND status = ANY(%s) RETURNING user_id",
-            (upload_id, principal.org_id, list(ACTIVE)),
+            " WHERE id = %s AND tenant = %s AND status = ANY(%s) RETURNING tenant, user_id",
+            (upload_id, principal.tenant, list(ACTIVE)),
         )
         found = await cur.fetchone()
     if found is None:
@@ -274,7 +285,7 @@ async def mark_cancelled(request: Request, principal: Principal, upload_id: str)
         request.app.state.redis,
         "upload.status",
         {"upload_id": upload_id, "status": "cancelled"},
-        user_id=found[0],
+        owner=Identity.from_tenant(found[0], found[1]).key,
         upload_id=upload_id,
     )
     return True
@@ -283,22 +294,24 @@ async def mark_cancelled(request: Request, principal: Principal, upload_id: str)
 async def cancel_upload(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
-    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.tenant)
+    check_may_change(principal, row)
     upload_id = str(row["id"])
     if row["status"] != "cancelled" and not await mark_cancelled(request, principal, upload_id):
-        refreshed = await fetch_upload(pool, upload_id, principal.org_id)
+        refreshed = await fetch_upload(pool, upload_id, principal.tenant)
         raise Conflict(
             f"The upload is already {refreshed['status']}.",
             code="upload_finished",
             details={"status": refreshed["status"]},
         )
-    return JSONResponse(render_upload(await fetch_upload(pool, upload_id, principal.org_id)))
+    return JSONResponse(render_upload(await fetch_upload(pool, upload_id, principal.tenant)))
 
 
 async def delete_upload(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
-    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.tenant)
+    check_may_change(principal, row)
     upload_id = str(row["id"])
     # Cancel first: a running import then rolls back at its next batch and lets go of
     # the row, instead of the DELETE below waiting for the whole import.

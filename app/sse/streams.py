@@ -38,7 +38,7 @@ HEADERS = {
 
 async def user_events(request: Request) -> EventSourceResponse:
     principal = await authenticate(request, allow_query=True)
-    return await open_stream(request, principal, events.user_stream(principal.user_id))
+    return await open_stream(request, principal, events.user_stream(principal.key))
 
 
 async def upload_events(request: Request) -> EventSourceResponse:
@@ -46,7 +46,7 @@ async def upload_events(request: Request) -> EventSourceResponse:
     upload_id = request.path_params["upload_id"]
     # The same tenancy check as GET /uploads/{id}: another tenant's upload, a
     # malformed id and one still being received all answer 404.
-    await fetch_upload(request.app.state.pool, upload_id, principal.org_id)
+    await fetch_upload(request.app.state.pool, upload_id, principal.tenant)
     return await open_stream(request, principal, events.upload_stream(upload_id))
 
 
@@ -59,7 +59,7 @@ async def open_stream(request: Request, principal: Principal, key: str) -> Event
     leases: StreamLeases = request.app.state.leases
     hub: Hub = request.app.state.hub
     lease_id = uuid.uuid4().hex
-    if not await leases.acquire(principal.user_id, lease_id):
+    if not await leases.acquire(principal.key, lease_id):
         metrics.STREAMS_REFUSED.inc()
         raise RateLimited(
             f"At most {settings.SSE_MAX_CONNECTIONS_PER_USER} open streams per user.",

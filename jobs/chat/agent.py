@@ -29,6 +29,7 @@ from psycopg import AsyncConnection
 
 from core import settings
 from core.history import invalidate_history
+from core.principal import Identity
 from jobs.chat.breaker import Breaker, BreakerOpen
 from jobs.chat.guard import check_message
 from jobs.chat.llm import LLMError, Message, Provider, stream_with_retry
@@ -62,7 +63,7 @@ class AgentContext:
     redis: redis.Redis
     provider: Provider
     breaker: Breaker
-    user_id: str
+    owner: Identity
     # Publishes one piece of the reply ({"index", "text"}) at once, from the node.
     on_chunk: Callable[[dict[str, Any]], None]
     labels: dict[str, str] = field(default_factory=dict)
@@ -101,7 +102,8 @@ def _log_blocked(
     security_log.warning(
         "chat message blocked",
         extra={
-            "user_id": ctx.user_id,
+            "user_id": ctx.owner.user_id,
+            "tenant": ctx.owner.tenant,
             "conversation_id": state["conversation_id"],
             "message_id": state["message_id"],
             "score": score,
@@ -180,7 +182,7 @@ async def persist(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
             "UPDATE conversations SET updated_at = now() WHERE id = %s",
             (state["conversation_id"],),
         )
-    invalidate_history(ctx.redis, ctx.user_id, state["conversation_id"])
+    invalidate_history(ctx.redis, ctx.owner.key, state["conversation_id"])
     return {}
 
 

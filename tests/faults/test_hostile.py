@@ -21,6 +21,7 @@ from app.security.auth import mint_token
 from app.security.throttle import AuthThrottle
 from core import events
 from core import settings as herald
+from core.principal import Identity
 from jobs.csvimport.celltypes import ColumnSpec, infer_column, parse_cell
 from tests.faults.sse import SSEParser
 from tests.support.asgi import running_app
@@ -118,13 +119,15 @@ def test_published_frames_round_trip_through_redis(redis_client: redis.Redis, te
     user = "sse-prop-" + uuid.uuid4().hex[:8]
     pubsub = redis_client.pubsub()
     try:
-        pubsub.subscribe(events.user_stream(user))
+        pubsub.subscribe(events.user_stream(Identity(user).key))
         assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-        [event_id] = events.publish_event(redis_client, "chat.chunk", {"t": text}, user_id=user)
+        [event_id] = events.publish_event(
+            redis_client, "chat.chunk", {"t": text}, owner=Identity(user).key
+        )
         message = pubsub.get_message(timeout=5)
     finally:
         pubsub.close()
-        redis_client.delete(events.user_stream(user))
+        redis_client.delete(events.user_stream(Identity(user).key))
     parser = SSEParser()
     parser.feed(message["data"])
     [event] = parser.events
