@@ -22,6 +22,7 @@ import redis
 import redis.asyncio
 
 from core import settings
+from core.eventkinds import EventKind
 
 # XADD ids are "<ms>-<seq>", strictly increasing per stream (Redis docs: Streams intro).
 _PUBLISH_LUA = """
@@ -89,7 +90,7 @@ def valid_id(event_id: str) -> bool:
     )
 
 
-def _args(event: str, data: dict[str, Any]) -> list[Any]:
+def _args(event: EventKind, data: dict[str, Any]) -> list[Any]:
     return [
         event,
         encode_data(data),
@@ -104,7 +105,7 @@ def _ids(result: Sequence[bytes | str]) -> list[str]:
 
 def publish_event(
     client: redis.Redis,
-    event: str,
+    event: EventKind,
     data: dict[str, Any],
     *,
     owner: str | None = None,
@@ -124,7 +125,7 @@ def publish_event(
 
 async def apublish_event(
     client: redis.asyncio.Redis,
-    event: str,
+    event: EventKind,
     data: dict[str, Any],
     *,
     owner: str | None = None,

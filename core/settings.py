@@ -100,6 +100,11 @@ CHAT_MAX_SYMBOL_RATIO = config("CHAT_MAX_SYMBOL_RATIO", cast=float, default=0.30
 CHAT_HISTORY_CACHE_SECONDS = config("CHAT_HISTORY_CACHE_SECONDS", cast=int, default=30)
 CHAT_JOB_TIMEOUT_SECONDS = config("CHAT_JOB_TIMEOUT_SECONDS", cast=int, default=300)
 GUARD_THRESHOLD = config("GUARD_THRESHOLD", cast=float, default=0.5)
+# "block" refuses a message the prompt-injection guard flags; "flag" lets the reply proceed,
+# marks the message (status "flagged") and logs it (docs/guard.md "Product behaviour").
+GUARD_MODE = config("GUARD_MODE", default="block")
+if GUARD_MODE not in ("block", "flag"):
+    raise ValueError(f"GUARD_MODE must be 'block' or 'flag', not {GUARD_MODE!r}")
 CHAT_CONVERSATIONS_PAGE_MAX = config("CHAT_CONVERSATIONS_PAGE_MAX", cast=int, default=100)
 CHAT_HISTORY_MAX_MESSAGES = config("CHAT_HISTORY_MAX_MESSAGES", cast=int, default=1000)
 # Earlier turns sent to the model with each message (the checkpointer keeps them all).
@@ -113,7 +118,11 @@ CHAT_SYSTEM_PROMPT = config(
 LLM_PROVIDER = config("LLM_PROVIDER", default="demo")  # "demo" (offline) or "openai"
 LLM_BASE_URL = config("LLM_BASE_URL", default="https://api.openai.com/v1")
 LLM_API_KEY = config("LLM_API_KEY", cast=Secret, default="")
-LLM_MODEL = config("LLM_MODEL", default="herald-demo-1")
+# The offline demo provider's model name, and LLM_MODEL's default: one name for the
+# demo in chat.done, metrics labels and the circuit breaker. No spaces or commas: it
+# is also a metric label value and a model id clients may log.
+DEMO_MODEL = "herald-demo-offline"
+LLM_MODEL = config("LLM_MODEL", default=DEMO_MODEL)
 LLM_TIMEOUT_SECONDS = config("LLM_TIMEOUT_SECONDS", cast=float, default=60.0)
 LLM_CONNECT_TIMEOUT_SECONDS = config("LLM_CONNECT_TIMEOUT_SECONDS", cast=float, default=5.0)
 LLM_FIRST_TOKEN_TIMEOUT_SECONDS = config(

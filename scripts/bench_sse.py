@@ -259,6 +259,7 @@ def publish_main(
     import redis
 
     from core import events
+    from core.principal import Identity
 
     client = redis.Redis.from_url(redis_url)
     script = client.register_script(events._PUBLISH_LUA)
@@ -282,7 +283,7 @@ def publish_main(
                 # "t" leads the JSON so clients find it without parsing (SSEClient).
                 data = b'{"t":%.6f,"i":%d,"text":"lorem ipsum "}' % (now, i)
                 script(
-                    keys=[events.user_stream(user)],
+                    keys=[events.user_stream(Identity(user).key)],
                     args=["chat.chunk", data, *history],
                     client=pipe,
                 )

@@ -1,15 +1,20 @@
-"""Report jobs/chat/guard.py's recall, false-positive rate and precision per source.
+"""Honest figures for jobs/chat/guard.py: k-fold and leave-one-source-out refits, and its cost.
 
-Usage: .venv/bin/python scripts/eval_guard.py [--data PATH] [--threshold T]
+Usage: .venv/bin/python scripts/eval_guard.py [--folds 5] [--quick]
 
-Figures on the held-out 30% (which training never saw) are the ones to quote; the
-training-split figures are printed separately only to show over-fitting. Output is a
-Markdown table for the README.
+Every figure scores rows the model was not fitted on: for each fold (or each held-out
+source) the model is refitted by scripts/train_guard.py's procedure on the other rows, at the
+fixed threshold GUARD_THRESHOLD's default (0.5), which is never tuned here. The hand-written
+patterns are the same in every refit; they were written by people who had read the dev data,
+so the "model only" column is the cleaner measure of generalisation. Fixed seed: the same
+data gives the same tables. Output is Markdown for docs/guard.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
+import re
 import statistics
 import sys
 import time
@@ -17,12 +22,21 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from train_guard import DATA, load_rows, split
+from guard_data import Row, load_rows  # noqa: E402
+from train_guard import SEED, train  # noqa: E402
 
-from jobs.chat.guard import check_message
+from jobs.chat import guard_model  # noqa: E402
+from jobs.chat.guard import check_message  # noqa: E402
+
+THRESHOLD = 0.5
+# Sources under this many rows are too small to hold out alone; they still train every fold.
+MIN_SOURCE_ROWS = 10
+CHAT_MAX_CHARS = 5000
+_GERMAN = re.compile(r"\b(?:der|die|das|und|ist|ich|nicht|wie|du|sie|ein|eine|mir|was)\b", re.I)
 
 
 @dataclass
@@ -41,74 +55,154 @@ class Counts:
             self.tn += not blocked
 
     @property
-    def recall(self) -> float | None:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+    def n(self) -> int:
+        return self.tp + self.fp + self.tn + self.fn
 
-    @property
-    def fpr(self) -> float | None:
-        return self.fp / (self.fp + self.tn) if self.fp + self.tn else None
+    def recall(self) -> str:
+        return f"{self.tp / (self.tp + self.fn):.3f}" if self.tp + self.fn else "–"
 
-    @property
-    def precision(self) -> float | None:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+    def fpr(self) -> str:
+        return f"{self.fp / (self.fp + self.tn):.3f}" if self.fp + self.tn else "–"
 
 
-def evaluate(
-    rows: list[dict[str, object]], threshold: float | None = None
-) -> tuple[dict[str, Counts], list[float]]:
-    """Counts per source plus an "overall" entry, and the seconds each message took."""
-    counts: dict[str, Counts] = defaultdict(Counts)
-    latencies: list[float] = []
+def language(text: str) -> str:
+    """Coarse language group: by script, and German told from English by function words."""
+    for name, lo, hi in (
+        ("cjk/kana/hangul", 0x3040, 0xD7AF),
+        ("cyrillic", 0x0400, 0x04FF),
+        ("arabic", 0x0600, 0x06FF),
+        ("devanagari", 0x0900, 0x097F),
+    ):
+        if sum(lo <= ord(c) <= hi for c in text) >= 3:
+            return name
+    if len(_GERMAN.findall(text)) >= 2 or any(c in text for c in "äöüß"):
+        return "german"
+    return "english/other latin" if text.isascii() else "other latin"
+
+
+@dataclass
+class Tally:
+    ensemble: dict[str, Counts]
+    model_only: dict[str, Counts]
+    rules_only: dict[str, Counts]
+
+    @classmethod
+    def empty(cls) -> Tally:
+        return cls(defaultdict(Counts), defaultdict(Counts), defaultdict(Counts))
+
+    def score(self, rows: list[Row], model: guard_model.Model, keys: list[str]) -> None:
+        for row, key in zip(rows, keys, strict=True):
+            v = check_message(row.text[:CHAT_MAX_CHARS], THRESHOLD, model=model)
+            for group in (key, "overall"):
+                self.ensemble[group].add(row.label, v.blocked)
+                self.model_only[group].add(row.label, v.model_score >= THRESHOLD)
+                self.rules_only[group].add(row.label, v.rule_score >= THRESHOLD)
+
+
+def folds(rows: list[Row], k: int) -> list[list[Row]]:
+    """k folds, stratified by (source, label); equal texts always share a fold."""
+    by_stratum: dict[tuple[str, int], list[str]] = defaultdict(list)
     for row in rows:
-        start = time.perf_counter()
-        verdict = check_message(str(row["text"]), threshold)
-        latencies.append(time.perf_counter() - start)
-        label = int(str(row["label"]))
-        counts[str(row["source"])].add(label, verdict.blocked)
-        counts["overall"].add(label, verdict.blocked)
-    return dict(counts), latencies
+        texts = by_stratum[(row.source, row.label)]
+        if row.text not in texts:
+            texts.append(row.text)
+    fold_of: dict[str, int] = {}
+    rng = random.Random(SEED)
+    offset = 0
+    for stratum in sorted(by_stratum):
+        texts = sorted(by_stratum[stratum])
+        rng.shuffle(texts)
+        for i, text in enumerate(texts):
+            fold_of.setdefault(text, (i + offset) % k)
+        offset += len(texts)
+    out: list[list[Row]] = [[] for _ in range(k)]
+    for row in rows:
+        out[fold_of[row.text]].append(row)
+    return out
 
 
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
-
-
-def table(title: str, counts: dict[str, Counts], latencies: list[float], short: list[float]) -> str:
+def table(title: str, tally: Tally, note: str) -> str:
     lines = [
         f"### {title}",
         "",
-        "| source | n | recall | FPR | precision |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        note,
+        "",
+        "| group | n | recall | FPR | model-only recall | model-only FPR | rules-only recall "
+        "| rules-only FPR |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for source in [*sorted(s for s in counts if s != "overall"), "overall"]:
-        c = counts[source]
-        n = c.tp + c.fp + c.tn + c.fn
-        name = f"**{source}**" if source == "overall" else source
-        lines.append(f"| {name} | {n} | {_fmt(c.recall)} | {_fmt(c.fpr)} | {_fmt(c.precision)} |")
-    lines.append("")
-    for label, picked in (("all messages", latencies), ("messages ≤ 500 chars", short)):
+    for group in [*sorted(g for g in tally.ensemble if g != "overall"), "overall"]:
+        e, m, r = tally.ensemble[group], tally.model_only[group], tally.rules_only[group]
+        name = f"**{group}**" if group == "overall" else group
+        lines.append(
+            f"| {name} | {e.n} | {e.recall()} | {e.fpr()} | {m.recall()} | {m.fpr()} "
+            f"| {r.recall()} | {r.fpr()} |"
+        )
+    return "\n".join([*lines, ""])
+
+
+def latency(rows: list[Row]) -> str:
+    check_message("warm up: load the shipped model once")
+    timed: list[tuple[int, float]] = []
+    for row in rows:
+        text = row.text[:CHAT_MAX_CHARS]
+        start = time.perf_counter()
+        check_message(text, THRESHOLD)
+        timed.append((len(text), time.perf_counter() - start))
+    filler = ("The weather report for the coast says light winds and sun. " * 90)[:CHAT_MAX_CHARS]
+    worst = []
+    for _ in range(50):
+        start = time.perf_counter()
+        check_message(filler, THRESHOLD)
+        worst.append(time.perf_counter() - start)
+    lines = ["### Cost (shipped model, one core)", ""]
+    for label, picked in (
+        ("all rows, capped at CHAT_MAX_CHARS", [t for _, t in timed]),
+        ("rows ≤ 500 chars", [t for n, t in timed if n <= 500]),
+        (f"a {CHAT_MAX_CHARS}-char message, 50 runs", worst),
+    ):
         ms = sorted(x * 1000 for x in picked)
         p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
         lines.append(
-            f"Latency, {label} (n={len(ms)}): mean {statistics.fmean(ms):.3f} ms, p99 {p99:.3f} ms"
+            f"- {label} (n={len(ms)}): mean {statistics.fmean(ms):.3f} ms, p99 {p99:.3f} ms"
         )
+    size = guard_model.MODEL_PATH.stat().st_size / 2**20
+    lines.append(f"- model file {guard_model.MODEL_PATH.name}: {size:.1f} MiB")
     return "\n".join([*lines, ""])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="cost only, no refits")
     args = parser.parse_args()
-    train_rows, held_rows = split(load_rows(args.data))
-    check_message("warm up: load the model once")
-    for title, rows in (
-        ("Held-out split (30%, never trained on)", held_rows),
-        ("Training split (seen in training: optimistic)", train_rows),
-    ):
-        counts, latencies = evaluate(rows, args.threshold)
-        short = [t for t, r in zip(latencies, rows, strict=True) if len(str(r["text"])) <= 500]
-        print(table(title, counts, latencies, short))
+    rows = load_rows()
+    if not args.quick:
+        kfold, by_language = Tally.empty(), Tally.empty()
+        for i, test in enumerate(folds(rows, args.folds)):
+            held = {id(r) for r in test}
+            model = train([r for r in rows if id(r) not in held])
+            kfold.score(test, model, [r.source for r in test])
+            by_language.score(test, model, [language(r.text) for r in test])
+            print(f"fold {i + 1}/{args.folds} done", file=sys.stderr)
+        note = f"Seed {SEED}; threshold {THRESHOLD}."
+        print(table(f"{args.folds}-fold, by source", kfold, note), flush=True)
+        print(
+            table(
+                f"{args.folds}-fold, by language", by_language, "Same refits, grouped by language."
+            )
+        )
+        loso = Tally.empty()
+        sources = sorted({r.source for r in rows})
+        for source in sources:
+            test = [r for r in rows if r.source == source]
+            if len(test) < MIN_SOURCE_ROWS:
+                continue
+            model = train([r for r in rows if r.source != source])
+            loso.score(test, model, [source] * len(test))
+            print(f"left out {source}", file=sys.stderr)
+        print(table("Leave one source out", loso, "Fitted without that source."), flush=True)
+    print(latency(rows))
     return 0
 
 

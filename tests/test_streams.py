@@ -317,7 +317,7 @@ async def test_hub_survives_idle_ping(redis_client: redis.Redis) -> None:
     hub = Hub(settings.REDIS_URL, queue_size=8, health_check_seconds=0.1)
     await hub.start()
     try:
-        key = events.user_stream("idle-ping")
+        key = events.user_stream(Identity("idle-ping").key)
         hub.unsubscribe(await hub.subscribe(key))
         await anyio.sleep(0.6)  # several watchdog rounds: it PINGs after 0.1 s of silence
         assert hub._reader is not None and not hub._reader.done()

@@ -14,6 +14,7 @@ than duplicates it (``add_messages`` merges by id).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -30,8 +31,9 @@ from psycopg import AsyncConnection
 from core import settings
 from core.history import invalidate_history
 from core.principal import Identity
+from core.statuses import MessageStatus
 from jobs.chat.breaker import Breaker, BreakerOpen
-from jobs.chat.guard import check_message
+from jobs.chat.guard import check_message, explain
 from jobs.chat.llm import LLMError, Message, Provider, stream_with_retry
 
 security_log = logging.getLogger("herald.security")
@@ -51,6 +53,8 @@ class ChatState(TypedDict, total=False):
     reply: str
     error_code: str
     error_message: str
+    # Set when the guard flagged the message in GUARD_MODE=flag: the reply proceeds.
+    flagged: bool
 
 
 @dataclass
@@ -86,10 +90,20 @@ async def guard(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState:
         _log_blocked(state, runtime.context, score=ratio, reasons=("symbol_ratio",))
         return _fail("message_blocked", "The message has too many non-alphanumeric characters.")
     verdict = check_message(text)
-    if verdict.blocked:
-        _log_blocked(state, runtime.context, score=verdict.score, reasons=verdict.reasons)
-        return _fail("message_blocked", "The message was refused by the prompt-injection check.")
-    return {"error_code": "", "error_message": ""}
+    if not verdict.blocked:
+        return {"error_code": "", "error_message": "", "flagged": False}
+    flag_only = settings.GUARD_MODE == "flag"
+    _log_blocked(
+        state,
+        runtime.context,
+        score=verdict.score,
+        reasons=verdict.reasons,
+        parts={"rule_score": verdict.rule_score, "model_score": verdict.model_score},
+        action="flagged" if flag_only else "blocked",
+    )
+    if flag_only:
+        return {"error_code": "", "error_message": "", "flagged": True}
+    return _fail("message_blocked", explain(verdict))
 
 
 def _fail(code: str, message: str) -> ChatState:
@@ -97,18 +111,31 @@ def _fail(code: str, message: str) -> ChatState:
 
 
 def _log_blocked(
-    state: ChatState, ctx: AgentContext, *, score: float, reasons: tuple[str, ...]
+    state: ChatState,
+    ctx: AgentContext,
+    *,
+    score: float,
+    reasons: tuple[str, ...],
+    parts: dict[str, float] | None = None,
+    action: str = "blocked",
 ) -> None:
+    # The score and which part fired, never the whole text: a flagged message may be a
+    # false positive, so only a short excerpt and a digest (to match repeats) are kept.
+    text = state["text"]
     security_log.warning(
-        "chat message blocked",
+        f"chat message {action}",
         extra={
             "user_id": ctx.owner.user_id,
             "tenant": ctx.owner.tenant,
             "conversation_id": state["conversation_id"],
             "message_id": state["message_id"],
+            "action": action,
             "score": score,
+            **(parts or {}),
             "reasons": list(reasons),
-            "excerpt": state["text"][:200],
+            "chars": len(text),
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "excerpt": text[:80],
         },
     )
 
@@ -154,33 +181,57 @@ async def respond(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
     return {"messages": turn, "reply": reply, "error_code": "", "error_message": ""}
 
 
+async def save_turn(
+    conn: AsyncConnection[Any],
+    *,
+    conversation_id: str,
+    message_id: str,
+    reply: str,
+    model: str | None,
+    error_code: str,
+    flagged: bool = False,
+) -> None:
+    """Store how a turn ended: the assistant's row (upserted under its fixed id, so a
+    retry replaces it), the user message's status and the conversation's recency.
+    The caller holds a transaction, so the three land together. ``flagged``: the
+    guard flagged the message in GUARD_MODE=flag, and the reply went ahead."""
+    answered = MessageStatus.FLAGGED if flagged else MessageStatus.ANSWERED
+    user_status = {"": answered, "message_blocked": MessageStatus.BLOCKED}
+    await conn.execute(
+        "INSERT INTO messages (id, conversation_id, role, text, status, model, error_code,"
+        " reply_to) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, status = EXCLUDED.status,"
+        " model = EXCLUDED.model, error_code = EXCLUDED.error_code",
+        (
+            reply_id(message_id),
+            conversation_id,
+            reply,
+            MessageStatus.FAILED if error_code else MessageStatus.COMPLETED,
+            model,
+            error_code or None,
+            message_id,
+        ),
+    )
+    await conn.execute(
+        "UPDATE messages SET status = %s WHERE id = %s",
+        (user_status.get(error_code, MessageStatus.FAILED), message_id),
+    )
+    await conn.execute(
+        "UPDATE conversations SET updated_at = now() WHERE id = %s", (conversation_id,)
+    )
+
+
 async def persist(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState:
     ctx = runtime.context
-    code = state.get("error_code", "")
-    status = "failed" if code else "completed"
-    user_status = {"": "answered", "message_blocked": "blocked"}.get(code, "failed")
     async with ctx.db_lock, ctx.conn.transaction():
-        await ctx.conn.execute(
-            "INSERT INTO messages (id, conversation_id, role, text, status, model, error_code,"
-            " reply_to) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, status = EXCLUDED.status,"
-            " model = EXCLUDED.model, error_code = EXCLUDED.error_code",
-            (
-                reply_id(state["message_id"]),
-                state["conversation_id"],
-                state.get("reply", ""),
-                status,
-                ctx.provider.model,
-                code or None,
-                state["message_id"],
-            ),
-        )
-        await ctx.conn.execute(
-            "UPDATE messages SET status = %s WHERE id = %s", (user_status, state["message_id"])
-        )
-        await ctx.conn.execute(
-            "UPDATE conversations SET updated_at = now() WHERE id = %s",
-            (state["conversation_id"],),
+        await save_turn(
+            ctx.conn,
+            conversation_id=state["conversation_id"],
+            message_id=state["message_id"],
+            reply=state.get("reply", ""),
+            model=ctx.provider.model,
+            error_code=state.get("error_code", ""),
+            flagged=state.get("flagged", False),
         )
     invalidate_history(ctx.redis, ctx.owner.key, state["conversation_id"])
     return {}

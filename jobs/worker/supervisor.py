@@ -1,10 +1,11 @@
 """The Procfile's ``worker``: a small supervisor of RQ worker processes.
 
-Chat jobs run on their own ``ChatWorker`` processes (a ``SimpleWorker`` with fewer
-Redis round trips), so they never wait behind a long CSV import, and without a fork
-per job (forking costs milliseconds before the first token; README "Chat: figures").
-Imports run on forking ``Worker``s: a crash or a leak in one import dies with its work
-horse.
+Its process plan comes from the job registry (core/jobkinds.py): each job kind gets
+its own processes on its own queue. ``SIMPLE`` kinds (chat) run on ``ChatWorker``
+processes (a ``SimpleWorker`` with fewer Redis round trips), so they never wait behind
+a long CSV import, and without a fork per job (forking costs milliseconds before the
+first token; README "Chat: figures"). ``FORKING`` kinds (imports) run on forking
+``Worker``s: a crash or a leak in one import dies with its work horse.
 
 A worker that dies mid-job (SIGKILL, OOM) leaves its job in RQ's StartedJobRegistry,
 where RQ itself only notices it once the execution's heartbeat lapses (job monitoring
@@ -27,6 +28,7 @@ import signal
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from types import FrameType
 
 import redis
@@ -37,14 +39,10 @@ from rq.executions import Execution
 from rq.utils import now
 
 from core import settings
+from core.jobkinds import JOB_KINDS, JobKind, WorkerKind
 from core.logs import configure_logging
 
 logger = logging.getLogger("herald.worker")
-
-
-# Imported before the first job, not by it: importing LangGraph and friends takes
-# about a second, which the first chat of every fresh process would otherwise wait.
-_JOB_MODULES = {settings.CHAT_QUEUE: "jobs.chat.job", settings.UPLOAD_QUEUE: "jobs.csvimport.job"}
 
 
 class ChatWorker(SimpleWorker):
@@ -85,15 +83,14 @@ class ChatWorker(SimpleWorker):
         super().set_state(state, pipeline=pipeline)
 
 
-def run_worker(queues: list[str], simple: bool, name: str | None = None) -> None:
+def run_worker(kind: JobKind, name: str | None = None) -> None:
     configure_logging()
-    for queue in queues:
-        if queue in _JOB_MODULES:
-            importlib.import_module(_JOB_MODULES[queue])
+    # Imported before the first job, not by it (JobKind.module).
+    importlib.import_module(kind.module)
     connection = redis.Redis.from_url(settings.REDIS_URL)
-    worker_class = ChatWorker if simple else Worker
+    worker_class = ChatWorker if kind.worker is WorkerKind.SIMPLE else Worker
     worker = worker_class(
-        queues,
+        [kind.queue],
         connection=connection,
         name=name,
         maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
@@ -146,42 +143,57 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
 
 
-def _spawn(queues: list[str], simple: bool) -> tuple[multiprocessing.Process, str]:
-    name = _worker_name()
-    proc = multiprocessing.Process(target=run_worker, args=(queues, simple, name), daemon=False)
-    proc.start()
-    return proc, name
+@dataclass(slots=True)
+class WorkerProcess:
+    """One supervised RQ worker: the job kind it serves, its process, its RQ name."""
+
+    kind: JobKind
+    process: multiprocessing.Process
+    name: str
+
+    @classmethod
+    def spawn(cls, kind: JobKind) -> WorkerProcess:
+        name = _worker_name()
+        process = multiprocessing.Process(target=run_worker, args=(kind, name), daemon=False)
+        process.start()
+        return cls(kind, process, name)
+
+
+def process_plan() -> list[JobKind]:
+    """One entry per worker process to run: each job kind, ``processes`` times."""
+    return [kind for kind in JOB_KINDS for _ in range(kind.processes)]
 
 
 def main() -> int:
     configure_logging()
-    plan = [([settings.CHAT_QUEUE], True)] * settings.WORKER_CHAT_PROCESSES + [
-        ([settings.UPLOAD_QUEUE], False)
-    ] * settings.WORKER_UPLOAD_PROCESSES
-    procs = [(*_spawn(q, simple), q, simple) for q, simple in plan]
+    workers = [WorkerProcess.spawn(kind) for kind in process_plan()]
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
         # RQ's warm shutdown: each worker finishes its current job, then exits.
-        for proc, _, _, _ in procs:
-            if proc.is_alive() and proc.pid is not None:
-                proc.terminate()
+        for worker in workers:
+            if worker.process.is_alive() and worker.process.pid is not None:
+                worker.process.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     connection = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
     try:
         while not stopping:
-            for i, (proc, name, queues, simple) in enumerate(procs):
-                if not proc.is_alive() and not stopping:
-                    logger.warning("worker for %s exited (%s); restarting", queues, proc.exitcode)
-                    _reap_quietly(connection, name, queues)
-                    procs[i] = (*_spawn(queues, simple), queues, simple)
+            for i, worker in enumerate(workers):
+                if not worker.process.is_alive() and not stopping:
+                    logger.warning(
+                        "worker for %s exited (%s); restarting",
+                        worker.kind.queue,
+                        worker.process.exitcode,
+                    )
+                    _reap_quietly(connection, worker.name, [worker.kind.queue])
+                    workers[i] = WorkerProcess.spawn(worker.kind)
             time.sleep(0.5)
-        for proc, _, _, _ in procs:
-            proc.join(timeout=60)
+        for worker in workers:
+            worker.process.join(timeout=60)
     finally:
         connection.close()
     return 0
