@@ -7,10 +7,10 @@ from typing import Any
 
 import anyio.to_thread
 import redis
-from rq import Queue, Retry
+from rq import Queue
 from rq.job import Job
 
-from core.jobkinds import JobKind, queue_names
+from core.jobkinds import FAILURE_TTL_SECONDS, RESULT_TTL_SECONDS, JobKind, queue_names
 
 
 class JobQueue:
@@ -43,10 +43,6 @@ class JobQueue:
         """Queue one job of ``kind``; ``job_id`` is chosen by the caller so that a
         duplicate enqueue of the same work is the same job."""
         queue = self.queue(kind.queue)
-        retries = kind.retries
-        retry = (
-            Retry(max=retries, interval=list(kind.retry_intervals[:retries])) if retries else None
-        )
 
         def enqueue() -> Job:
             # Through our own pipeline, so RQ's writes (queue registration, job hash,
@@ -58,9 +54,9 @@ class JobQueue:
                     args=args,
                     job_id=job_id,
                     timeout=kind.timeout_seconds,
-                    retry=retry,
-                    result_ttl=3600,
-                    failure_ttl=7 * 86400,
+                    retry=kind.retry(),
+                    result_ttl=RESULT_TTL_SECONDS,
+                    failure_ttl=FAILURE_TTL_SECONDS,
                     pipeline=pipe,
                 )
                 pipe.execute()

@@ -11,10 +11,11 @@ from starlette.staticfiles import StaticFiles
 
 from app.accesslog import AccessLogMiddleware
 from app.errors import exception_handlers
+from app.headers import SecurityHeadersMiddleware
 from app.openapi import openapi_document
 from app.proxy import TrustedProxyMiddleware
 from app.resources import lifespan
-from app.routes import chat, health, uploads
+from app.routes import chat, health, page, uploads
 from app.sse import streams
 from core import settings
 from core.logs import configure_logging
@@ -29,10 +30,16 @@ def create_app() -> Starlette:
         from app.dev import token as devtoken
 
         routes.extend(devtoken.routes)
+    else:  # only the page's "is there a local token?" probe, answered no
+        routes.extend(page.routes)
     app = Starlette(
         routes=routes,
         # The proxy first: the access log and everything after see the real client.
-        middleware=[Middleware(TrustedProxyMiddleware), Middleware(AccessLogMiddleware)],
+        middleware=[
+            Middleware(TrustedProxyMiddleware),
+            Middleware(SecurityHeadersMiddleware),
+            Middleware(AccessLogMiddleware),
+        ],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

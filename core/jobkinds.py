@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from rq import Retry
+
 from core import settings
+
+# A finished job's result is only for inspection; a failed one is kept a week to look at.
+RESULT_TTL_SECONDS: Final = 3600
+FAILURE_TTL_SECONDS: Final = 7 * 86400
 
 
 class WorkerKind(StrEnum):
@@ -38,6 +44,12 @@ class JobKind:
     processes: int
     # Seconds between RQ retries; the first `retries` of them are used.
     retry_intervals: tuple[int, ...] = (1, 5, 15)
+
+    def retry(self) -> Retry | None:
+        """RQ's retry policy for this kind: ``retries`` more runs, spaced as configured."""
+        if not self.retries:
+            return None
+        return Retry(max=self.retries, interval=list(self.retry_intervals[: self.retries]))
 
     @property
     def module(self) -> str:
@@ -67,6 +79,13 @@ CSV_IMPORT: Final = JobKind(
     processes=settings.WORKER_UPLOAD_PROCESSES,
 )
 JOB_KINDS: Final = (CHAT, CSV_IMPORT)
+
+
+def chat_job_id(message_id: str) -> str:
+    """A chat job's id is derived from its message: a duplicate enqueue (the web's, or
+    the worker's recovery after a restart, jobs/chat/recovery.py) cannot make two
+    replies."""
+    return f"chat-{message_id}"
 
 
 def queue_names() -> list[str]:

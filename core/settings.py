@@ -110,6 +110,9 @@ CHAT_HISTORY_MAX_MESSAGES = config("CHAT_HISTORY_MAX_MESSAGES", cast=int, defaul
 # Earlier turns sent to the model with each message (the checkpointer keeps them all).
 CHAT_CONTEXT_MESSAGES = config("CHAT_CONTEXT_MESSAGES", cast=int, default=20)
 CHAT_JOB_RETRIES = config("CHAT_JOB_RETRIES", cast=int, default=1)
+# At worker start, a message still 'queued' this long after it was accepted, with no
+# live RQ job, was lost by a restart and is enqueued again (jobs/chat/recovery.py).
+CHAT_RECOVERY_GRACE_SECONDS = config("CHAT_RECOVERY_GRACE_SECONDS", cast=float, default=5.0)
 CHAT_SYSTEM_PROMPT = config(
     "CHAT_SYSTEM_PROMPT", default="You are Herald, a concise and helpful assistant."
 )
@@ -124,6 +127,9 @@ LLM_API_KEY = config("LLM_API_KEY", cast=Secret, default="")
 DEMO_MODEL = "herald-demo-offline"
 LLM_MODEL = config("LLM_MODEL", default=DEMO_MODEL)
 LLM_TIMEOUT_SECONDS = config("LLM_TIMEOUT_SECONDS", cast=float, default=60.0)
+# Longest reply asked of the model (sent as max_tokens; 0: not sent, the model's own
+# limit). Without it a small model may run to its whole context and hit the timeout.
+LLM_MAX_TOKENS = config("LLM_MAX_TOKENS", cast=int, default=1024)
 LLM_CONNECT_TIMEOUT_SECONDS = config("LLM_CONNECT_TIMEOUT_SECONDS", cast=float, default=5.0)
 LLM_FIRST_TOKEN_TIMEOUT_SECONDS = config(
     "LLM_FIRST_TOKEN_TIMEOUT_SECONDS", cast=float, default=20.0
@@ -140,13 +146,16 @@ UPLOAD_MAX_BYTES = config("UPLOAD_MAX_BYTES", cast=int, default=100 * 1024 * 102
 UPLOAD_CHUNK_BYTES = config("UPLOAD_CHUNK_BYTES", cast=int, default=1024 * 1024)
 UPLOAD_RATE_LIMIT = config("UPLOAD_RATE_LIMIT", default="20/hour")
 UPLOAD_JOB_TIMEOUT_SECONDS = config("UPLOAD_JOB_TIMEOUT_SECONDS", cast=int, default=3600)
-UPLOAD_SAMPLE_ROWS = config("UPLOAD_SAMPLE_ROWS", cast=int, default=1000)
+# Types are first guessed from up to this many rows of the first MiB, then checked on every row.
+UPLOAD_SAMPLE_ROWS = config("UPLOAD_SAMPLE_ROWS", cast=int, default=100_000)
 UPLOAD_MAX_COLUMNS = config("UPLOAD_MAX_COLUMNS", cast=int, default=1600)
 UPLOAD_MAX_FIELD_BYTES = config("UPLOAD_MAX_FIELD_BYTES", cast=int, default=1024 * 1024)
 UPLOAD_PROGRESS_INTERVAL_SECONDS = config(
     "UPLOAD_PROGRESS_INTERVAL_SECONDS", cast=float, default=0.25
 )
 UPLOAD_JOB_RETRIES = config("UPLOAD_JOB_RETRIES", cast=int, default=3)
+# PostgreSQL work_mem for the profile's sorts, per import transaction (SET LOCAL).
+UPLOAD_PROFILE_WORK_MEM = config("UPLOAD_PROFILE_WORK_MEM", default="64MB")
 UPLOAD_ROWS_PAGE_MAX = config("UPLOAD_ROWS_PAGE_MAX", cast=int, default=1000)
 # Rows parsed per COPY batch; cancel is checked between batches (memory ~ batch size).
 UPLOAD_BATCH_ROWS = config("UPLOAD_BATCH_ROWS", cast=int, default=5000)

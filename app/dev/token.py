@@ -35,3 +35,4 @@ async def dev_token(request: Request) -> JSONResponse:
 
 
 routes = [Route("/dev/token", dev_token, methods=["GET", "POST"], include_in_schema=False)]
+# Outside dev mode app/routes/page.py answers the page's probe instead.

@@ -4,7 +4,9 @@ A user is the pair (tenant, user): leases are keyed by ``Identity.key``
 (core/principal.py). Each open stream holds a lease: a member of the user's sorted set
 whose score is the time it lapses. Live processes renew their leases in one pipeline
 every few seconds; a crashed process stops renewing, so its slots free themselves
-within ``ttl`` seconds.
+within ``ttl`` seconds. The set's own key TTL (twice the lease TTL) only reclaims a user
+nobody renews any more: every renewal extends it too, or the whole set would lapse
+under live streams.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class StreamLeases:
         self._client = client
         self._limit = limit
         self._ttl = ttl
+        self._key_ttl_ms = int(ttl * 2000)
         self._held: dict[str, str] = {}  # lease id -> owner key
         self._script = client.register_script(_ACQUIRE_LUA)
         self._renewer: asyncio.Task[None] | None = None
@@ -71,7 +74,7 @@ class StreamLeases:
         now = time.time()
         granted = await self._script(
             keys=[leases_key(owner)],
-            args=[now, now + self._ttl, self._limit, lease_id, int(self._ttl * 2000)],
+            args=[now, now + self._ttl, self._limit, lease_id, self._key_ttl_ms],
         )
         if granted:
             self._held[lease_id] = owner
@@ -116,9 +119,12 @@ class StreamLeases:
         if not self._held:
             return
         until = time.time() + self._ttl
+        held = list(self._held.items())
         async with self._client.pipeline(transaction=False) as pipe:
-            for lease_id, owner in list(self._held.items()):
+            for lease_id, owner in held:
                 # XX: renew only; a lease another process's cleanup already dropped
                 # stays dropped rather than silently exceeding the limit.
                 pipe.zadd(leases_key(owner), {lease_id: until}, xx=True)
+            for owner in {owner for _, owner in held}:
+                pipe.pexpire(leases_key(owner), self._key_ttl_ms)
             await pipe.execute()

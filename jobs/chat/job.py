@@ -22,14 +22,15 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from rq import get_current_job
 
 from core import settings
+from core.drafts import add_chunk, discard_draft, reply_id, start_draft
 from core.eventkinds import EventKind
-from core.events import publish_event
+from core.events import publish_event, queue_event
 from core.history import invalidate_history
 from core.jobmetrics import record_job_metric
 from core.principal import Identity
 from core.statuses import MessageStatus
 from jobs.chat import runtime
-from jobs.chat.agent import GRAPH, AgentContext, ChatState, reply_id, save_turn
+from jobs.chat.agent import GRAPH, AgentContext, ChatState, save_turn
 from jobs.chat.breaker import Breaker
 from jobs.chat.llm import ProviderHandle, configured_model
 from jobs.chat.runtime import ProcessRuntime
@@ -147,7 +148,12 @@ async def _turn(
 
     def on_chunk(data: dict[str, Any]) -> None:
         nonlocal chunks
-        _publish(client, owner, EventKind.CHAT_CHUNK, {**base, **data})
+        # The draft before the event, in one round trip: whoever saw the event and
+        # reloads finds the chunk in the draft (core/drafts.py).
+        with client.pipeline(transaction=False) as pipe:
+            add_chunk(pipe, base["message_id"], data["index"], data["text"])
+            queue_event(pipe, EventKind.CHAT_CHUNK, {**base, **data}, owner=owner.key)
+            pipe.execute()
         chunks += 1
         if chunks == 1:  # recorded after the chunk is out, not before it
             first = max(0.0, time.time() - started)
@@ -176,6 +182,7 @@ async def _turn(
         "error_message": "",
     }
     config: Any = {"configurable": {"thread_id": base["conversation_id"]}}
+    start_draft(client, base["message_id"])
     state: dict[str, Any] = await graph.ainvoke(
         turn,
         config,
@@ -184,6 +191,8 @@ async def _turn(
         # first token (a crashed turn is re-run whole by the RQ retry anyway).
         durability="exit",
     )
+    # The reply row is stored (the graph's persist node): the draft has served.
+    discard_draft(client, base["message_id"])
     if chunks:
         _metric(client, "herald_chat_tokens_total", labels, chunks)
     code = state.get("error_code", "")

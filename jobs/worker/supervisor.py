@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from types import FrameType
 
+import psycopg
 import redis
 from redis.client import Pipeline
 from rq import Queue, SimpleWorker, Worker
@@ -39,8 +40,9 @@ from rq.executions import Execution
 from rq.utils import now
 
 from core import settings
-from core.jobkinds import JOB_KINDS, JobKind, WorkerKind
+from core.jobkinds import JOB_KINDS, JobKind, WorkerKind, queue_names
 from core.logs import configure_logging
+from jobs.chat.recovery import recover_chats
 
 logger = logging.getLogger("herald.worker")
 
@@ -84,6 +86,10 @@ class ChatWorker(SimpleWorker):
 
 
 def run_worker(kind: JobKind, name: str | None = None) -> None:
+    # The supervisor relays every stop request as SIGTERM. A terminal's Ctrl-C reaches
+    # this process directly too; until RQ installs its own handlers (Worker.work) it
+    # would raise KeyboardInterrupt in the middle of an import, with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging()
     # Imported before the first job, not by it (JobKind.module).
     importlib.import_module(kind.module)
@@ -139,6 +145,43 @@ def reap_abandoned(connection: redis.Redis, worker_name: str, queues: list[str])
     return reaped
 
 
+def reap_orphans(connection: redis.Redis, queues: list[str]) -> list[str]:
+    """Retry (or fail) the jobs of every worker that is gone; returns their ids.
+
+    At start no worker of this supervisor exists yet, but a previous run's may have left
+    jobs ``started`` (a cold shutdown, a crash of the machine): their worker is no longer
+    in RQ's worker registry (RQ removes it on exit; a crashed one's key lapses).
+    """
+    gone: set[str] = set()
+    for name in queues:
+        registry = Queue(name, connection=connection).started_job_registry
+        for member in connection.zrange(registry.key, 0, -1):
+            key = member.decode() if isinstance(member, bytes) else str(member)
+            execution = Execution.from_composite_key(key, connection)
+            try:
+                execution.refresh()  # type: ignore[no-untyped-call]
+            except (ValueError, KeyError):
+                continue  # its hash lapsed: RQ's own cleanup finds it expired
+            worker_key = Worker.redis_worker_namespace_prefix + execution.worker_name
+            if not connection.exists(worker_key):
+                gone.add(execution.worker_name)
+    return [job for worker in sorted(gone) for job in reap_abandoned(connection, worker, queues)]
+
+
+def recover(connection: redis.Redis) -> None:
+    """Before the workers start: what a previous run left half done is run again."""
+    try:
+        reaped = reap_orphans(connection, queue_names())
+        recovered = recover_chats(connection, str(settings.DATABASE_URL))
+    except (redis.exceptions.RedisError, psycopg.Error, OSError) as exc:
+        logger.warning("could not recover jobs left by a previous run: %s", exc)
+        return
+    if reaped:
+        logger.warning("jobs of workers that are gone, re-queued or failed: %s", reaped)
+    if recovered:
+        logger.warning("chat messages left without a job, enqueued again: %s", recovered)
+
+
 def _worker_name() -> str:
     return f"{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
 
@@ -166,6 +209,8 @@ def process_plan() -> list[JobKind]:
 
 def main() -> int:
     configure_logging()
+    connection = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    recover(connection)
     workers = [WorkerProcess.spawn(kind) for kind in process_plan()]
     stopping = False
 
@@ -179,7 +224,6 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    connection = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
     try:
         while not stopping:
             for i, worker in enumerate(workers):

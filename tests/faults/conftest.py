@@ -25,11 +25,7 @@ def stack(private: Stack) -> Iterator[Stack]:
         private.pg.start()
     # A clean Redis per test: queued jobs left by an earlier test (schemathesis queues
     # thousands of chats) would otherwise sit ahead of this test's jobs.
-    client = private.redis.client()
-    try:
-        client.flushall()
-    finally:
-        client.close()
+    private.redis.flushall_private()
     try:
         yield private
     finally:
