@@ -22,7 +22,7 @@ from core import settings
 from core.events import publish_event
 from core.principal import Identity
 from tests.faults.clients import Client, wait_for
-from tests.faults.procs import Stack
+from tests.faults.stack import Stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
