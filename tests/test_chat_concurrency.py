@@ -23,6 +23,7 @@ from rq.job import Job, JobStatus
 from app.jobqueue import JobQueue
 from core import jobkinds, settings
 from core.jobkinds import chat_job_id
+from core.principal import Identity
 from core.replies import reply_id
 from jobs.chat.runtime import open_runtime
 from jobs.worker.asyncworker import AsyncWorker
@@ -131,7 +132,7 @@ def _event_ids(
     from core import events
 
     out = []
-    for raw_id, fields in client.xrange(events.user_stream(user), "-", "+"):
+    for raw_id, fields in client.xrange(events.user_stream(Identity(user).key), "-", "+"):
         if message_id.encode() in fields[b"d"]:
             ms, seq = raw_id.decode().split("-")
             out.append(((int(ms), int(seq)), fields[b"e"].decode()))

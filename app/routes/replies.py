@@ -19,9 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import Conflict, NotFound
+from app.ids import parse_id
 from app.openapi import STRING, Schema, errors, json_body, obj, operation
-from app.routes.chat import parse_uuid
-from app.security.auth import authenticate
+from app.security.auth import Principal, authenticate
 from core import history, settings
 from core.eventkinds import EventKind
 from core.events import apublish_event
@@ -45,8 +45,8 @@ CANCEL_ACCEPTED = Schema(
 )
 async def cancel_reply(request: Request) -> Response:
     principal = await authenticate(request)
-    message_id = parse_uuid(request.path_params["message_id"])
-    row = await _load(request, message_id, principal.user_id) if message_id else None
+    message_id = parse_id(request.path_params["message_id"])
+    row = await _load(request, message_id, principal) if message_id else None
     if row is None or message_id is None:
         raise NotFound("No such message.")
     if row["reply_status"] in FINAL_REPLY_STATUSES:
@@ -60,26 +60,27 @@ async def cancel_reply(request: Request) -> Response:
     status = await request.app.state.jobs.cancel(chat_job_id(message_id))
     if status != JobStatus.STARTED:
         # It will not run (or Redis lost it): the web ends the reply itself.
-        await _store_cancelled(request, principal.user_id, message_id, row)
+        await _store_cancelled(request, principal.identity.key, message_id, row)
     return JSONResponse({"message_id": message_id, "status": "cancelling"}, status_code=202)
 
 
-async def _load(request: Request, message_id: str, user_id: str) -> dict[str, Any] | None:
+async def _load(request: Request, message_id: str, principal: Principal) -> dict[str, Any] | None:
+    # Both halves of the owner: the same `sub` in another tenant is another person.
     async with request.app.state.pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
             "SELECT m.conversation_id, r.status AS reply_status"
             " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
             " LEFT JOIN messages r ON r.id = %s"
-            " WHERE m.id = %s AND m.role = 'user' AND c.user_id = %s",
-            (reply_id(message_id), message_id, user_id),
+            " WHERE m.id = %s AND m.role = 'user' AND c.tenant = %s AND c.user_id = %s",
+            (reply_id(message_id), message_id, principal.tenant, principal.user_id),
         )
         row: dict[str, Any] | None = await cur.fetchone()
         return row
 
 
 async def _store_cancelled(
-    request: Request, user_id: str, message_id: str, row: dict[str, Any]
+    request: Request, owner: str, message_id: str, row: dict[str, Any]
 ) -> None:
     conversation_id = str(row["conversation_id"])
     async with request.app.state.pool.connection() as conn:
@@ -91,7 +92,7 @@ async def _store_cancelled(
         )
     if stored:
         redis = request.app.state.redis
-        await history.ainvalidate_history(redis, user_id, conversation_id)
+        await history.ainvalidate_history(redis, owner, conversation_id)
         data = {
             "conversation_id": conversation_id,
             "message_id": message_id,
@@ -99,7 +100,7 @@ async def _store_cancelled(
             "model": None,
             "cancelled": True,
         }
-        await apublish_event(redis, EventKind.CHAT_DONE, data, user_id=user_id)
+        await apublish_event(redis, EventKind.CHAT_DONE, data, owner=owner)
 
 
 routes = [

@@ -31,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from core import settings
 from core.history import ainvalidate_history
+from core.principal import Identity
 from core.replies import reply_id, store_reply
 from jobs.chat.breaker import Breaker, BreakerOpen
 from jobs.chat.guard import check_message, explain
@@ -59,7 +60,7 @@ class AgentContext:
     redis: redis.asyncio.Redis
     provider: Provider
     breaker: Breaker
-    user_id: str
+    owner: Identity
     # Takes each piece of the reply as it arrives (the job publishes it as chat.chunk).
     on_chunk: Callable[[str], Awaitable[None]]
     # The process-wide cap on concurrent upstream requests (ChatRuntime.upstream).
@@ -121,7 +122,8 @@ def _log_blocked(
     security_log.warning(
         f"chat message {action}",
         extra={
-            "user_id": ctx.user_id,
+            "user_id": ctx.owner.user_id,
+            "tenant": ctx.owner.tenant,
             "conversation_id": state["conversation_id"],
             "message_id": state["message_id"],
             "action": action,
@@ -190,7 +192,7 @@ async def persist(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
             error_code=code,
             flagged=state.get("flagged", False),
         )
-    await ainvalidate_history(ctx.redis, ctx.user_id, state["conversation_id"])
+    await ainvalidate_history(ctx.redis, ctx.owner.key, state["conversation_id"])
     return {}
 
 

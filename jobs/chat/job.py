@@ -34,6 +34,7 @@ from core.eventkinds import EventKind
 from core.events import apublish_event, aqueue_event
 from core.history import ainvalidate_history
 from core.jobmetrics import metric_field, record_job_metric
+from core.principal import Identity
 from core.replies import reply_id, store_reply
 from core.statuses import FINAL_REPLY_STATUSES, MessageStatus
 from jobs.chat.agent import GRAPH, AgentContext, ChatState
@@ -72,11 +73,13 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
     if row is None:
         logger.warning("chat message %s no longer exists; nothing to do", message_id)
         return {"outcome": "missing"}
-    user_id, conversation_id = row["user_id"], str(row["conversation_id"])
-    base = {"conversation_id": conversation_id, "message_id": message_id}
+    # The owner is the pair (tenant, user) stored with the conversation: events and
+    # caches are keyed by it (Identity.key), never by the user id alone.
+    owner = Identity.from_tenant(row["tenant"], row["user_id"])
+    base = {"conversation_id": str(row["conversation_id"]), "message_id": message_id}
     if row["reply_status"] in FINAL_REPLY_STATUSES:
         # A retry of a turn that already finished: say how it ended, once more.
-        await _announce_end(rt.redis, user_id, base, row)
+        await _announce_end(rt.redis, owner.key, base, row)
         return {"outcome": "replayed"}
     # One round trip: did an earlier run stream chunks (its draft is dropped: this run
     # streams from index 0), and was a stop asked for before this run started (the web
@@ -86,11 +89,11 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
         pipe.exists(_key("cancel", message_id))
         streamed, cancel_asked = await pipe.execute()
     if streamed:
-        await _publish(rt.redis, user_id, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
-    chunks = ChunkPublisher(rt.redis, user_id, base, started, labels)
+        await _publish(rt.redis, owner.key, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
+    chunks = ChunkPublisher(rt.redis, owner.key, base, started, labels)
     parts: list[str] = []  # the reply so far, filled by the agent's respond node
     if cancel_asked:
-        await _stop(rt, user_id, base, "")
+        await _stop(rt, owner.key, base, "")
         return {"outcome": "cancelled"}
     try:
         return await _turn(rt, row, base, labels, chunks, parts)
@@ -98,29 +101,29 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
         reason = cancel_reason()
         if reason == STOP:
             await chunks.close()
-            await _stop(rt, user_id, base, "".join(parts))
+            await _stop(rt, owner.key, base, "".join(parts))
         elif reason == TIMEOUT:
-            await _fail_if_last_try(rt, user_id, base, labels, "llm_timeout")
+            await _fail_if_last_try(rt, owner.key, base, labels, "llm_timeout")
         raise  # HANDBACK (or the loop closing): the next run restarts the reply
     except BaseException:
-        await _fail_if_last_try(rt, user_id, base, labels, "internal_error")
+        await _fail_if_last_try(rt, owner.key, base, labels, "internal_error")
         raise
 
 
 async def _fail_if_last_try(
-    rt: ChatRuntime, user_id: str, base: dict[str, Any], labels: dict[str, str], code: str
+    rt: ChatRuntime, owner: str, base: dict[str, Any], labels: dict[str, str], code: str
 ) -> None:
     job = get_current_job()
     if job is not None and job.retries_left:
         return  # RQ runs it again; the client hears of the end from that run
     message = ERROR_MESSAGES.get(code, ERROR_MESSAGES["internal_error"])
     error = {**base, "code": code, "message": message}
-    await _publish(rt.redis, user_id, EventKind.CHAT_ERROR, error)
+    await _publish(rt.redis, owner, EventKind.CHAT_ERROR, error)
     _metric(rt.redis_sync, "herald_chat_jobs_total", labels, outcome=code)
-    await _mark_failed(rt, user_id, base, code)
+    await _mark_failed(rt, owner, base, code)
 
 
-async def _stop(rt: ChatRuntime, user_id: str, base: dict[str, Any], partial: str) -> None:
+async def _stop(rt: ChatRuntime, owner: str, base: dict[str, Any], partial: str) -> None:
     async with rt.pool.connection() as conn:
         stored = await store_reply(
             conn,
@@ -131,12 +134,12 @@ async def _stop(rt: ChatRuntime, user_id: str, base: dict[str, Any], partial: st
             cancelled=True,
         )
     if stored:
-        await ainvalidate_history(rt.redis, user_id, base["conversation_id"])
+        await ainvalidate_history(rt.redis, owner, base["conversation_id"])
         done = {**base, "text": partial, "model": rt.handle.provider.model, "cancelled": True}
-        await _publish(rt.redis, user_id, EventKind.CHAT_DONE, done)
+        await _publish(rt.redis, owner, EventKind.CHAT_DONE, done)
 
 
-async def _mark_failed(rt: ChatRuntime, user_id: str, base: dict[str, Any], code: str) -> None:
+async def _mark_failed(rt: ChatRuntime, owner: str, base: dict[str, Any], code: str) -> None:
     # Best effort: the failure may be PostgreSQL itself. History then shows the turn as
     # failed instead of waiting for ever.
     try:
@@ -147,14 +150,14 @@ async def _mark_failed(rt: ChatRuntime, user_id: str, base: dict[str, Any], code
                 conversation_id=base["conversation_id"],
                 error_code=code,
             )
-        await ainvalidate_history(rt.redis, user_id, base["conversation_id"])
+        await ainvalidate_history(rt.redis, owner, base["conversation_id"])
     except Exception:
         logger.warning("could not mark chat message %s failed", base["message_id"], exc_info=True)
 
 
 async def _load(conn: Any, message_id: str) -> dict[str, Any] | None:
     cur = await conn.execute(
-        "SELECT m.text, m.conversation_id, c.user_id, r.status AS reply_status,"
+        "SELECT m.text, m.conversation_id, c.tenant, c.user_id, r.status AS reply_status,"
         " r.text AS reply_text, r.model AS reply_model, r.error_code AS reply_error"
         " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
         " LEFT JOIN messages r ON r.id = %s"
@@ -176,12 +179,12 @@ class ChunkPublisher:
     def __init__(
         self,
         client: redis.asyncio.Redis,
-        user_id: str,
+        owner: str,
         base: dict[str, Any],
         started: float,
         labels: dict[str, str],
     ) -> None:
-        self.client, self.user_id, self.base = client, user_id, base
+        self.client, self.owner, self.base = client, owner, base
         self.started, self.labels = started, labels
         self.window = settings.CHAT_CHUNK_COALESCE_SECONDS
         self.events = 0
@@ -220,7 +223,7 @@ class ChunkPublisher:
             # reloads finds the chunk in the draft (core/drafts.py).
             async with self.client.pipeline(transaction=False) as pipe:
                 add_chunk(pipe, self.base["message_id"], index, text)
-                await aqueue_event(pipe, EventKind.CHAT_CHUNK, data, user_id=self.user_id)
+                await aqueue_event(pipe, EventKind.CHAT_CHUNK, data, owner=self.owner)
                 await pipe.execute()
             if index == 0:
                 await self._first()
@@ -253,7 +256,7 @@ async def _turn(
     chunks: ChunkPublisher,
     parts: list[str],
 ) -> dict[str, Any]:
-    user_id = row["user_id"]
+    owner = Identity.from_tenant(row["tenant"], row["user_id"])
     saver = AsyncPostgresSaver(rt.pool)
     graph = GRAPH_COMPILED.copy(update={"checkpointer": saver})
     handle = rt.handle
@@ -262,7 +265,7 @@ async def _turn(
         redis=rt.redis,
         provider=handle.provider,
         breaker=Breaker.for_llm(rt.redis_sync, handle.provider.name, configured_model()),
-        user_id=user_id,
+        owner=owner,
         on_chunk=chunks.add,
         upstream=rt.upstream,
         labels=labels,
@@ -297,10 +300,10 @@ async def _turn(
         await pipe.execute()
     if code:
         error = {**base, "code": code, "message": state["error_message"]}
-        await _publish(client, user_id, EventKind.CHAT_ERROR, error)
+        await _publish(client, owner.key, EventKind.CHAT_ERROR, error)
     else:
         done = {**base, "text": state.get("reply", ""), "model": handle.provider.model}
-        await _publish(client, user_id, EventKind.CHAT_DONE, done)
+        await _publish(client, owner.key, EventKind.CHAT_DONE, done)
     return {"outcome": outcome, "chunks": len(parts), "events": chunks.events}
 
 
@@ -308,19 +311,19 @@ GRAPH_COMPILED = GRAPH.compile()
 
 
 async def _announce_end(
-    client: redis.asyncio.Redis, user_id: str, base: dict[str, Any], row: dict[str, Any]
+    client: redis.asyncio.Redis, owner: str, base: dict[str, Any], row: dict[str, Any]
 ) -> None:
     if row["reply_status"] == MessageStatus.COMPLETED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"]}
-        await _publish(client, user_id, EventKind.CHAT_DONE, data)
+        await _publish(client, owner, EventKind.CHAT_DONE, data)
     elif row["reply_status"] == MessageStatus.CANCELLED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"], "cancelled": True}
-        await _publish(client, user_id, EventKind.CHAT_DONE, data)
+        await _publish(client, owner, EventKind.CHAT_DONE, data)
     else:
         code = row["reply_error"] or "internal_error"
         message = ERROR_MESSAGES.get(code, "The reply failed.")
         await _publish(
-            client, user_id, EventKind.CHAT_ERROR, {**base, "code": code, "message": message}
+            client, owner, EventKind.CHAT_ERROR, {**base, "code": code, "message": message}
         )
 
 
@@ -331,9 +334,9 @@ def _metric(
 
 
 async def _publish(
-    client: redis.asyncio.Redis, user_id: str, event: EventKind, data: dict[str, Any]
+    client: redis.asyncio.Redis, owner: str, event: EventKind, data: dict[str, Any]
 ) -> None:
-    await apublish_event(client, event, data, user_id=user_id)
+    await apublish_event(client, event, data, owner=owner)
 
 
 def _enqueued_at() -> float:
