@@ -51,8 +51,13 @@ def _worker(queue: Queue, client: redis.Redis, **kwargs: object) -> AsyncWorker:
     return AsyncWorker([queue], connection=client, lifespan=open_runtime, **kwargs)
 
 
+# Plain words: the injection guard must let every test message through.
+_PLAIN = "tell me about the river and the old bridge near the town square today please".split()
+
+
 def _words(tag: str, n: int = 8) -> str:
-    return " ".join(f"{tag}w{k}" for k in range(n))
+    """A distinct, harmless message of ``n`` words (the echo server replies with it)."""
+    return " ".join([f"note{tag}"] + [_PLAIN[k % len(_PLAIN)] for k in range(n - 1)])
 
 
 def _assert_exact_stream(client: redis.Redis, user: str, message_id: str, text: str) -> None:
