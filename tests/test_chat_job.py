@@ -13,7 +13,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from core import events, settings
-from jobs.chat.agent import reply_id
+from core.replies import reply_id
 from jobs.chat.llm import DEMO_MODEL, Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
 

@@ -25,6 +25,7 @@ from app.errors import BadRequest, InvalidJSON, NotFound, PayloadTooLarge
 from app.security import ratelimit
 from app.security.auth import authenticate
 from core import history, settings
+from core.replies import chat_job_id
 
 RUN_CHAT = "jobs.chat.job.run_chat"
 # Room for JSON escapes: a message of CHAT_MAX_CHARS characters is at most 12 bytes
@@ -149,7 +150,7 @@ async def post_message(request: Request) -> Response:
             settings.CHAT_QUEUE,
             RUN_CHAT,
             message_id,
-            job_id=f"chat-{message_id}",
+            job_id=chat_job_id(message_id),
             timeout=settings.CHAT_JOB_TIMEOUT_SECONDS,
             retries=settings.CHAT_JOB_RETRIES,
         ),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
@@ -30,17 +29,12 @@ from psycopg import AsyncConnection
 
 from core import settings
 from core.history import invalidate_history
+from core.replies import reply_id
 from jobs.chat.breaker import Breaker, BreakerOpen
 from jobs.chat.guard import check_message, explain
 from jobs.chat.llm import LLMError, Message, Provider, stream_with_retry
 
 security_log = logging.getLogger("herald.security")
-_REPLY_NAMESPACE = uuid.UUID("5b8f1f5e-4d7a-4b8e-9a51-6f0c7a1d2e3b")
-
-
-def reply_id(message_id: str) -> str:
-    """The assistant row's id: derived from the user's message, so a retry reuses it."""
-    return str(uuid.uuid5(_REPLY_NAMESPACE, message_id))
 
 
 class ChatState(TypedDict, total=False):

@@ -25,8 +25,9 @@ from core import settings
 from core.events import publish_event
 from core.history import invalidate_history
 from core.jobmetrics import record_job_metric
+from core.replies import reply_id
 from jobs.chat import runtime
-from jobs.chat.agent import GRAPH, AgentContext, ChatState, reply_id
+from jobs.chat.agent import GRAPH, AgentContext, ChatState
 from jobs.chat.breaker import Breaker
 from jobs.chat.llm import ProviderHandle, configured_model
 from jobs.chat.runtime import ProcessRuntime

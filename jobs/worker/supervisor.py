@@ -36,8 +36,10 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.executions import Execution
 from rq.utils import now
 
-from core import settings
+from core import redispolicy, settings
 from core.logs import configure_logging
+from jobs.worker import liveness
+from jobs.worker.reconciler import run_reconciler
 
 logger = logging.getLogger("herald.worker")
 
@@ -159,19 +161,28 @@ def main() -> int:
         ([settings.UPLOAD_QUEUE], False)
     ] * settings.WORKER_UPLOAD_PROCESSES
     procs = [(*_spawn(q, simple), q, simple) for q, simple in plan]
+    # One reconciler per machine; a Redis lock makes one of them lead (jobs/worker/reconciler.py).
+    reconciler = _spawn_reconciler()
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
         # RQ's warm shutdown: each worker finishes its current job, then exits.
-        for proc, _, _, _ in procs:
+        for proc in [p for p, _, _, _ in procs] + [reconciler]:
             if proc.is_alive() and proc.pid is not None:
                 proc.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    connection = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    connection = redis.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=2
+    )
+    vouched = 0.0
+    try:
+        redispolicy.log_assessment(redispolicy.check(connection))
+    except (redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("could not check Redis's eviction policy: %s", exc)
     try:
         while not stopping:
             for i, (proc, name, queues, simple) in enumerate(procs):
@@ -179,12 +190,45 @@ def main() -> int:
                     logger.warning("worker for %s exited (%s); restarting", queues, proc.exitcode)
                     _reap_quietly(connection, name, queues)
                     procs[i] = (*_spawn(queues, simple), queues, simple)
+                    vouched = 0.0
+            if not reconciler.is_alive() and not stopping:
+                logger.warning("reconciler exited (%s); restarting", reconciler.exitcode)
+                reconciler = _spawn_reconciler()
+            vouched = _vouch(connection, procs, vouched)
             time.sleep(0.5)
-        for proc, _, _, _ in procs:
-            proc.join(timeout=60)
+        # Vouch on while the workers finish their jobs, or the reconciler of another
+        # machine would take them for dead.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(p.is_alive() for p, _, _, _ in procs):
+            vouched = _vouch(connection, procs, vouched)
+            time.sleep(0.2)
+        reconciler.join(timeout=5)
     finally:
         connection.close()
     return 0
+
+
+def _spawn_reconciler() -> multiprocessing.Process:
+    proc = multiprocessing.Process(target=run_reconciler, args=(reap_abandoned,), daemon=False)
+    proc.start()
+    return proc
+
+
+def _vouch(
+    connection: redis.Redis,
+    procs: list[tuple[multiprocessing.Process, str, list[str], bool]],
+    last: float,
+) -> float:
+    """Renew the liveness keys of the live workers every third of their TTL; returns when
+    it last did."""
+    if time.monotonic() - last < settings.WORKER_LIVENESS_SECONDS / 3:
+        return last
+    try:
+        liveness.vouch(connection, [name for proc, name, _, _ in procs if proc.is_alive()])
+    except (redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("could not renew worker liveness: %s", exc)
+        return last
+    return time.monotonic()
 
 
 def _reap_quietly(connection: redis.Redis, name: str, queues: list[str]) -> None:
