@@ -61,6 +61,7 @@ WORK_LOST_MESSAGE = "The work was lost repeatedly (its queue or its worker faile
 # What RQ will still run on its own.
 _PENDING = {JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED}
 UPLOAD_ACTIVE = ["queued", "validating", "processing"]
+_LOGGED_IDS = 20
 
 Reap = Callable[[redis.Redis, str, list[str]], list[str]]
 
@@ -432,14 +433,15 @@ def give_up(
 
 
 def log_report(report: Report) -> None:
-    if report.orphans_removed:
-        logger.warning("removed uploads whose body never finished: %s", report.orphans_removed)
-    if report.reaped:
-        logger.warning("work on dead workers, handed back to RQ: %s", report.reaped)
-    if report.requeued:
-        logger.warning("work with no live job, enqueued again: %s", report.requeued)
+    for what, ids in (
+        ("uploads whose body never finished, removed", report.orphans_removed),
+        ("work on dead workers, handed back to RQ", report.reaped),
+        ("work with no live job, enqueued again", report.requeued),
+    ):
+        if ids:
+            logger.warning("%s: %d (%s)", what, len(ids), ", ".join(ids[:_LOGGED_IDS]))
     if report.suspected:
-        logger.info("work with no job, enqueued next pass if still so: %s", report.suspected)
+        logger.info("work with no job, enqueued next pass if still so: %d", len(report.suspected))
 
 
 def run_reconciler(reap: Reap) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from tests.faults.procs import Stack, private_stack
@@ -30,6 +31,15 @@ def stack(private: Stack) -> Iterator[Stack]:
         client.flushall()
     finally:
         client.close()
+    # ...and their record in PostgreSQL ended with them, or a worker's reconciler would
+    # enqueue that work again (it reads PostgreSQL as the record of work).
+    with psycopg.connect(private.pg.url, autocommit=True) as conn:
+        conn.execute("UPDATE messages SET status = 'failed' WHERE status = 'queued'")
+        conn.execute(
+            "UPDATE uploads SET status = 'failed'"
+            " WHERE status IN ('queued', 'validating', 'processing')"
+        )
+        conn.execute("DELETE FROM uploads WHERE status = 'receiving'")
     try:
         yield private
     finally:
