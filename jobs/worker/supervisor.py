@@ -12,8 +12,11 @@ interval + 60 s) *and* a worker runs registry maintenance (every 10 minutes by d
 rq/worker/base.py ``should_run_maintenance_tasks``). So the supervisor, which sees the
 death at once, expires that worker's executions and runs RQ's own
 ``StartedJobRegistry.cleanup()``: the job is retried (or failed) within a second or
-two, with RQ's retry count and failure callbacks. For a crash of the whole machine,
-workers run maintenance every ``WORKER_MAINTENANCE_SECONDS`` instead of 10 minutes.
+two, with RQ's retry count and failure callbacks. For a crash of the whole machine, the
+supervisor vouches for its live workers in Redis (jobs/worker/liveness.py) and runs a
+reconciler process (jobs/worker/reconciler.py): the leading reconciler of another machine
+hands a dead machine's jobs back to RQ once its keys lapse, and enqueues again any work
+PostgreSQL records as unfinished that Redis lost.
 """
 
 from __future__ import annotations
