@@ -1,4 +1,5 @@
-"""Enqueue RQ jobs from the web process, by dotted path (``app/`` never imports ``jobs/``)."""
+"""Enqueue RQ jobs from the web process by kind (core/jobkinds.py): RQ calls the kind's
+target by its dotted path, so ``app/`` never imports ``jobs/``."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from typing import Any
 
 import anyio.to_thread
 import redis
-from rq import Queue, Retry
+from rq import Queue
 from rq.job import Job
+
+from core.jobkinds import FAILURE_TTL_SECONDS, RESULT_TTL_SECONDS, JobKind, queue_names
 
 
 class JobQueue:
@@ -23,10 +26,10 @@ class JobQueue:
             queue = self._queues[name] = Queue(name, connection=self._client)
         return queue
 
-    def keys(self, *names: str) -> dict[str, dict[str, str]]:
-        """Redis keys of each queue's list and registries, for /metrics."""
+    def keys(self) -> dict[str, dict[str, str]]:
+        """Redis keys of every job queue's list and registries, for /metrics."""
         keys = {}
-        for name in names:
+        for name in queue_names():
             queue = self.queue(name)
             keys[name] = {
                 "queued": queue.key,
@@ -36,17 +39,11 @@ class JobQueue:
             }
         return keys
 
-    async def enqueue(
-        self,
-        queue_name: str,
-        func_path: str,
-        *args: Any,
-        job_id: str | None = None,
-        timeout: int | None = None,
-        retries: int = 0,
-        at_front: bool = False,
-    ) -> str:
-        queue = self.queue(queue_name)
+    async def enqueue(self, kind: JobKind, *args: Any, job_id: str) -> str:
+        """Queue one job of ``kind``; ``job_id`` is chosen by the caller so that a
+        duplicate enqueue of the same work is the same job."""
+        queue = self.queue(kind.queue)
+        retry = kind.retry()
 
         def enqueue() -> Job:
             # Through our own pipeline, so RQ's writes (queue registration, job hash,
@@ -54,14 +51,13 @@ class JobQueue:
             # queue-set SADD on its own pipeline when none is given).
             with self._client.pipeline() as pipe:
                 job = queue.enqueue_call(
-                    func_path,
+                    kind.target,
                     args=args,
                     job_id=job_id,
-                    timeout=timeout,
-                    retry=Retry(max=retries, interval=[1, 5, 15][:retries]) if retries else None,
-                    result_ttl=3600,
-                    failure_ttl=7 * 86400,
-                    at_front=at_front,
+                    timeout=kind.timeout_seconds,
+                    retry=retry,
+                    result_ttl=RESULT_TTL_SECONDS,
+                    failure_ttl=FAILURE_TTL_SECONDS,
                     pipeline=pipe,
                 )
                 pipe.execute()

@@ -12,6 +12,7 @@ from starlette.staticfiles import StaticFiles
 from app.accesslog import AccessLogMiddleware
 from app.dev import token as devtoken
 from app.errors import exception_handlers
+from app.openapi import openapi_document
 from app.resources import lifespan
 from app.routes import chat, health, uploads
 from app.sse import streams
@@ -31,6 +32,7 @@ def create_app() -> Starlette:
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
+    app.state.openapi = openapi_document(app.routes)
     if STATIC_DIR.is_dir():
         # The page is the router's fallback, not a Mount("/"): a mount at "/" matches
         # every path fully, so a wrong method on an API path (GET /chat/messages) got

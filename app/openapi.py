@@ -1,385 +1,158 @@
-"""The OpenAPI 3.1 description of every JSON endpoint (API.md "Conventions")."""
+"""The OpenAPI 3.1 document (API.md "Conventions"), generated from the routes.
+
+Each endpoint declares its operation beside its code with ``@operation(...)``;
+``openapi_document`` walks the router as Starlette's ``SchemaGenerator`` does (which
+reads YAML from docstrings instead), adds the path parameters of each path template,
+and moves every named ``Schema`` it meets into ``components/schemas`` behind a
+``$ref``. Schemas are Python values, so their enums come from core's vocabularies.
+"""
 
 from __future__ import annotations
 
-import functools
-from typing import Any
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
-_BEARER: list[dict[str, list[str]]] = [{"bearer": []}, {"cookie": []}]
-_SSE_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"cookie": []}, {"query": []}]
+from starlette.routing import BaseRoute, Route
 
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+Security = list[dict[str, list[str]]]
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+BEARER: Security = [{"bearer": []}, {"cookie": []}]
+# EventSource cannot send headers: SSE endpoints also take ?token= (API.md).
+SSE_AUTH: Security = [{"bearer": []}, {"cookie": []}, {"query": []}]
+PUBLIC: Security = []
 
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): _json(_ERROR, "Error") for s in statuses}
-
-
-def _op(
-    summary: str,
-    responses: dict[str, Any],
-    *,
-    security: list[dict[str, list[str]]] | None = None,
-    parameters: list[dict[str, Any]] | None = None,
-    body: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": responses}
-    if security is not None:
-        op["security"] = security
-    if parameters:
-        op["parameters"] = parameters
-    if body:
-        op["requestBody"] = body
-    return op
+STRING: dict[str, Any] = {"type": "string"}
+INTEGER: dict[str, Any] = {"type": "integer"}
+TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
+_ATTRIBUTE = "__openapi_operation__"
 
 
-def _path_id(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+@dataclass(frozen=True)
+class Schema:
+    """A named schema: written as a ``$ref``, defined once under components."""
+
+    name: str
+    body: dict[str, Any] = field(hash=False, compare=False)
 
 
-def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema}
-
-
-_OBJ = {"type": "object"}
-_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
-_STR = {"type": "string"}
-_TIME = {"type": "string", "format": "date-time"}
-
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+def obj(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": required, "properties": properties}
 
 
-def _list_schemas() -> dict[str, Any]:
-    """What the list and result endpoints return (app/routes/chat.py, app/routes/uploads.py)."""
-    column = _object(
-        ["name", "type", "nulls", "invalid", "distinct"],
+def enum(values: Iterable[str]) -> dict[str, Any]:
+    return {"enum": [str(v) for v in values]}
+
+
+ERROR = Schema(
+    "Error",
+    obj(
+        ["error"],
         {
-            "name": _STR,
-            "type": {"enum": ["int", "float", "bool", "date", "datetime", "text"]},
-            "nulls": {"type": "integer"},
-            "invalid": {"type": "integer"},
-            "distinct": {"type": "integer"},
-            "min": {},
-            "max": {},
-            "mean": {},  # a number, or an ISO date/time for date and datetime columns
-            "top": {
-                "type": "array",
-                "items": _object(["value", "count"], {"value": {}, "count": {"type": "integer"}}),
-            },
+            "error": obj(
+                ["code", "message"],
+                {"code": STRING, "message": STRING, "details": {"type": "object"}},
+            )
         },
-    )
-    return {
-        "ConversationList": _object(
-            ["conversations"],
-            {
-                "conversations": {
-                    "type": "array",
-                    "items": _object(
-                        ["conversation_id", "title", "created_at", "updated_at"],
-                        {
-                            "conversation_id": _STR,
-                            "title": _STR,
-                            "created_at": _TIME,
-                            "updated_at": _TIME,
-                        },
-                    ),
-                }
-            },
-        ),
-        "MessageList": _object(
-            ["conversation_id", "messages"],
-            {
-                "conversation_id": _STR,
-                "messages": {
-                    "type": "array",
-                    "items": _object(
-                        ["message_id", "role", "text", "status", "created_at"],
-                        {
-                            "message_id": _STR,
-                            "role": {"enum": ["user", "assistant"]},
-                            "text": _STR,
-                            "status": _STR,
-                            "created_at": _TIME,
-                            "model": _STR,
-                            "error_code": _STR,
-                        },
-                    ),
-                },
-            },
-        ),
-        "UploadList": _object(["uploads"], {"uploads": {"type": "array", "items": _ref("Upload")}}),
-        "UploadResult": _object(
-            ["rows_total", "rows_valid", "rows_invalid", "data_quality_score", "columns"],
-            {
-                "rows_total": {"type": "integer"},
-                "rows_valid": {"type": "integer"},
-                "rows_invalid": {"type": "integer"},
-                "data_quality_score": {"type": "number", "minimum": 0, "maximum": 100},
-                "columns": {"type": "array", "items": column},
-            },
-        ),
-        "Rows": _object(
-            ["upload_id", "columns", "rows", "limit", "offset", "total"],
-            {
-                "upload_id": _STR,
-                "columns": {
-                    "type": "array",
-                    "items": _object(["name", "type"], {"name": _STR, "type": _STR}),
-                },
-                "rows": {"type": "array", "items": _OBJ},
-                "limit": {"type": "integer"},
-                "offset": {"type": "integer"},
-                "total": {"type": "integer"},
-            },
-        ),
-    }
+    ),
+)
 
 
-_SSE = {
-    "description": "An event stream",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-}
+def content(media_type: str, schema: Schema | dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": schema}}}
 
 
-@functools.cache
-def openapi_document() -> dict[str, Any]:
-    uid = [_path_id("upload_id")]
-    paths: dict[str, Any] = {
-        "/chat/messages": {
-            "post": _op(
-                "Send a chat message; the reply streams on /events",
-                {"202": _json({"$ref": "#/components/schemas/ChatAccepted"}, "Accepted")}
-                | _errors(400, 401, 404, 413, 422, 429, 503),
-                security=_BEARER,
-                body={
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/ChatMessage"}}
-                    },
-                },
-            )
-        },
-        "/chat/conversations": {
-            "get": _op(
-                "The caller's conversations, newest first",
-                {"200": _json(_ref("ConversationList"))} | _errors(401),
-                security=_BEARER,
-            )
-        },
-        "/chat/conversations/{conversation_id}/messages": {
-            "get": _op(
-                "A conversation's messages in order",
-                {"200": _json(_ref("MessageList"))} | _errors(401, 404),
-                security=_BEARER,
-                parameters=[_path_id("conversation_id")],
-            )
-        },
-        "/uploads": {
-            "get": _op(
-                "The tenant's uploads, newest first",
-                {"200": _json(_ref("UploadList"))} | _errors(400, 401),
-                security=_BEARER,
-                parameters=[
-                    _query("limit", {"type": "integer", "minimum": 1}),
-                    _query("offset", {"type": "integer", "minimum": 0}),
-                ],
-            ),
-            "post": _op(
-                "Upload a CSV file (multipart `file` field, or a raw text/csv body)",
-                {"202": _json({"$ref": "#/components/schemas/UploadAccepted"}, "Accepted")}
-                | _errors(400, 401, 413, 415, 429, 503),
-                security=_BEARER,
-                parameters=[
-                    _query("filename", {"type": "string"}),
-                    _query("columns", {"type": "string"}),
-                ],
-                body={
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "file": {"type": "string", "format": "binary"},
-                                    "columns": {"type": "string"},
-                                },
-                                "required": ["file"],
-                            }
-                        },
-                        "text/csv": {"schema": {"type": "string", "format": "binary"}},
-                    },
-                },
-            ),
-        },
-        "/uploads/{upload_id}": {
-            "get": _op(
-                "One upload",
-                {"200": _json({"$ref": "#/components/schemas/Upload"})} | _errors(401, 404),
-                security=_BEARER,
-                parameters=uid,
-            ),
-            "delete": _op(
-                "Delete an upload and its rows",
-                {"204": {"description": "Deleted"}} | _errors(401, 404),
-                security=_BEARER,
-                parameters=uid,
-            ),
-        },
-        "/uploads/{upload_id}/rows": {
-            "get": _op(
-                "Imported rows, typed",
-                {"200": _json(_ref("Rows"))} | _errors(400, 401, 404, 409),
-                security=_BEARER,
-                parameters=[
-                    *uid,
-                    _query("limit", {"type": "integer", "minimum": 1}),
-                    _query("offset", {"type": "integer", "minimum": 0}),
-                ],
-            )
-        },
-        "/uploads/{upload_id}/errors": {
-            "get": _op(
-                "Rejected cells as CSV (row, column, value, error)",
-                {
-                    "200": {
-                        "description": "CSV",
-                        "content": {"text/csv": {"schema": {"type": "string"}}},
-                    }
-                }
-                | _errors(401, 404),
-                security=_BEARER,
-                parameters=uid,
-            )
-        },
-        "/uploads/{upload_id}/cancel": {
-            "post": _op(
-                "Cancel an upload's job",
-                {"200": _json({"$ref": "#/components/schemas/Upload"})} | _errors(401, 404, 409),
-                security=_BEARER,
-                parameters=uid,
-            )
-        },
-        "/events": {
-            "get": _op(
-                "The caller's event stream (SSE)",
-                {"200": _SSE} | _errors(401, 429),
-                security=_SSE_AUTH,
-            )
-        },
-        "/uploads/{upload_id}/events": {
-            "get": _op(
-                "One upload's event stream (SSE)",
-                {"200": _SSE} | _errors(401, 404, 429),
-                security=_SSE_AUTH,
-                parameters=uid,
-            )
-        },
-        "/healthz": {"get": _op("Liveness", {"200": _json(_STATUS)}, security=[])},
-        "/readyz": {
-            "get": _op(
-                "Readiness of Redis and PostgreSQL",
-                {"200": _json(_STATUS)} | _errors(503),
-                security=[],
-            )
-        },
-        "/metrics": {
-            "get": _op(
-                "Prometheus metrics",
-                {
-                    "200": {
-                        "description": "Prometheus text",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-                security=[],
-            )
-        },
-    }
-    schemas: dict[str, Any] = {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": {
-                        "code": {"type": "string"},
-                        "message": {"type": "string"},
-                        "details": {"type": "object"},
-                    },
-                }
-            },
-        },
-        "ChatMessage": {
-            "type": "object",
-            "required": ["message"],
-            "properties": {
-                "message": {"type": "string", "minLength": 1},
-                "conversation_id": {"type": "string"},
-            },
-        },
-        "ChatAccepted": {
-            "type": "object",
-            "required": ["conversation_id", "message_id", "job_id"],
-            "properties": {
-                k: {"type": "string"} for k in ("conversation_id", "message_id", "job_id")
-            },
-        },
-        "UploadAccepted": {
-            "type": "object",
-            "required": ["upload_id", "job_id", "status"],
-            "properties": {
-                "upload_id": {"type": "string"},
-                "job_id": {"type": "string"},
-                "status": {"type": "string"},
-            },
-        },
-        "Upload": {
-            "type": "object",
-            "required": ["upload_id", "filename", "status", "created_at", "progress"],
-            "properties": {
-                "upload_id": {"type": "string"},
-                "filename": {"type": "string"},
-                "status": {
-                    "enum": [
-                        "queued",
-                        "validating",
-                        "processing",
-                        "completed",
-                        "failed",
-                        "cancelled",
-                    ]
-                },
-                "created_at": {"type": "string", "format": "date-time"},
-                "progress": {
-                    "type": "object",
-                    "required": ["percent", "rows_processed"],
-                    "properties": {
-                        "percent": {"type": "integer", "minimum": 0, "maximum": 100},
-                        "rows_processed": {"type": "integer", "minimum": 0},
-                    },
-                },
-                "result": {"oneOf": [_ref("UploadResult"), {"type": "null"}]},
-                "error": {
-                    "oneOf": [
-                        _object(["code", "message"], {"code": _STR, "message": _STR}),
-                        {"type": "null"},
-                    ]
-                },
-            },
-        },
-    }
-    schemas |= _list_schemas()
+def json_body(schema: Schema | dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return content("application/json", schema, description)
+
+
+def errors(*statuses: int) -> dict[str, Any]:
+    """Responses in API.md's error shape, one per status."""
+    return {str(status): json_body(ERROR, "Error") for status in statuses}
+
+
+def query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def paging() -> list[dict[str, Any]]:
+    return [
+        query("limit", {"type": "integer", "minimum": 1}),
+        query("offset", {"type": "integer", "minimum": 0}),
+    ]
+
+
+def operation(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    security: Security = BEARER,
+    parameters: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+) -> Callable[[Endpoint], Endpoint]:
+    """Describe the endpoint below for /openapi.json (its path parameters are added
+    from the route's path; ``parameters`` are the others)."""
+    described: dict[str, Any] = {"summary": summary, "responses": responses, "security": security}
+    if parameters:
+        described["parameters"] = parameters
+    if body:
+        described["requestBody"] = body
+
+    def mark(endpoint: Endpoint) -> Endpoint:
+        setattr(endpoint, _ATTRIBUTE, described)
+        return endpoint
+
+    return mark
+
+
+def _path_parameters(path: str) -> list[dict[str, Any]]:
+    names = re.findall(r"{(\w+)(?::\w+)?}", path)
+    return [{"name": n, "in": "path", "required": True, "schema": STRING} for n in names]
+
+
+class _Components:
+    """The named schemas met so far; one name, one schema."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, Any] = {}
+        self._owners: dict[str, Schema] = {}
+
+    def hoist(self, value: Any) -> Any:
+        """``value`` with each ``Schema`` replaced by a ``$ref``, its body kept here."""
+        if isinstance(value, Schema):
+            owner = self._owners.setdefault(value.name, value)
+            if owner is not value:
+                raise ValueError(f"two schemas are named {value.name!r}")
+            if value.name not in self.schemas:
+                self.schemas[value.name] = None  # taken before the body: it may recurse
+                self.schemas[value.name] = self.hoist(value.body)
+            return {"$ref": f"#/components/schemas/{value.name}"}
+        if isinstance(value, dict):
+            return {k: self.hoist(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.hoist(v) for v in value]
+        return value
+
+
+def openapi_document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
+    """The document for every route in the schema; a route without ``@operation`` is an
+    error here (at start-up), not a hole in the document."""
+    paths: dict[str, dict[str, Any]] = {}
+    components = _Components()
+    for route in routes:
+        if not isinstance(route, Route) or not route.include_in_schema or not route.methods:
+            continue
+        described = getattr(route.endpoint, _ATTRIBUTE, None)
+        if described is None:
+            raise LookupError(f"{route.path} has no @operation for /openapi.json")
+        described = components.hoist(described)
+        parameters = _path_parameters(route.path) + described.get("parameters", [])
+        if parameters:
+            described = {**described, "parameters": parameters}
+        for method in sorted(route.methods - {"HEAD"}):
+            paths.setdefault(route.path, {})[method.lower()] = described
     return {
         "openapi": "3.1.0",
         "info": {
@@ -389,7 +162,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": schemas,
+            "schemas": components.schemas,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "cookie": {"type": "apiKey", "in": "cookie", "name": "herald_token"},

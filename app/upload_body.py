@@ -30,6 +30,7 @@ from app.errors import (
 )
 from app.security.auth import Principal
 from core import settings
+from core.statuses import UploadStatus
 
 RAW_TYPES = frozenset({"text/csv", "application/csv", "text/plain", "text/tab-separated-values"})
 # Form fields other than the file are tiny (`columns`); refuse anything larger than this.
@@ -244,8 +245,15 @@ async def read_upload(
     async with pool.connection() as conn:
         await conn.execute(
             "INSERT INTO uploads (id, org_id, user_id, filename, content_type, status)"
-            " VALUES (%s, %s, %s, %s, %s, 'receiving')",
-            (upload_id, principal.org_id, principal.user_id, filename, media),
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (
+                upload_id,
+                principal.org_id,
+                principal.user_id,
+                filename,
+                media,
+                UploadStatus.RECEIVING,
+            ),
         )
     writer = ChunkWriter(pool, upload_id)
     try:

@@ -19,6 +19,7 @@ import redis
 import redis.asyncio
 
 from core import settings
+from core.eventkinds import EventKind
 
 # XADD ids are "<ms>-<seq>", strictly increasing per stream (Redis docs: Streams intro).
 _PUBLISH_LUA = """
@@ -86,7 +87,7 @@ def valid_id(event_id: str) -> bool:
     )
 
 
-def _args(event: str, data: dict[str, Any]) -> list[Any]:
+def _args(event: EventKind, data: dict[str, Any]) -> list[Any]:
     return [
         event,
         encode_data(data),
@@ -101,7 +102,7 @@ def _ids(result: Sequence[bytes | str]) -> list[str]:
 
 def publish_event(
     client: redis.Redis,
-    event: str,
+    event: EventKind,
     data: dict[str, Any],
     *,
     user_id: str | None = None,
@@ -120,7 +121,7 @@ def publish_event(
 
 async def apublish_event(
     client: redis.asyncio.Redis,
-    event: str,
+    event: EventKind,
     data: dict[str, Any],
     *,
     user_id: str | None = None,

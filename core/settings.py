@@ -87,7 +87,11 @@ CHAT_SYSTEM_PROMPT = config(
 LLM_PROVIDER = config("LLM_PROVIDER", default="demo")  # "demo" (offline) or "openai"
 LLM_BASE_URL = config("LLM_BASE_URL", default="https://api.openai.com/v1")
 LLM_API_KEY = config("LLM_API_KEY", cast=Secret, default="")
-LLM_MODEL = config("LLM_MODEL", default="herald-demo-1")
+# The offline demo provider's model name, and LLM_MODEL's default: one name for the
+# demo in chat.done, metrics labels and the circuit breaker. No spaces or commas: it
+# is also a metric label value and a model id clients may log.
+DEMO_MODEL = "herald-demo-offline"
+LLM_MODEL = config("LLM_MODEL", default=DEMO_MODEL)
 LLM_TIMEOUT_SECONDS = config("LLM_TIMEOUT_SECONDS", cast=float, default=60.0)
 LLM_CONNECT_TIMEOUT_SECONDS = config("LLM_CONNECT_TIMEOUT_SECONDS", cast=float, default=5.0)
 LLM_FIRST_TOKEN_TIMEOUT_SECONDS = config(

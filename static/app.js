@@ -3,9 +3,19 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+// The server's vocabularies (core/eventkinds.py, core/statuses.py), written out because
+// the page has no build step; tests/test_vocabulary.py checks they match exactly.
 const EVENT_TYPES = ["chat.chunk", "chat.done", "chat.error", "upload.status",
   "upload.progress", "upload.done", "upload.error", "resync", "token_expired"];
+const UPLOAD_STATUS = {
+  QUEUED: "queued", VALIDATING: "validating", PROCESSING: "processing",
+  COMPLETED: "completed", FAILED: "failed", CANCELLED: "cancelled",
+};
+const MESSAGE_STATUS = {
+  QUEUED: "queued", ANSWERED: "answered", BLOCKED: "blocked", FLAGGED: "flagged",
+  COMPLETED: "completed", FAILED: "failed",
+};
+const TERMINAL = new Set([UPLOAD_STATUS.COMPLETED, UPLOAD_STATUS.FAILED, UPLOAD_STATUS.CANCELLED]);
 const CHAT_ERRORS = {
   message_blocked: "This message was blocked by the safety check: it looks like an attempt " +
     "to override the assistant's instructions. Please rephrase it.",
@@ -228,9 +238,9 @@ const HANDLERS = {
   "upload.status": (d) => updateUpload(d.upload_id, { status: d.status }),
   "upload.progress": (d) => updateUpload(d.upload_id, { progress: d }),
   "upload.done": (d) => updateUpload(d.upload_id, {
-    status: "completed", progress: { percent: 100 }, result: d.result,
+    status: UPLOAD_STATUS.COMPLETED, progress: { percent: 100 }, result: d.result,
   }),
-  "upload.error": (d) => updateUpload(d.upload_id, { status: "failed", error: d }),
+  "upload.error": (d) => updateUpload(d.upload_id, { status: UPLOAD_STATUS.FAILED, error: d }),
   resync: () => refresh(),
   token_expired: () => askForToken("Your token has expired; paste a new one to continue."),
 };
@@ -316,8 +326,8 @@ async function loadConversation(conversationId) {
       // Chunks are not replayed into a reply loaded here (its text would double);
       // chat.done brings the whole text of a reply still streaming.
       state.replies.set(m.message_id || m.id, { el, next: Infinity });
-      if (m.status === "failed") el.classList.add("failed");
-      else if (!["completed", "done", "complete"].includes(m.status)) el.classList.add("streaming");
+      if (m.status === MESSAGE_STATUS.FAILED) el.classList.add("failed");
+      else if (m.status !== MESSAGE_STATUS.COMPLETED) el.classList.add("streaming");
     }
   } catch (error) {
     if (error.status === 404) newConversation();
@@ -476,7 +486,7 @@ async function uploadFiles(files) {
 async function cancelUpload(uploadId) {
   try {
     const data = await api("POST", `/uploads/${encodeURIComponent(uploadId)}/cancel`);
-    updateUpload(uploadId, { status: (data && data.status) || "cancelled" });
+    updateUpload(uploadId, { status: (data && data.status) || UPLOAD_STATUS.CANCELLED });
   } catch (error) {
     uploadRow(uploadId).querySelector(".u-error").textContent = describe(error);
   }

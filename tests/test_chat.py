@@ -157,6 +157,7 @@ async def test_history_order_and_cache_invalidation(
     assert "first conversation" in after[1]["text"]
     created = [dt.datetime.fromisoformat(m["created_at"]) for m in after]
     assert all(c.tzinfo is not None for c in created) and created == sorted(created)
+    assert all(m["created_at"].endswith("Z") for m in after)  # RFC 3339 in UTC
 
 
 async def test_rate_limit_is_shared_by_web_processes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 from rq import Queue, SimpleWorker
 
-from core import events, settings
+from core import events, jobkinds, settings
 from core.replies import reply_id
-from jobs.chat.llm import DEMO_MODEL, Sanitizer
+from jobs.chat.llm import Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
 
 
@@ -61,7 +65,7 @@ def post(
 def run_jobs(redis_client: redis.Redis, *message_ids: str) -> None:
     queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
     for message_id in message_ids:
-        queue.enqueue("jobs.chat.job.run_chat", message_id, job_id=f"chat-{message_id}")
+        queue.enqueue(jobkinds.CHAT.target, message_id, job_id=f"chat-{message_id}")
     SimpleWorker([queue], connection=redis_client).work(burst=True)
 
 
@@ -285,9 +289,24 @@ def test_demo_provider(redis_client, db, monkeypatch) -> None:
     assert len(chunks) > 5
     done = got[-1][1]
     assert got[-1][0] == "chat.done"
-    assert done["model"] == DEMO_MODEL
+    assert done["model"] == settings.DEMO_MODEL
     assert done["text"] == "".join(chunks)
     assert "demo model" in done["text"] and "Hello demo" in done["text"]
+
+
+def test_llm_model_defaults_to_the_demo_models_name() -> None:
+    # Settings are read once at import: ask a fresh interpreter without LLM_MODEL.
+    env = {k: v for k, v in os.environ.items() if k != "LLM_MODEL"}
+    code = "from core import settings; print(settings.LLM_MODEL)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == settings.DEMO_MODEL
 
 
 def test_sanitizer_strips_markers_split_across_chunks() -> None:

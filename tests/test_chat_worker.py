@@ -12,7 +12,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from core import settings
+from core import jobkinds, settings
 from jobs.worker.supervisor import ChatWorker
 from tests.support.openai_server import DEFAULT_REPLY
 from tests.test_chat_job import chat_events, post, upstream  # noqa: F401 - a fixture
@@ -26,7 +26,7 @@ def test_chat_jobs_run_on_chat_worker(
     queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
     ids = [post(db, "cw-user", f"hello {i}")[1] for i in range(3)]
     for message_id in ids:
-        queue.enqueue("jobs.chat.job.run_chat", message_id, job_id=f"chat-{message_id}")
+        queue.enqueue(jobkinds.CHAT.target, message_id, job_id=f"chat-{message_id}")
     worker = ChatWorker([queue], connection=redis_client)
     assert worker.work(burst=True)
 

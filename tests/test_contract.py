@@ -94,6 +94,10 @@ async def test_json_bodies_match_their_openapi_schemas(redis_client: redis.Redis
         assert {c["type"] for c in one["result"]["columns"]} == {"int", "text", "date", "datetime"}
         check("Upload", one)
         check("UploadList", (await client.get("/uploads", headers=headers)).json())
-        check("Rows", (await client.get(f"/uploads/{upload_id}/rows", headers=headers)).json())
+        rows = (await client.get(f"/uploads/{upload_id}/rows", headers=headers)).json()
+        check("Rows", rows)
+        # Time stamps in rows are RFC 3339 in UTC, like created_at.
+        assert [r["at"] for r in rows["rows"]] == ["2024-01-01T10:00:00Z", "2024-01-01T11:00:00Z"]
+        assert one["created_at"].endswith("Z")
         check("Error", (await client.get("/uploads/nope", headers=headers)).json())
         Queue(settings.CHAT_QUEUE, connection=redis_client).empty()

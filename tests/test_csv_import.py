@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import redis
 
-from core import settings
+from core import jobkinds, settings
 from tests.support.asgi import running_app, token
 from tests.support.shared import CSV_DIR
 from tests.support.uploads import (
@@ -376,9 +376,7 @@ def wait_until_loading(
 def enqueue(client: redis.Redis, upload_id: str) -> None:
     from rq import Queue
 
-    Queue(settings.UPLOAD_QUEUE, connection=client).enqueue(
-        "jobs.csvimport.job.import_upload", upload_id
-    )
+    Queue(settings.UPLOAD_QUEUE, connection=client).enqueue(jobkinds.CSV_IMPORT.target, upload_id)
 
 
 def test_sigkill_mid_load_then_rerun_leaves_exactly_one_copy(
@@ -418,7 +416,7 @@ def test_postgres_connection_lost_mid_load_is_retried(
     total = 200_000
     upload_id, _ = stage(db, large_file(total))
     Queue(settings.UPLOAD_QUEUE, connection=redis_client).enqueue(
-        "jobs.csvimport.job.import_upload", upload_id, retry=Retry(max=1)
+        jobkinds.CSV_IMPORT.target, upload_id, retry=Retry(max=1)
     )
     proc = start_worker()
     try:

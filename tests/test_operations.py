@@ -7,7 +7,7 @@ import pytest
 import redis
 from rq import Queue
 
-from core import settings
+from core import jobkinds, settings
 from core.jobmetrics import record_job_metric
 from tests.support.asgi import running_app
 
@@ -30,7 +30,7 @@ async def test_metrics_show_queue_depth_and_worker_counters(redis_client: redis.
     queue = Queue(settings.UPLOAD_QUEUE, connection=redis_client)
     queue.empty()
     for n in range(3):
-        queue.enqueue_call("jobs.csvimport.job.import_upload", args=(f"never-run-{n}",))
+        queue.enqueue_call(jobkinds.CSV_IMPORT.target, args=(f"never-run-{n}",))
     record_job_metric(redis_client, "herald_test_things_total", 2, kind='a "quoted", odd one')
     try:
         async with running_app() as app, client_for(app) as client:

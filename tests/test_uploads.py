@@ -88,6 +88,7 @@ async def test_raw_upload_then_import(
         "error",
     }
     assert got["filename"] == "people.csv"
+    assert got["created_at"].endswith("Z")  # RFC 3339 in UTC, as chat's time stamps
     assert got["status"] == "completed"
     assert got["progress"] == {"percent": 100, "rows_processed": 3}
     assert got["error"] is None

@@ -11,13 +11,14 @@ from rq import Queue, Retry
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 
+from core import jobkinds
 from jobs.worker.supervisor import reap_abandoned
 
 
 def started(queue: Queue, worker_name: str, retries: int) -> Job:
     """A job as a worker leaves it when it starts running it (then dies)."""
     job = queue.enqueue_call(
-        "jobs.chat.job.run_chat",
+        jobkinds.CHAT.target,
         args=("x",),
         retry=Retry(max=retries, interval=[1]) if retries else None,
     )

@@ -1,6 +1,6 @@
 """Chat over HTTP (API.md "Chat"): accept a message, enqueue the reply, read history.
 
-The reply itself is made by ``jobs.chat.run_chat`` on a worker and streamed as
+The reply itself is made by the ``CHAT`` job kind (core/jobkinds.py) on a worker and streamed as
 ``chat.*`` events. History is read from PostgreSQL through a short-lived Redis cache;
 every write bumps a generation number that is part of the cache key, so a reader that
 raced a writer caches under a key nobody reads again (no stale window beyond a read).
@@ -9,7 +9,6 @@ raced a writer caches under a key nobody reads again (no stale window beyond a r
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import uuid
 from typing import Any
 
@@ -22,12 +21,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import BadRequest, InvalidJSON, NotFound, PayloadTooLarge
+from app.openapi import STRING, TIME, Schema, enum, errors, json_body, obj, operation
 from app.security import ratelimit
 from app.security.auth import authenticate
-from core import history, settings
+from core import history, jobkinds, settings
 from core.replies import chat_job_id
+from core.statuses import MessageStatus
+from core.timestamps import rfc3339
 
-RUN_CHAT = "jobs.chat.job.run_chat"
 # Room for JSON escapes: a message of CHAT_MAX_CHARS characters is at most 12 bytes
 # each as "\\uXXXX\\uXXXX" surrogate pairs; anything bigger is refused unread.
 _BODY_OVERHEAD = 4096
@@ -46,11 +47,6 @@ async def cached(request: Request, kind: str, owner: str, load: Any) -> bytes:
 
 
 # --- Input ---------------------------------------------------------------------------------
-def iso(value: dt.datetime) -> str:
-    # API.md: ISO 8601 with a zone; PostgreSQL timestamptz comes back zone-aware.
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 def parse_uuid(value: str) -> str | None:
     try:
         return str(uuid.UUID(value))
@@ -84,8 +80,6 @@ async def read_message(request: Request) -> tuple[str, str | None]:
     if "\x00" in message:
         # PostgreSQL text cannot hold NUL; refuse it here rather than fail at INSERT.
         raise BadRequest("'message' must not contain NUL characters.", details={"field": "message"})
-    if "\x00" in message:  # PostgreSQL text cannot hold NUL (found by tests/faults)
-        raise BadRequest("'message' must not contain NUL characters.", details={"field": "message"})
     conversation_id = data.get("conversation_id")
     if conversation_id is not None and not isinstance(conversation_id, str):
         raise BadRequest(
@@ -103,6 +97,68 @@ def _too_large() -> PayloadTooLarge:
 
 
 # --- Routes -----------------------------------------------------------------------------------
+CHAT_MESSAGE = Schema(
+    "ChatMessage",
+    obj(["message"], {"message": {"type": "string", "minLength": 1}, "conversation_id": STRING}),
+)
+CHAT_ACCEPTED = Schema(
+    "ChatAccepted",
+    obj(
+        ["conversation_id", "message_id", "job_id"],
+        {"conversation_id": STRING, "message_id": STRING, "job_id": STRING},
+    ),
+)
+CONVERSATION_LIST = Schema(
+    "ConversationList",
+    obj(
+        ["conversations"],
+        {
+            "conversations": {
+                "type": "array",
+                "items": obj(
+                    ["conversation_id", "title", "created_at", "updated_at"],
+                    {
+                        "conversation_id": STRING,
+                        "title": STRING,
+                        "created_at": TIME,
+                        "updated_at": TIME,
+                    },
+                ),
+            }
+        },
+    ),
+)
+MESSAGE_LIST = Schema(
+    "MessageList",
+    obj(
+        ["conversation_id", "messages"],
+        {
+            "conversation_id": STRING,
+            "messages": {
+                "type": "array",
+                "items": obj(
+                    ["message_id", "role", "text", "status", "created_at"],
+                    {
+                        "message_id": STRING,
+                        "role": enum(["user", "assistant"]),
+                        "text": STRING,
+                        "status": enum(MessageStatus),
+                        "created_at": TIME,
+                        "model": STRING,
+                        "error_code": STRING,
+                    },
+                ),
+            },
+        },
+    ),
+)
+
+
+@operation(
+    "Send a chat message; the reply streams on /events",
+    {"202": json_body(CHAT_ACCEPTED, "Accepted")} | errors(400, 401, 404, 413, 422, 429, 503),
+    body={"required": True, "content": {"application/json": {"schema": CHAT_MESSAGE}}},
+)
 async def post_message(request: Request) -> Response:
     principal = await authenticate(request)
     message, conversation_id = await read_message(request)
@@ -113,7 +169,8 @@ async def post_message(request: Request) -> Response:
     limiter: ratelimit.RateLimiter = request.app.state.ratelimiter
     limit = settings.CHAT_RATE_LIMIT
     if not await limiter.acquire("chat", limit, principal.user_id):
-        await limiter.headers("chat", limit, principal.user_id, allowed=False)  # raises 429
+        headers = await limiter.headers("chat", limit, principal.user_id)
+        raise ratelimit.refusal("chat", limit, headers)
     message_id = str(uuid.uuid4())
     if conversation_id is None:
         conversation_id = str(uuid.uuid4())
@@ -133,27 +190,20 @@ async def post_message(request: Request) -> Response:
             # conversation row and the message row; the foreign key is checked at the
             # statement's end, when the CTE's row exists (PostgreSQL docs,
             # "Data-Modifying Statements in WITH").
-            cur = await conn.execute(parent + _INSERT_MESSAGE, (*params, message_id, message))
+            cur = await conn.execute(
+                parent + _INSERT_MESSAGE, (*params, message_id, message, MessageStatus.QUEUED)
+            )
             if cur.rowcount != 1:  # the conversation was deleted after the ownership check
                 raise NotFound("No such conversation.")
 
     # The request is counted; reading the window back for the headers need not hold up
     # the job, so it runs beside the write.
-    headers, _ = await asyncio.gather(
-        limiter.headers("chat", limit, principal.user_id, allowed=True), store()
-    )
+    headers, _ = await asyncio.gather(limiter.headers("chat", limit, principal.user_id), store())
     # The job id is derived from the message: a duplicate enqueue cannot make two replies.
     # The worker never reads the history cache, so its invalidation runs beside the
     # enqueue rather than before it (both are done before the 202).
     job_id, _ = await asyncio.gather(
-        request.app.state.jobs.enqueue(
-            settings.CHAT_QUEUE,
-            RUN_CHAT,
-            message_id,
-            job_id=chat_job_id(message_id),
-            timeout=settings.CHAT_JOB_TIMEOUT_SECONDS,
-            retries=settings.CHAT_JOB_RETRIES,
-        ),
+        request.app.state.jobs.enqueue(jobkinds.CHAT, message_id, job_id=chat_job_id(message_id)),
         history.ainvalidate_history(request.app.state.redis, principal.user_id, conversation_id),
     )
     body = {"conversation_id": conversation_id, "message_id": message_id, "job_id": job_id}
@@ -169,7 +219,7 @@ _TOUCH_CONVERSATION = (
 )
 _INSERT_MESSAGE = (
     " INSERT INTO messages (id, conversation_id, role, text, status)"
-    " SELECT %s, parent.id, 'user', %s, 'queued' FROM parent"
+    " SELECT %s, parent.id, 'user', %s, %s FROM parent"
 )
 
 
@@ -187,6 +237,10 @@ async def owns(request: Request, conversation_id: str, user_id: str) -> bool:
         return await cur.fetchone() is not None
 
 
+@operation(
+    "The caller's conversations, newest first",
+    {"200": json_body(CONVERSATION_LIST)} | errors(401),
+)
 async def list_conversations(request: Request) -> Response:
     principal = await authenticate(request)
 
@@ -204,8 +258,8 @@ async def list_conversations(request: Request) -> Response:
                 {
                     "conversation_id": str(r["id"]),
                     "title": r["title"],
-                    "created_at": iso(r["created_at"]),
-                    "updated_at": iso(r["updated_at"]),
+                    "created_at": rfc3339(r["created_at"]),
+                    "updated_at": rfc3339(r["updated_at"]),
                 }
                 for r in rows
             ]
@@ -215,6 +269,10 @@ async def list_conversations(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
+@operation(
+    "A conversation's messages in order",
+    {"200": json_body(MESSAGE_LIST)} | errors(401, 404),
+)
 async def list_messages(request: Request) -> Response:
     principal = await authenticate(request)
     conversation_id = parse_uuid(request.path_params["conversation_id"])
@@ -241,7 +299,7 @@ async def list_messages(request: Request) -> Response:
                     "role": r["role"],
                     "text": r["text"],
                     "status": r["status"],
-                    "created_at": iso(r["created_at"]),
+                    "created_at": rfc3339(r["created_at"]),
                     **({"model": r["model"]} if r["model"] else {}),
                     **({"error_code": r["error_code"]} if r["error_code"] else {}),
                 }

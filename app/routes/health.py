@@ -11,10 +11,13 @@ from starlette.routing import Route
 
 from app import metrics
 from app.errors import error_body
-from app.openapi import openapi_document
-from core import redispolicy, settings
+from app.openapi import PUBLIC, STRING, content, errors, json_body, obj, operation
+from core import redispolicy
+
+_STATUS = obj(["status"], {"status": STRING})
 
 
+@operation("Liveness", {"200": json_body(_STATUS)}, security=PUBLIC)
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
@@ -45,6 +48,11 @@ async def _redis_policy(request: Request) -> dict[str, Any]:
         return {"checked": False}
 
 
+@operation(
+    "Readiness of Redis and PostgreSQL",
+    {"200": json_body(_STATUS)} | errors(503),
+    security=PUBLIC,
+)
 async def readyz(request: Request) -> JSONResponse:
     redis_ok, postgres_ok, policy = await asyncio.gather(
         _redis_ok(request), _postgres_ok(request), _redis_policy(request)
@@ -69,14 +77,20 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
+@operation(
+    "Prometheus metrics",
+    {"200": content("text/plain", STRING, "Prometheus text")},
+    security=PUBLIC,
+)
 async def metrics_endpoint(request: Request) -> Response:
-    queue_keys = request.app.state.jobs.keys(settings.CHAT_QUEUE, settings.UPLOAD_QUEUE)
+    queue_keys = request.app.state.jobs.keys()
     body = await metrics.render_metrics(request.app.state.redis, queue_keys)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def openapi(request: Request) -> JSONResponse:
-    return JSONResponse(openapi_document())
+    # Built once from the routes by create_app (app/main.py).
+    return JSONResponse(request.app.state.openapi)
 
 
 routes = [

@@ -3,13 +3,15 @@
 The body is never held whole: raw ``text/csv`` bodies come from ``request.stream()`` and
 multipart bodies go through python-multipart's push parser, and either way bytes are cut
 into ``UPLOAD_CHUNK_BYTES`` rows of ``upload_chunks`` as they arrive, so any worker on any
-machine can stream the file back. The import itself is ``jobs.csv_import.import_upload``.
+machine can stream the file back. The import itself is the
+``CSV_IMPORT`` job kind (core/jobkinds.py).
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import datetime as dt
 import io
 import uuid
 from collections.abc import AsyncIterator
@@ -25,13 +27,30 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from app.errors import BadRequest, Conflict, NotFound
+from app.openapi import (
+    INTEGER,
+    STRING,
+    TIME,
+    Schema,
+    content,
+    enum,
+    errors,
+    json_body,
+    obj,
+    operation,
+    paging,
+    query,
+)
 from app.security import ratelimit
 from app.security.auth import Principal, authenticate
 from app.upload_body import UploadBody, read_upload
-from core import events, settings
+from core import events, jobkinds, settings
+from core.columntypes import ColumnType
+from core.eventkinds import EventKind
+from core.statuses import ACTIVE_UPLOAD_STATUSES, VISIBLE_UPLOAD_STATUSES, UploadStatus
+from core.timestamps import rfc3339
 
-TYPES = frozenset({"int", "float", "bool", "date", "datetime", "text"})
-ACTIVE = ("queued", "validating", "processing")
+_TYPES = sorted(t.value for t in ColumnType)
 _UPLOAD_FIELDS = "id, filename, status, created_at, progress_percent, rows_processed, result, error"
 # OWASP "CSV Injection": a cell starting with one of these is run as a formula by
 # spreadsheets; prefixing a single quote makes it text.
@@ -39,12 +58,21 @@ _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 class JSONResponse(Response):
-    """orjson renders dates, datetimes and UUIDs the way API.md wants (ISO 8601)."""
+    """orjson, with a row's datetimes in RFC 3339 UTC like every other time stamp."""
 
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, default=_datetime, option=orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def _datetime(value: object) -> str:
+    # orjson hands over date, time and datetime with OPT_PASSTHROUGH_DATETIME.
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return rfc3339(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def parse_columns(raw: str | None) -> dict[str, str] | None:
@@ -55,15 +83,116 @@ def parse_columns(raw: str | None) -> dict[str, str] | None:
     except orjson.JSONDecodeError:
         raise BadRequest("`columns` must be a JSON object.", details={"field": "columns"}) from None
     if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and v in TYPES for k, v in value.items()
+        isinstance(k, str) and isinstance(v, str) and v in _TYPES for k, v in value.items()
     ):
         raise BadRequest(
-            "`columns` must map column names to one of: " + ", ".join(sorted(TYPES)) + ".",
-            details={"field": "columns", "types": sorted(TYPES)},
+            "`columns` must map column names to one of: " + ", ".join(_TYPES) + ".",
+            details={"field": "columns", "types": _TYPES},
         )
     return value
 
 
+UPLOAD_ACCEPTED = Schema(
+    "UploadAccepted",
+    obj(
+        ["upload_id", "job_id", "status"], {"upload_id": STRING, "job_id": STRING, "status": STRING}
+    ),
+)
+_COLUMN_PROFILE = obj(
+    ["name", "type", "nulls", "invalid", "distinct"],
+    {
+        "name": STRING,
+        "type": enum(ColumnType),
+        "nulls": INTEGER,
+        "invalid": INTEGER,
+        "distinct": INTEGER,
+        "min": {},
+        "max": {},
+        "mean": {},  # a number, or an ISO date/time for date and datetime columns
+        "top": {
+            "type": "array",
+            "items": obj(["value", "count"], {"value": {}, "count": INTEGER}),
+        },
+    },
+)
+UPLOAD_RESULT = Schema(
+    "UploadResult",
+    obj(
+        ["rows_total", "rows_valid", "rows_invalid", "data_quality_score", "columns"],
+        {
+            "rows_total": INTEGER,
+            "rows_valid": INTEGER,
+            "rows_invalid": INTEGER,
+            "data_quality_score": {"type": "number", "minimum": 0, "maximum": 100},
+            "columns": {"type": "array", "items": _COLUMN_PROFILE},
+        },
+    ),
+)
+UPLOAD = Schema(
+    "Upload",
+    obj(
+        ["upload_id", "filename", "status", "created_at", "progress"],
+        {
+            "upload_id": STRING,
+            "filename": STRING,
+            "status": enum(VISIBLE_UPLOAD_STATUSES),
+            "created_at": TIME,
+            "progress": obj(
+                ["percent", "rows_processed"],
+                {
+                    "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+                    "rows_processed": {"type": "integer", "minimum": 0},
+                },
+            ),
+            "result": {"oneOf": [UPLOAD_RESULT, {"type": "null"}]},
+            "error": {
+                "oneOf": [
+                    obj(["code", "message"], {"code": STRING, "message": STRING}),
+                    {"type": "null"},
+                ]
+            },
+        },
+    ),
+)
+UPLOAD_LIST = Schema(
+    "UploadList", obj(["uploads"], {"uploads": {"type": "array", "items": UPLOAD}})
+)
+ROWS = Schema(
+    "Rows",
+    obj(
+        ["upload_id", "columns", "rows", "limit", "offset", "total"],
+        {
+            "upload_id": STRING,
+            "columns": {
+                "type": "array",
+                "items": obj(["name", "type"], {"name": STRING, "type": enum(ColumnType)}),
+            },
+            "rows": {"type": "array", "items": {"type": "object"}},
+            "limit": INTEGER,
+            "offset": INTEGER,
+            "total": INTEGER,
+        },
+    ),
+)
+
+
+@operation(
+    "Upload a CSV file (multipart `file` field, or a raw text/csv body)",
+    {"202": json_body(UPLOAD_ACCEPTED, "Accepted")} | errors(400, 401, 413, 415, 429, 503),
+    parameters=[query("filename", STRING), query("columns", STRING)],
+    body={
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": obj(
+                    ["file"],
+                    {"file": {"type": "string", "format": "binary"}, "columns": STRING},
+                )
+            },
+            "text/csv": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+)
 async def create_upload(request: Request) -> Response:
     principal = await authenticate(request)
     limit_headers = await ratelimit.hit(
@@ -77,28 +206,24 @@ async def create_upload(request: Request) -> Response:
         columns = query_columns if body.columns is None else parse_columns(body.columns)
         async with pool.connection() as conn:
             await conn.execute(
-                "UPDATE uploads SET status = 'queued', job_id = %s, column_types = %s,"
+                "UPDATE uploads SET status = %s, job_id = %s, column_types = %s,"
                 " updated_at = now() WHERE id = %s",
-                (upload_id, orjson.dumps(columns).decode() if columns else None, upload_id),
+                (
+                    UploadStatus.QUEUED,
+                    upload_id,
+                    orjson.dumps(columns).decode() if columns else None,
+                    upload_id,
+                ),
             )
         await events.apublish_event(
             request.app.state.redis,
-            "upload.status",
-            {"upload_id": upload_id, "status": "queued"},
+            EventKind.UPLOAD_STATUS,
+            {"upload_id": upload_id, "status": UploadStatus.QUEUED},
             user_id=principal.user_id,
             upload_id=upload_id,
         )
         # The job id is the upload id, so cancel can reach the job by it.
-        await request.app.state.jobs.enqueue(
-            settings.UPLOAD_QUEUE,
-            "jobs.csvimport.job.import_upload",
-            upload_id,
-            job_id=upload_id,
-            timeout=settings.UPLOAD_JOB_TIMEOUT_SECONDS,
-            # Exactly-once import (jobs/csvimport/job.py), so retrying is safe; 3 retries
-            # (1 + 5 + 15 s apart) ride out a PostgreSQL restart (tests/faults).
-            retries=settings.UPLOAD_JOB_RETRIES,
-        )
+        await request.app.state.jobs.enqueue(jobkinds.CSV_IMPORT, upload_id, job_id=upload_id)
     except BaseException:
         # Refused after all (bad `columns` field, Redis down): keep nothing of it.
         with anyio.CancelScope(shield=True):
@@ -106,7 +231,7 @@ async def create_upload(request: Request) -> Response:
                 await conn.execute("DELETE FROM uploads WHERE id = %s", (upload_id,))
         raise
     return JSONResponse(
-        {"upload_id": upload_id, "job_id": upload_id, "status": "queued"},
+        {"upload_id": upload_id, "job_id": upload_id, "status": UploadStatus.QUEUED},
         status_code=202,
         headers=limit_headers,
     )
@@ -117,7 +242,7 @@ def render_upload(row: dict[str, Any]) -> dict[str, Any]:
         "upload_id": str(row["id"]),
         "filename": row["filename"],
         "status": row["status"],
-        "created_at": row["created_at"].isoformat(),
+        "created_at": rfc3339(row["created_at"]),
         "progress": {"percent": row["progress_percent"], "rows_processed": row["rows_processed"]},
         "result": row["result"],
         "error": row["error"],
@@ -133,8 +258,8 @@ async def fetch_upload(pool: AsyncConnectionPool, upload_id: str, org_id: str) -
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {_UPLOAD_FIELDS}, table_name, user_id FROM uploads"  # noqa: S608 - constant  # nosec
-            " WHERE id = %s AND org_id = %s AND status <> 'receiving'",
-            (upload_id, org_id),
+            " WHERE id = %s AND org_id = %s AND status <> %s",
+            (upload_id, org_id, UploadStatus.RECEIVING),
         )
         row = await cur.fetchone()
     if row is None:
@@ -158,6 +283,11 @@ def page_param(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
+@operation(
+    "The tenant's uploads, newest first",
+    {"200": json_body(UPLOAD_LIST)} | errors(400, 401),
+    parameters=paging(),
+)
 async def list_uploads(request: Request) -> Response:
     principal = await authenticate(request)
     limit = page_param(request, "limit", 50, 1, settings.UPLOAD_ROWS_PAGE_MAX)
@@ -166,14 +296,15 @@ async def list_uploads(request: Request) -> Response:
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {_UPLOAD_FIELDS} FROM uploads"  # noqa: S608 - constant  # nosec
-            " WHERE org_id = %s AND status <> 'receiving'"
+            " WHERE org_id = %s AND status <> %s"
             " ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
-            (principal.org_id, limit, offset),
+            (principal.org_id, UploadStatus.RECEIVING, limit, offset),
         )
         rows = await cur.fetchall()
     return JSONResponse({"uploads": [render_upload(r) for r in rows]})
 
 
+@operation("One upload", {"200": json_body(UPLOAD)} | errors(401, 404))
 async def get_upload(request: Request) -> Response:
     principal = await authenticate(request)
     row = await fetch_upload(
@@ -182,13 +313,18 @@ async def get_upload(request: Request) -> Response:
     return JSONResponse(render_upload(row))
 
 
+@operation(
+    "Imported rows, typed",
+    {"200": json_body(ROWS)} | errors(400, 401, 404, 409),
+    parameters=paging(),
+)
 async def get_rows(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
     row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
     limit = page_param(request, "limit", 100, 1, settings.UPLOAD_ROWS_PAGE_MAX)
     offset = page_param(request, "offset", 0, 0, 2**62)
-    if row["status"] != "completed" or not row["table_name"]:
+    if row["status"] != UploadStatus.COMPLETED or not row["table_name"]:
         raise Conflict(
             "The upload has no rows until it is completed.",
             code="upload_not_completed",
@@ -202,7 +338,7 @@ async def get_rows(request: Request) -> Response:
         cur = await conn.execute(query, (limit, offset))
         records = await cur.fetchall()
     names = [c["name"] for c in columns]
-    wide = row["result"].get("storage") == "jsonb"  # jobs.csv_import: too wide for columns
+    wide = row["result"].get("storage") == "jsonb"  # jobs/csvimport: too wide for columns
     return JSONResponse(
         {
             "upload_id": str(row["id"]),
@@ -222,6 +358,10 @@ def neutralise(cell: str) -> str:
     return "'" + cell if cell.startswith(_FORMULA_PREFIXES) else cell
 
 
+@operation(
+    "Rejected cells as CSV (row, column, value, error)",
+    {"200": content("text/csv", STRING, "CSV")} | errors(401, 404),
+)
 async def get_errors(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
@@ -263,29 +403,32 @@ async def mark_cancelled(request: Request, principal: Principal, upload_id: str)
     """Flip an active upload to ``cancelled``; the job notices at its next batch."""
     async with request.app.state.pool.connection() as conn:
         cur = await conn.execute(
-            "UPDATE uploads SET status = 'cancelled', updated_at = now()"
+            "UPDATE uploads SET status = %s, updated_at = now()"
             " WHERE id = %s AND org_id = %s AND status = ANY(%s) RETURNING user_id",
-            (upload_id, principal.org_id, list(ACTIVE)),
+            (UploadStatus.CANCELLED, upload_id, principal.org_id, list(ACTIVE_UPLOAD_STATUSES)),
         )
         found = await cur.fetchone()
     if found is None:
         return False
     await events.apublish_event(
         request.app.state.redis,
-        "upload.status",
-        {"upload_id": upload_id, "status": "cancelled"},
+        EventKind.UPLOAD_STATUS,
+        {"upload_id": upload_id, "status": UploadStatus.CANCELLED},
         user_id=found[0],
         upload_id=upload_id,
     )
     return True
 
 
+@operation("Cancel an upload's job", {"200": json_body(UPLOAD)} | errors(401, 404, 409))
 async def cancel_upload(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
     row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
     upload_id = str(row["id"])
-    if row["status"] != "cancelled" and not await mark_cancelled(request, principal, upload_id):
+    if row["status"] != UploadStatus.CANCELLED and not await mark_cancelled(
+        request, principal, upload_id
+    ):
         refreshed = await fetch_upload(pool, upload_id, principal.org_id)
         raise Conflict(
             f"The upload is already {refreshed['status']}.",
@@ -295,6 +438,7 @@ async def cancel_upload(request: Request) -> Response:
     return JSONResponse(render_upload(await fetch_upload(pool, upload_id, principal.org_id)))
 
 
+@operation("Delete an upload and its rows", {"204": {"description": "Deleted"}} | errors(401, 404))
 async def delete_upload(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
@@ -302,7 +446,7 @@ async def delete_upload(request: Request) -> Response:
     upload_id = str(row["id"])
     # Cancel first: a running import then rolls back at its next batch and lets go of
     # the row, instead of the DELETE below waiting for the whole import.
-    if row["status"] in ACTIVE:
+    if row["status"] in ACTIVE_UPLOAD_STATUSES:
         await mark_cancelled(request, principal, upload_id)
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(

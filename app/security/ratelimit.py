@@ -70,36 +70,41 @@ class RateLimiter:
     async def hit(self, limit_name: str, limit_string: str, identity: str) -> RateLimitHeaders:
         """Count one request; returns the headers, or raises ``RateLimited`` with them."""
         allowed = await self.acquire(limit_name, limit_string, identity)
-        return await self.headers(limit_name, limit_string, identity, allowed=allowed)
+        headers = await self.headers(limit_name, limit_string, identity)
+        if not allowed:
+            raise refusal(limit_name, limit_string, headers)
+        return headers
 
     async def acquire(self, limit_name: str, limit_string: str, identity: str) -> bool:
         """Count one request if it is within the limit; True when it was."""
         return await self._limiter.hit(parse_limit(limit_string), limit_name, identity)
 
-    async def headers(
-        self, limit_name: str, limit_string: str, identity: str, *, allowed: bool
-    ) -> RateLimitHeaders:
-        """The ``RateLimit-*`` headers after ``acquire``; raises ``RateLimited`` when it
-        refused. A second round trip, so a caller may run it beside its own work."""
+    async def headers(self, limit_name: str, limit_string: str, identity: str) -> RateLimitHeaders:
+        """The ``RateLimit-*`` headers of the current window (after ``acquire``). A
+        second round trip, so a caller may run it beside its own work."""
         item = parse_limit(limit_string)
         reset_at, remaining = await self._limiter.get_window_stats(item, limit_name, identity)
-        reset_in = max(0, math.ceil(reset_at - time.time()))
-        headers = {
+        return {
             "RateLimit-Limit": str(item.amount),
             "RateLimit-Remaining": str(max(0, remaining)),
-            "RateLimit-Reset": str(reset_in),
+            "RateLimit-Reset": str(max(0, math.ceil(reset_at - time.time()))),
         }
-        if not allowed:
-            metrics.RATE_LIMITED.labels(limit_name).inc()
-            raise RateLimited(
-                f"At most {item.amount} per {_period(item)}; retry in {max(1, reset_in)} s.",
-                details={"limit": limit_string, "retry_after_seconds": max(1, reset_in)},
-                headers={**headers, "Retry-After": str(max(1, reset_in))},
-            )
-        return headers
 
     async def clear(self, limit_name: str, limit_string: str, identity: str) -> None:
         await self._limiter.clear(parse_limit(limit_string), limit_name, identity)
+
+
+def refusal(limit_name: str, limit_string: str, headers: RateLimitHeaders) -> RateLimited:
+    """The 429 for a request ``acquire`` refused, for the caller to raise; ``headers``
+    are that window's, from ``RateLimiter.headers``. Counts the refusal."""
+    metrics.RATE_LIMITED.labels(limit_name).inc()
+    item = parse_limit(limit_string)
+    retry_after = max(1, int(headers["RateLimit-Reset"]))
+    return RateLimited(
+        f"At most {item.amount} per {_period(item)}; retry in {retry_after} s.",
+        details={"limit": limit_string, "retry_after_seconds": retry_after},
+        headers={**headers, "Retry-After": str(retry_after)},
+    )
 
 
 def _period(item: RateLimitItem) -> str:

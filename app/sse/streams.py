@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 from sse_starlette import EventSourceResponse
@@ -22,11 +23,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
 from app.errors import RateLimited
+from app.openapi import SSE_AUTH, STRING, content, errors, operation
 from app.routes.uploads import fetch_upload
 from app.security.auth import Principal, authenticate
 from app.sse.hub import Hub, Mailbox
 from app.sse.leases import StreamLeases
 from core import events, settings
+from core.eventkinds import EventKind
 
 PING = b": ping\n\n"
 HEADERS = {
@@ -36,11 +39,26 @@ HEADERS = {
 }
 
 
+def _stream(kinds: list[EventKind]) -> dict[str, Any]:
+    # API.md "Event streams": the event names a client may see on this stream.
+    return content("text/event-stream", STRING, "Events: " + ", ".join(kinds) + ".")
+
+
+@operation(
+    "The caller's event stream (SSE)",
+    {"200": _stream(list(EventKind))} | errors(401, 429),
+    security=SSE_AUTH,
+)
 async def user_events(request: Request) -> EventSourceResponse:
     principal = await authenticate(request, allow_query=True)
     return await open_stream(request, principal, events.user_stream(principal.user_id))
 
 
+@operation(
+    "One upload's event stream (SSE)",
+    {"200": _stream([k for k in EventKind if not k.startswith("chat.")])} | errors(401, 404, 429),
+    security=SSE_AUTH,
+)
 async def upload_events(request: Request) -> EventSourceResponse:
     principal = await authenticate(request, allow_query=True)
     upload_id = request.path_params["upload_id"]
@@ -174,7 +192,9 @@ async def stream_frames(
                 last_sent = await events.latest_id(state.redis, key)
                 metrics.RESYNCS.inc()
                 opening += events.frame(
-                    last_sent, "resync", events.encode_data({"reason": "history_unavailable"})
+                    last_sent,
+                    EventKind.RESYNC,
+                    events.encode_data({"reason": "history_unavailable"}),
                 )
             assert last_sent is not None
             cursor = events.parse_id(last_sent)
@@ -185,7 +205,7 @@ async def stream_frames(
             left = principal.seconds_left()
             if left <= 0:
                 data = events.encode_data({"reason": "token_expired"})
-                yield events.frame(last_sent, "token_expired", data)
+                yield events.frame(last_sent, EventKind.TOKEN_EXPIRED, data)
                 return
             frames = await mailbox.wait(min(heartbeat, left))
             if cursor is not None and frames:

@@ -30,6 +30,7 @@ from psycopg import AsyncConnection
 from core import settings
 from core.history import invalidate_history
 from core.replies import reply_id
+from core.statuses import MessageStatus
 from jobs.chat.breaker import Breaker, BreakerOpen
 from jobs.chat.guard import check_message, explain
 from jobs.chat.llm import LLMError, Message, Provider, stream_with_retry
@@ -172,35 +173,57 @@ async def respond(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
     return {"messages": turn, "reply": reply, "error_code": "", "error_message": ""}
 
 
+async def save_turn(
+    conn: AsyncConnection[Any],
+    *,
+    conversation_id: str,
+    message_id: str,
+    reply: str,
+    model: str | None,
+    error_code: str,
+    flagged: bool = False,
+) -> None:
+    """Store how a turn ended: the assistant's row (upserted under its fixed id, so a
+    retry replaces it), the user message's status and the conversation's recency.
+    The caller holds a transaction, so the three land together. ``flagged``: the
+    guard flagged the message in GUARD_MODE=flag, and the reply went ahead."""
+    answered = MessageStatus.FLAGGED if flagged else MessageStatus.ANSWERED
+    user_status = {"": answered, "message_blocked": MessageStatus.BLOCKED}
+    await conn.execute(
+        "INSERT INTO messages (id, conversation_id, role, text, status, model, error_code,"
+        " reply_to) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, status = EXCLUDED.status,"
+        " model = EXCLUDED.model, error_code = EXCLUDED.error_code",
+        (
+            reply_id(message_id),
+            conversation_id,
+            reply,
+            MessageStatus.FAILED if error_code else MessageStatus.COMPLETED,
+            model,
+            error_code or None,
+            message_id,
+        ),
+    )
+    await conn.execute(
+        "UPDATE messages SET status = %s WHERE id = %s",
+        (user_status.get(error_code, MessageStatus.FAILED), message_id),
+    )
+    await conn.execute(
+        "UPDATE conversations SET updated_at = now() WHERE id = %s", (conversation_id,)
+    )
+
+
 async def persist(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState:
     ctx = runtime.context
-    code = state.get("error_code", "")
-    status = "failed" if code else "completed"
-    user_status = {"": "answered", "message_blocked": "blocked"}.get(code, "failed")
-    if user_status == "answered" and state.get("flagged"):
-        user_status = "flagged"
     async with ctx.db_lock, ctx.conn.transaction():
-        await ctx.conn.execute(
-            "INSERT INTO messages (id, conversation_id, role, text, status, model, error_code,"
-            " reply_to) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, status = EXCLUDED.status,"
-            " model = EXCLUDED.model, error_code = EXCLUDED.error_code",
-            (
-                reply_id(state["message_id"]),
-                state["conversation_id"],
-                state.get("reply", ""),
-                status,
-                ctx.provider.model,
-                code or None,
-                state["message_id"],
-            ),
-        )
-        await ctx.conn.execute(
-            "UPDATE messages SET status = %s WHERE id = %s", (user_status, state["message_id"])
-        )
-        await ctx.conn.execute(
-            "UPDATE conversations SET updated_at = now() WHERE id = %s",
-            (state["conversation_id"],),
+        await save_turn(
+            ctx.conn,
+            conversation_id=state["conversation_id"],
+            message_id=state["message_id"],
+            reply=state.get("reply", ""),
+            model=ctx.provider.model,
+            error_code=state.get("error_code", ""),
+            flagged=state.get("flagged", False),
         )
     invalidate_history(ctx.redis, ctx.user_id, state["conversation_id"])
     return {}

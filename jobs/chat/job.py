@@ -22,12 +22,14 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from rq import get_current_job
 
 from core import settings
+from core.eventkinds import EventKind
 from core.events import publish_event
 from core.history import invalidate_history
 from core.jobmetrics import record_job_metric
 from core.replies import reply_id
+from core.statuses import MessageStatus
 from jobs.chat import runtime
-from jobs.chat.agent import GRAPH, AgentContext, ChatState
+from jobs.chat.agent import GRAPH, AgentContext, ChatState, save_turn
 from jobs.chat.breaker import Breaker
 from jobs.chat.llm import ProviderHandle, configured_model
 from jobs.chat.runtime import ProcessRuntime
@@ -40,7 +42,7 @@ ERROR_MESSAGES = {
 
 
 def run_chat(message_id: str) -> dict[str, Any]:
-    """RQ entry point (``jobs.chat.run_chat``): one message, one reply."""
+    """RQ entry point (the CHAT job kind, core/jobkinds.py): one message, one reply."""
     client = redis_client()
     return runtime.run(lambda rt: _run(rt, client, message_id))
 
@@ -75,7 +77,7 @@ async def _run(rt: ProcessRuntime, client: redis.Redis, message_id: str) -> dict
         return {"outcome": "missing"}
     user_id, conversation_id = row["user_id"], str(row["conversation_id"])
     base = {"conversation_id": conversation_id, "message_id": message_id}
-    if row["reply_status"] in ("completed", "failed"):
+    if row["reply_status"] in (MessageStatus.COMPLETED, MessageStatus.FAILED):
         # A retry of a turn that already finished: say how it ended, once more.
         _announce_end(client, user_id, base, row, labels)
         return {"outcome": "replayed"}
@@ -87,7 +89,7 @@ async def _run(rt: ProcessRuntime, client: redis.Redis, message_id: str) -> dict
             _publish(
                 client,
                 user_id,
-                "chat.error",
+                EventKind.CHAT_ERROR,
                 {**base, "code": "internal_error", "message": ERROR_MESSAGES["internal_error"]},
             )
             _metric(client, "herald_chat_jobs_total", labels, outcome="internal_error")
@@ -101,15 +103,15 @@ async def _mark_failed(
     # Best effort: the failure may be PostgreSQL itself. History then shows the turn as
     # failed instead of waiting for ever.
     try:
-        await conn.execute(
-            "INSERT INTO messages (id, conversation_id, role, text, status, error_code, reply_to)"
-            " VALUES (%s, %s, 'assistant', '', 'failed', 'internal_error', %s)"
-            " ON CONFLICT (id) DO UPDATE SET status = 'failed', error_code = 'internal_error'",
-            (reply_id(base["message_id"]), base["conversation_id"], base["message_id"]),
-        )
-        await conn.execute(
-            "UPDATE messages SET status = 'failed' WHERE id = %s", (base["message_id"],)
-        )
+        async with conn.transaction():
+            await save_turn(
+                conn,
+                conversation_id=base["conversation_id"],
+                message_id=base["message_id"],
+                reply="",
+                model=None,
+                error_code="internal_error",
+            )
         invalidate_history(client, user_id, base["conversation_id"])
     except Exception:
         logger.warning("could not mark chat message %s failed", base["message_id"], exc_info=True)
@@ -143,7 +145,7 @@ async def _turn(
 
     def on_chunk(data: dict[str, Any]) -> None:
         nonlocal chunks
-        _publish(client, user_id, "chat.chunk", {**base, **data})
+        _publish(client, user_id, EventKind.CHAT_CHUNK, {**base, **data})
         chunks += 1
         if chunks == 1:  # recorded after the chunk is out, not before it
             first = max(0.0, time.time() - started)
@@ -187,13 +189,16 @@ async def _turn(
         if code == "message_blocked":
             _metric(client, "herald_chat_blocked_total", labels)
         _publish(
-            client, user_id, "chat.error", {**base, "code": code, "message": state["error_message"]}
+            client,
+            user_id,
+            EventKind.CHAT_ERROR,
+            {**base, "code": code, "message": state["error_message"]},
         )
     else:
         _publish(
             client,
             user_id,
-            "chat.done",
+            EventKind.CHAT_DONE,
             {**base, "text": state.get("reply", ""), "model": handle.provider.model},
         )
     outcome = code or "completed"
@@ -208,13 +213,13 @@ def _announce_end(
     row: dict[str, Any],
     labels: dict[str, str],
 ) -> None:
-    if row["reply_status"] == "completed":
+    if row["reply_status"] == MessageStatus.COMPLETED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"]}
-        _publish(client, user_id, "chat.done", data)
+        _publish(client, user_id, EventKind.CHAT_DONE, data)
     else:
         code = row["reply_error"] or "internal_error"
         message = ERROR_MESSAGES.get(code, "The reply failed.")
-        _publish(client, user_id, "chat.error", {**base, "code": code, "message": message})
+        _publish(client, user_id, EventKind.CHAT_ERROR, {**base, "code": code, "message": message})
 
 
 def _metric(
@@ -223,7 +228,7 @@ def _metric(
     record_job_metric(client, name, amount, **{**labels, **extra})
 
 
-def _publish(client: redis.Redis, user_id: str, event: str, data: dict[str, Any]) -> None:
+def _publish(client: redis.Redis, user_id: str, event: EventKind, data: dict[str, Any]) -> None:
     publish_event(client, event, data, user_id=user_id)
 
 

@@ -24,8 +24,6 @@ import orjson
 
 from core import settings
 
-# No spaces or commas: it is also a metric label value and a model id clients may log.
-DEMO_MODEL = "herald-demo-offline"
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
 
@@ -95,7 +93,7 @@ class DemoProvider:
     name = "demo"
 
     def __init__(self, delay: float) -> None:
-        self.model = DEMO_MODEL
+        self.model = settings.DEMO_MODEL
         self._delay = delay
 
     @staticmethod
@@ -268,7 +266,7 @@ def open_provider() -> ProviderHandle:
 
 def configured_model() -> str:
     """The model name metrics are labelled with (from configuration, never hard-coded)."""
-    return DEMO_MODEL if settings.LLM_PROVIDER == "demo" else settings.LLM_MODEL
+    return settings.DEMO_MODEL if settings.LLM_PROVIDER == "demo" else settings.LLM_MODEL
 
 
 async def stream_with_retry(

@@ -33,13 +33,15 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from core import events, jobmetrics, settings
+from core.eventkinds import EventKind
+from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
 from jobs.csvimport import load as csvload
 from jobs.csvimport.format import CsvFormatError, detect_format, iter_rows
 
 logger = logging.getLogger("herald.csv_import")
 
 APP_NAME = "herald-csv-import"
-ACTIVE = ["queued", "validating", "processing"]
+ACTIVE = list(ACTIVE_UPLOAD_STATUSES)
 # Start at most this many bytes of the file into format detection (sniffing + inference).
 SAMPLE_BYTES = 1024 * 1024
 
@@ -83,7 +85,7 @@ class Run:
         self.reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-progress")
         self.pending: Future[None] | None = None
 
-    def publish(self, event: str, data: dict[str, Any]) -> None:
+    def publish(self, event: EventKind, data: dict[str, Any]) -> None:
         events.publish_event(
             self.redis,
             event,
@@ -92,7 +94,7 @@ class Run:
             upload_id=self.upload_id,
         )
 
-    def set_status(self, status: str) -> None:
+    def set_status(self, status: UploadStatus) -> None:
         cur = self.ctl.execute(
             "UPDATE uploads SET status = %s, updated_at = now()"
             " WHERE id = %s AND status = ANY(%s) RETURNING id",
@@ -100,7 +102,7 @@ class Run:
         )
         if cur.fetchone() is None:
             raise Cancelled
-        self.publish("upload.status", {"status": status})
+        self.publish(EventKind.UPLOAD_STATUS, {"status": status})
 
     def chunks(self) -> Iterator[bytes]:
         # One chunk per query, by primary key: never more than one chunk in memory, and
@@ -148,25 +150,32 @@ class Run:
             "UPDATE uploads SET progress_percent = %s, rows_processed = %s WHERE id = %s",
             (percent, rows_processed, self.upload_id),
         )
-        self.publish("upload.progress", {"percent": percent, "rows_processed": rows_processed})
+        self.publish(
+            EventKind.UPLOAD_PROGRESS, {"percent": percent, "rows_processed": rows_processed}
+        )
 
     def fail(self, code: str, message: str) -> None:
         self.close()  # no progress event after the error
         cur = self.ctl.execute(
-            "UPDATE uploads SET status = 'failed', error = %s, updated_at = now()"
+            "UPDATE uploads SET status = %s, error = %s, updated_at = now()"
             " WHERE id = %s AND status = ANY(%s) RETURNING id",
-            (Jsonb({"code": code, "message": message}), self.upload_id, ACTIVE),
+            (
+                UploadStatus.FAILED,
+                Jsonb({"code": code, "message": message}),
+                self.upload_id,
+                ACTIVE,
+            ),
         )
         if cur.fetchone() is None:
             return
         self.ctl.execute("DELETE FROM upload_chunks WHERE upload_id = %s", (self.upload_id,))
-        self.publish("upload.status", {"status": "failed"})
-        self.publish("upload.error", {"code": code, "message": message})
+        self.publish(EventKind.UPLOAD_STATUS, {"status": UploadStatus.FAILED})
+        self.publish(EventKind.UPLOAD_ERROR, {"code": code, "message": message})
         jobmetrics.record_job_metric(self.redis, "herald_upload_imports_total", outcome="failed")
 
     def load(self, conn: psycopg.Connection[Any], column_types: dict[str, str] | None) -> Any:
         """Everything inside the one transaction; returns the result of API.md."""
-        self.set_status("validating")
+        self.set_status(UploadStatus.VALIDATING)
         chunks = self.chunks()
         head: list[bytes] = []
         for chunk in chunks:
@@ -176,7 +185,7 @@ class Run:
         sample = b"".join(head)
         is_final = self.bytes_read >= self.size
         fmt = detect_format(sample, column_types, is_final=is_final)
-        self.set_status("processing")
+        self.set_status(UploadStatus.PROCESSING)
         table = table_name(self.upload_id)
         csvload.create_table(conn, table, fmt.columns)
         rows = iter_rows(itertools.chain(head, chunks), fmt)
@@ -188,10 +197,17 @@ class Run:
         result["storage"] = "jsonb" if csvload.is_wide(fmt.columns) else "columns"
         result["warnings"] = fmt.warnings
         cur = conn.execute(
-            "UPDATE uploads SET status = 'completed', result = %s, table_name = %s,"
+            "UPDATE uploads SET status = %s, result = %s, table_name = %s,"
             " progress_percent = 100, rows_processed = %s, updated_at = now()"
-            " WHERE id = %s AND status = 'processing' RETURNING id",
-            (Jsonb(result), table, self.rows_processed, self.upload_id),
+            " WHERE id = %s AND status = %s RETURNING id",
+            (
+                UploadStatus.COMPLETED,
+                Jsonb(result),
+                table,
+                self.rows_processed,
+                self.upload_id,
+                UploadStatus.PROCESSING,
+            ),
         )
         if cur.fetchone() is None:
             raise Cancelled  # cancelled or deleted at the last moment: roll it all back
@@ -274,9 +290,11 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
             raise
         finally:
             run.close()  # before the connections it reports on close
-        run.publish("upload.progress", {"percent": 100, "rows_processed": run.rows_processed})
-        run.publish("upload.status", {"status": "completed"})
-        run.publish("upload.done", {"result": result})
+        run.publish(
+            EventKind.UPLOAD_PROGRESS, {"percent": 100, "rows_processed": run.rows_processed}
+        )
+        run.publish(EventKind.UPLOAD_STATUS, {"status": UploadStatus.COMPLETED})
+        run.publish(EventKind.UPLOAD_DONE, {"result": result})
         jobmetrics.record_job_metric(client, "herald_upload_imports_total", outcome="completed")
         jobmetrics.record_job_metric(client, "herald_upload_rows_total", result["rows_valid"])
         # Sum and count make a mean duration in PromQL (rate(sum) / rate(count)).

@@ -44,14 +44,17 @@ import redis
 from psycopg.types.json import Jsonb
 from redis.exceptions import LockError
 from redis.lock import Lock
-from rq import Queue, Retry
+from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from core import events, jobmetrics, settings
+from core import events, jobkinds, jobmetrics, settings
+from core.eventkinds import EventKind
 from core.history import invalidate_history
+from core.jobkinds import FAILURE_TTL_SECONDS, RESULT_TTL_SECONDS, JobKind
 from core.logs import configure_logging
 from core.replies import chat_job_id, reply_id
+from core.statuses import ACTIVE_UPLOAD_STATUSES, MessageStatus, UploadStatus
 from jobs.worker import liveness
 
 logger = logging.getLogger("herald.reconciler")
@@ -60,7 +63,7 @@ WORK_LOST = "work_lost"
 WORK_LOST_MESSAGE = "The work was lost repeatedly (its queue or its worker failed); giving up."
 # What RQ will still run on its own.
 _PENDING = {JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED}
-UPLOAD_ACTIVE = ["queued", "validating", "processing"]
+UPLOAD_ACTIVE = [str(status) for status in ACTIVE_UPLOAD_STATUSES]
 _LOGGED_IDS = 20
 
 Reap = Callable[[redis.Redis, str, list[str]], list[str]]
@@ -73,34 +76,14 @@ class Verdict(StrEnum):
     MISSING = "missing"
 
 
-@dataclass(frozen=True, slots=True)
-class WorkKind:
-    """One kind of work: its table and how its job is enqueued (as the web does)."""
-
-    name: str
-    queue: str
-    target: str
-    timeout_seconds: int
-    retries: int
-    job_id: Callable[[str], str]
+CHAT = jobkinds.CHAT
+UPLOAD = jobkinds.CSV_IMPORT
 
 
-CHAT = WorkKind(
-    "chat",
-    settings.CHAT_QUEUE,
-    "jobs.chat.job.run_chat",
-    settings.CHAT_JOB_TIMEOUT_SECONDS,
-    settings.CHAT_JOB_RETRIES,
-    chat_job_id,
-)
-UPLOAD = WorkKind(
-    "upload",
-    settings.UPLOAD_QUEUE,
-    "jobs.csvimport.job.import_upload",
-    settings.UPLOAD_JOB_TIMEOUT_SECONDS,
-    settings.UPLOAD_JOB_RETRIES,
-    str,  # the job id is the upload id (app/routes/uploads.py)
-)
+def job_id_for(kind: JobKind, work_id: str) -> str:
+    """The deterministic job id the web process enqueued the work under: a reply's is
+    derived from its message, an import's is its upload's id (app/routes/uploads.py)."""
+    return chat_job_id(work_id) if kind is CHAT else work_id
 
 
 @dataclass
@@ -220,7 +203,7 @@ class Reconciler:
     def act(
         self,
         conn: psycopg.Connection[Any],
-        kind: WorkKind,
+        kind: JobKind,
         row: dict[str, Any],
         verdict: Verdict,
         job: Job | None,
@@ -232,7 +215,7 @@ class Reconciler:
             return
         if verdict is Verdict.DEAD_WORKER:
             assert job is not None and job.worker_name
-            self.reap(self.redis, job.worker_name, [CHAT.queue, UPLOAD.queue])
+            self.reap(self.redis, job.worker_name, jobkinds.queue_names())
             liveness.withdraw(self.redis, job.worker_name)
             report.reaped.append(work_id)
             # RQ retried (or failed) it; if its execution record had lapsed RQ could not,
@@ -259,10 +242,10 @@ def unfinished_chats(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         cur.execute(
             "SELECT m.id, m.conversation_id, c.user_id FROM messages m"
             " JOIN conversations c ON c.id = m.conversation_id"
-            " WHERE m.role = 'user' AND m.status = 'queued'"
+            " WHERE m.role = 'user' AND m.status = %s"
             " AND m.created_at < now() - make_interval(secs => %s)"
             " ORDER BY m.created_at LIMIT %s",
-            (settings.RECONCILE_GRACE_SECONDS, settings.RECONCILE_BATCH),
+            (MessageStatus.QUEUED, settings.RECONCILE_GRACE_SECONDS, settings.RECONCILE_BATCH),
         )
         return cur.fetchall()
 
@@ -292,9 +275,13 @@ def remove_orphan_uploads(conn: psycopg.Connection[Any]) -> list[str]:
     """Uploads whose body stopped arriving long ago: their web process died mid-body
     (a live one deletes a refused body itself, app/upload_body.py). Chunks cascade."""
     rows = conn.execute(
-        "DELETE FROM uploads WHERE id IN (SELECT id FROM uploads WHERE status = 'receiving'"
+        "DELETE FROM uploads WHERE id IN (SELECT id FROM uploads WHERE status = %s"
         " AND updated_at < now() - make_interval(secs => %s) LIMIT %s) RETURNING id",
-        (settings.UPLOAD_RECEIVE_TIMEOUT_SECONDS, settings.RECONCILE_BATCH),
+        (
+            UploadStatus.RECEIVING,
+            settings.UPLOAD_RECEIVE_TIMEOUT_SECONDS,
+            settings.RECONCILE_BATCH,
+        ),
     ).fetchall()
     return [str(r[0]) for r in rows]
 
@@ -312,9 +299,9 @@ def queued_ids(connection: redis.Redis, queue_name: str) -> set[str]:
 
 
 def judge(
-    connection: redis.Redis, kind: WorkKind, work_id: str, listed: set[str]
+    connection: redis.Redis, kind: JobKind, work_id: str, listed: set[str]
 ) -> tuple[Verdict, Job | None]:
-    job_id = kind.job_id(work_id)
+    job_id = job_id_for(kind, work_id)
     try:
         job = Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
@@ -335,17 +322,17 @@ def judge(
 _COUNT_ATTEMPT = {
     # Only while the work is unfinished: a job that ended meanwhile wrote its end first.
     CHAT.name: "UPDATE messages SET attempts = attempts + 1"
-    " WHERE id = %s AND role = 'user' AND status = 'queued' RETURNING attempts",
+    " WHERE id = %s AND role = 'user' AND status = ANY(%s) RETURNING attempts",
     UPLOAD.name: "UPDATE uploads SET attempts = attempts + 1, updated_at = now()"
-    " WHERE id = %s AND status = ANY(ARRAY['queued', 'validating', 'processing'])"
-    " RETURNING attempts",
+    " WHERE id = %s AND status = ANY(%s) RETURNING attempts",
 }
+_UNFINISHED = {CHAT.name: [str(MessageStatus.QUEUED)], UPLOAD.name: UPLOAD_ACTIVE}
 
 
 def requeue(
     conn: psycopg.Connection[Any],
     connection: redis.Redis,
-    kind: WorkKind,
+    kind: JobKind,
     work_id: str,
     old: Job | None,
 ) -> bool:
@@ -353,7 +340,7 @@ def requeue(
     fails counts nothing); False when no attempt is left or the work finished meanwhile."""
     enqueued = False
     with conn.transaction():
-        row = conn.execute(_COUNT_ATTEMPT[kind.name], (work_id,)).fetchone()
+        row = conn.execute(_COUNT_ATTEMPT[kind.name], (work_id, _UNFINISHED[kind.name])).fetchone()
         if row is None or row[0] > settings.RECONCILE_MAX_ATTEMPTS:
             raise psycopg.Rollback()  # leaves the block; the count is undone
         enqueue(connection, kind, work_id, old)
@@ -363,26 +350,25 @@ def requeue(
     return enqueued
 
 
-def enqueue(connection: redis.Redis, kind: WorkKind, work_id: str, old: Job | None) -> None:
+def enqueue(connection: redis.Redis, kind: JobKind, work_id: str, old: Job | None) -> None:
     """The same job the web process enqueues (app/jobqueue.py), under the same id."""
     if old is not None:
         # An ended job sits in a registry that would later delete the new job's hash
         # along with its own.
         old.delete()
-    retry = Retry(max=kind.retries, interval=[1, 5, 15][: kind.retries]) if kind.retries else None
     Queue(kind.queue, connection=connection).enqueue_call(
         kind.target,
         args=(work_id,),
-        job_id=kind.job_id(work_id),
+        job_id=job_id_for(kind, work_id),
         timeout=kind.timeout_seconds,
-        retry=retry,
-        result_ttl=3600,
-        failure_ttl=7 * 86400,
+        retry=kind.retry(),
+        result_ttl=RESULT_TTL_SECONDS,
+        failure_ttl=FAILURE_TTL_SECONDS,
     )
 
 
 def give_up(
-    conn: psycopg.Connection[Any], connection: redis.Redis, kind: WorkKind, row: dict[str, Any]
+    conn: psycopg.Connection[Any], connection: redis.Redis, kind: JobKind, row: dict[str, Any]
 ) -> bool:
     """End the work ``failed`` with ``work_lost`` and tell its client; False when it
     finished meanwhile."""
@@ -391,36 +377,46 @@ def give_up(
     if kind is CHAT:
         with conn.transaction():
             ended = conn.execute(
-                "UPDATE messages SET status = 'failed'"
-                " WHERE id = %s AND role = 'user' AND status = 'queued' RETURNING id",
-                (work_id,),
+                "UPDATE messages SET status = %s"
+                " WHERE id = %s AND role = 'user' AND status = %s RETURNING id",
+                (MessageStatus.FAILED, work_id, MessageStatus.QUEUED),
             ).fetchone()
             if ended is None:
                 return False
             # The reply row says why, as a crashed job's does (jobs/chat/job.py).
             conn.execute(
                 "INSERT INTO messages (id, conversation_id, role, text, status, error_code,"
-                " reply_to) VALUES (%s, %s, 'assistant', '', 'failed', %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET status = 'failed', error_code = %s",
-                (reply_id(work_id), row["conversation_id"], WORK_LOST, work_id, WORK_LOST),
+                " reply_to) VALUES (%s, %s, 'assistant', '', %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
+                " error_code = EXCLUDED.error_code",
+                (
+                    reply_id(work_id),
+                    row["conversation_id"],
+                    MessageStatus.FAILED,
+                    WORK_LOST,
+                    work_id,
+                ),
             )
         conversation_id = str(row["conversation_id"])
         invalidate_history(connection, row["user_id"], conversation_id)
         base = {"conversation_id": conversation_id, "message_id": work_id}
-        events.publish_event(connection, "chat.error", {**base, **data}, user_id=row["user_id"])
+        events.publish_event(
+            connection, EventKind.CHAT_ERROR, {**base, **data}, user_id=row["user_id"]
+        )
     else:
         ended = conn.execute(
-            "UPDATE uploads SET status = 'failed', error = %s, updated_at = now()"
+            "UPDATE uploads SET status = %s, error = %s, updated_at = now()"
             " WHERE id = %s AND status = ANY(%s) RETURNING id",
-            (Jsonb(data), work_id, UPLOAD_ACTIVE),
+            (UploadStatus.FAILED, Jsonb(data), work_id, UPLOAD_ACTIVE),
         ).fetchone()
         if ended is None:
             return False
         conn.execute("DELETE FROM upload_chunks WHERE upload_id = %s", (work_id,))
         where = {"user_id": row["user_id"], "upload_id": work_id}
         upload = {"upload_id": work_id}
-        events.publish_event(connection, "upload.status", {**upload, "status": "failed"}, **where)
-        events.publish_event(connection, "upload.error", {**upload, **data}, **where)
+        status = {**upload, "status": UploadStatus.FAILED}
+        events.publish_event(connection, EventKind.UPLOAD_STATUS, status, **where)
+        events.publish_event(connection, EventKind.UPLOAD_ERROR, {**upload, **data}, **where)
     jobmetrics.record_job_metric(connection, "herald_reconciler_given_up_total", kind=kind.name)
     logger.error(
         "%s %s lost %d times; ended with %s",

@@ -1,10 +1,11 @@
 """The Procfile's ``worker``: a small supervisor of RQ worker processes.
 
-Chat jobs run on their own ``ChatWorker`` processes (a ``SimpleWorker`` with fewer
-Redis round trips), so they never wait behind a long CSV import, and without a fork
-per job (forking costs milliseconds before the first token; README "Chat: figures").
-Imports run on forking ``Worker``s: a crash or a leak in one import dies with its work
-horse.
+Its process plan comes from the job registry (core/jobkinds.py): each job kind gets
+its own processes on its own queue. ``SIMPLE`` kinds (chat) run on ``ChatWorker``
+processes (a ``SimpleWorker`` with fewer Redis round trips), so they never wait behind
+a long CSV import, and without a fork per job (forking costs milliseconds before the
+first token; README "Chat: figures"). ``FORKING`` kinds (imports) run on forking
+``Worker``s: a crash or a leak in one import dies with its work horse.
 
 A worker that dies mid-job (SIGKILL, OOM) leaves its job in RQ's StartedJobRegistry,
 where RQ itself only notices it once the execution's heartbeat lapses (job monitoring
@@ -30,6 +31,7 @@ import signal
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from types import FrameType
 
 import redis
@@ -40,16 +42,12 @@ from rq.executions import Execution
 from rq.utils import now
 
 from core import redispolicy, settings
+from core.jobkinds import JOB_KINDS, JobKind, WorkerKind
 from core.logs import configure_logging
 from jobs.worker import liveness
 from jobs.worker.reconciler import run_reconciler
 
 logger = logging.getLogger("herald.worker")
-
-
-# Imported before the first job, not by it: importing LangGraph and friends takes
-# about a second, which the first chat of every fresh process would otherwise wait.
-_JOB_MODULES = {settings.CHAT_QUEUE: "jobs.chat.job", settings.UPLOAD_QUEUE: "jobs.csvimport.job"}
 
 
 class ChatWorker(SimpleWorker):
@@ -90,15 +88,14 @@ class ChatWorker(SimpleWorker):
         super().set_state(state, pipeline=pipeline)
 
 
-def run_worker(queues: list[str], simple: bool, name: str | None = None) -> None:
+def run_worker(kind: JobKind, name: str | None = None) -> None:
     configure_logging()
-    for queue in queues:
-        if queue in _JOB_MODULES:
-            importlib.import_module(_JOB_MODULES[queue])
+    # Imported before the first job, not by it (JobKind.module).
+    importlib.import_module(kind.module)
     connection = redis.Redis.from_url(settings.REDIS_URL)
-    worker_class = ChatWorker if simple else Worker
+    worker_class = ChatWorker if kind.worker is WorkerKind.SIMPLE else Worker
     worker = worker_class(
-        queues,
+        [kind.queue],
         connection=connection,
         name=name,
         maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
@@ -151,19 +148,30 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
 
 
-def _spawn(queues: list[str], simple: bool) -> tuple[multiprocessing.Process, str]:
-    name = _worker_name()
-    proc = multiprocessing.Process(target=run_worker, args=(queues, simple, name), daemon=False)
-    proc.start()
-    return proc, name
+@dataclass(slots=True)
+class WorkerProcess:
+    """One supervised RQ worker: the job kind it serves, its process, its RQ name."""
+
+    kind: JobKind
+    process: multiprocessing.Process
+    name: str
+
+    @classmethod
+    def spawn(cls, kind: JobKind) -> WorkerProcess:
+        name = _worker_name()
+        process = multiprocessing.Process(target=run_worker, args=(kind, name), daemon=False)
+        process.start()
+        return cls(kind, process, name)
+
+
+def process_plan() -> list[JobKind]:
+    """One entry per worker process to run: each job kind, ``processes`` times."""
+    return [kind for kind in JOB_KINDS for _ in range(kind.processes)]
 
 
 def main() -> int:
     configure_logging()
-    plan = [([settings.CHAT_QUEUE], True)] * settings.WORKER_CHAT_PROCESSES + [
-        ([settings.UPLOAD_QUEUE], False)
-    ] * settings.WORKER_UPLOAD_PROCESSES
-    procs = [(*_spawn(q, simple), q, simple) for q, simple in plan]
+    workers = [WorkerProcess.spawn(kind) for kind in process_plan()]
     # One reconciler per machine; a Redis lock makes one of them lead (jobs/worker/reconciler.py).
     reconciler = _spawn_reconciler()
     stopping = False
@@ -172,9 +180,9 @@ def main() -> int:
         nonlocal stopping
         stopping = True
         # RQ's warm shutdown: each worker finishes its current job, then exits.
-        for proc in [p for p, _, _, _ in procs] + [reconciler]:
-            if proc.is_alive() and proc.pid is not None:
-                proc.terminate()
+        for process in [w.process for w in workers] + [reconciler]:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -188,22 +196,26 @@ def main() -> int:
         logger.warning("could not check Redis's eviction policy: %s", exc)
     try:
         while not stopping:
-            for i, (proc, name, queues, simple) in enumerate(procs):
-                if not proc.is_alive() and not stopping:
-                    logger.warning("worker for %s exited (%s); restarting", queues, proc.exitcode)
-                    _reap_quietly(connection, name, queues)
-                    procs[i] = (*_spawn(queues, simple), queues, simple)
+            for i, worker in enumerate(workers):
+                if not worker.process.is_alive() and not stopping:
+                    logger.warning(
+                        "worker for %s exited (%s); restarting",
+                        worker.kind.queue,
+                        worker.process.exitcode,
+                    )
+                    _reap_quietly(connection, worker.name, [worker.kind.queue])
+                    workers[i] = WorkerProcess.spawn(worker.kind)
                     vouched = 0.0
             if not reconciler.is_alive() and not stopping:
                 logger.warning("reconciler exited (%s); restarting", reconciler.exitcode)
                 reconciler = _spawn_reconciler()
-            vouched = _vouch(connection, procs, vouched)
+            vouched = _vouch(connection, workers, vouched)
             time.sleep(0.5)
         # Vouch on while the workers finish their jobs, or the reconciler of another
         # machine would take them for dead.
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(p.is_alive() for p, _, _, _ in procs):
-            vouched = _vouch(connection, procs, vouched)
+        while time.monotonic() < deadline and any(w.process.is_alive() for w in workers):
+            vouched = _vouch(connection, workers, vouched)
             time.sleep(0.2)
         reconciler.join(timeout=5)
     finally:
@@ -217,17 +229,13 @@ def _spawn_reconciler() -> multiprocessing.Process:
     return proc
 
 
-def _vouch(
-    connection: redis.Redis,
-    procs: list[tuple[multiprocessing.Process, str, list[str], bool]],
-    last: float,
-) -> float:
+def _vouch(connection: redis.Redis, workers: list[WorkerProcess], last: float) -> float:
     """Renew the liveness keys of the live workers every third of their TTL; returns when
     it last did."""
     if time.monotonic() - last < settings.WORKER_LIVENESS_SECONDS / 3:
         return last
     try:
-        liveness.vouch(connection, [name for proc, name, _, _ in procs if proc.is_alive()])
+        liveness.vouch(connection, [w.name for w in workers if w.process.is_alive()])
     except (redis.exceptions.RedisError, OSError) as exc:
         logger.warning("could not renew worker liveness: %s", exc)
         return last

@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from core import events, settings
+from core import events, jobkinds, settings
 
 
 def stage(
@@ -47,7 +47,7 @@ def stage(
 
 def run_import(client: redis.Redis, upload_id: str) -> Job:
     queue = Queue(settings.UPLOAD_QUEUE, connection=client)
-    job = queue.enqueue("jobs.csvimport.job.import_upload", upload_id)
+    job = queue.enqueue(jobkinds.CSV_IMPORT.target, upload_id)
     SimpleWorker([queue], connection=client).work(burst=True)
     job.refresh()
     return job

@@ -1,0 +1,87 @@
+"""The job registry: every kind of background job, where it queues and how it runs.
+
+A table of dotted paths in the spirit of uvicorn's config.py (``LOOP_SETUPS``,
+``HTTP_PROTOCOLS``): the web process enqueues a kind by its target's dotted path
+without importing ``jobs/``; the worker supervisor builds its process plan from it
+and imports each target's module before the first job; /metrics lists its queues.
+A new job kind is one entry in ``JOB_KINDS``. tests/test_jobkinds.py checks that every
+target resolves to a callable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+from rq import Retry
+
+from core import settings
+
+# How long RQ keeps a finished job (its result is only for inspection) and a failed one.
+RESULT_TTL_SECONDS: Final = 3600
+FAILURE_TTL_SECONDS: Final = 7 * 86400
+
+
+class WorkerKind(StrEnum):
+    # The job runs in the worker process itself: no fork before the first token
+    # (README "Chat: figures"), at the price of sharing the process with later jobs.
+    SIMPLE = "simple"
+    # A work horse is forked per job (RQ's default): a crash or a leak dies with it.
+    FORKING = "forking"
+
+
+@dataclass(frozen=True, slots=True)
+class JobKind:
+    name: str
+    queue: str
+    # "package.module.function", called by RQ with the enqueued arguments.
+    target: str
+    timeout_seconds: int
+    retries: int
+    worker: WorkerKind
+    # Worker processes the supervisor keeps running for this queue.
+    processes: int
+    # Seconds between RQ retries; the first `retries` of them are used.
+    retry_intervals: tuple[int, ...] = (1, 5, 15)
+
+    @property
+    def module(self) -> str:
+        """The module to import before the first job: importing LangGraph and friends
+        takes about a second, which the first job of a fresh process would wait."""
+        return self.target.rpartition(".")[0]
+
+    def retry(self) -> Retry | None:
+        """RQ's retry policy for a job of this kind (the web's enqueue and the
+        reconciler's use the same one)."""
+        if not self.retries:
+            return None
+        return Retry(max=self.retries, interval=list(self.retry_intervals[: self.retries]))
+
+
+CHAT: Final = JobKind(
+    name="chat",
+    queue=settings.CHAT_QUEUE,
+    target="jobs.chat.job.run_chat",
+    timeout_seconds=settings.CHAT_JOB_TIMEOUT_SECONDS,
+    retries=settings.CHAT_JOB_RETRIES,
+    worker=WorkerKind.SIMPLE,
+    processes=settings.WORKER_CHAT_PROCESSES,
+)
+CSV_IMPORT: Final = JobKind(
+    name="csv_import",
+    queue=settings.UPLOAD_QUEUE,
+    target="jobs.csvimport.job.import_upload",
+    timeout_seconds=settings.UPLOAD_JOB_TIMEOUT_SECONDS,
+    # Exactly-once import (jobs/csvimport/job.py), so retrying is safe; 3 retries
+    # (1 + 5 + 15 s apart) ride out a PostgreSQL restart (tests/faults).
+    retries=settings.UPLOAD_JOB_RETRIES,
+    worker=WorkerKind.FORKING,
+    processes=settings.WORKER_UPLOAD_PROCESSES,
+)
+JOB_KINDS: Final = (CHAT, CSV_IMPORT)
+
+
+def queue_names() -> list[str]:
+    """Every queue a job kind uses, once each, in registry order."""
+    return list(dict.fromkeys(kind.queue for kind in JOB_KINDS))

@@ -1,0 +1,43 @@
+"""The statuses of uploads and chat messages, defined once.
+
+They are stored as text in PostgreSQL (app/migrations/001_initial.sql), sent in
+``upload.status`` events and REST bodies, and listed as enums in /openapi.json.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+
+class UploadStatus(StrEnum):
+    # The body is still streaming in; such a row is never shown to clients.
+    RECEIVING = "receiving"
+    QUEUED = "queued"
+    VALIDATING = "validating"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# What a client can see (API.md "CSV uploads": `status` is one of these).
+VISIBLE_UPLOAD_STATUSES: Final = tuple(s for s in UploadStatus if s is not UploadStatus.RECEIVING)
+# An import may still run (and be cancelled) in these.
+ACTIVE_UPLOAD_STATUSES: Final = (
+    UploadStatus.QUEUED,
+    UploadStatus.VALIDATING,
+    UploadStatus.PROCESSING,
+)
+
+
+class MessageStatus(StrEnum):
+    # A user's message: waiting for its reply, answered, refused by the guard, or
+    # answered though the guard flagged it (GUARD_MODE=flag, docs/guard.md).
+    QUEUED = "queued"
+    ANSWERED = "answered"
+    BLOCKED = "blocked"
+    FLAGGED = "flagged"
+    # An assistant's reply: stored whole, or ended in an error (either side may fail).
+    COMPLETED = "completed"
+    FAILED = "failed"
