@@ -109,13 +109,16 @@ UPLOAD_MAX_BYTES = config("UPLOAD_MAX_BYTES", cast=int, default=100 * 1024 * 102
 UPLOAD_CHUNK_BYTES = config("UPLOAD_CHUNK_BYTES", cast=int, default=1024 * 1024)
 UPLOAD_RATE_LIMIT = config("UPLOAD_RATE_LIMIT", default="20/hour")
 UPLOAD_JOB_TIMEOUT_SECONDS = config("UPLOAD_JOB_TIMEOUT_SECONDS", cast=int, default=3600)
-UPLOAD_SAMPLE_ROWS = config("UPLOAD_SAMPLE_ROWS", cast=int, default=1000)
+# Types are first guessed from up to this many rows of the first MiB, then checked on every row.
+UPLOAD_SAMPLE_ROWS = config("UPLOAD_SAMPLE_ROWS", cast=int, default=100_000)
 UPLOAD_MAX_COLUMNS = config("UPLOAD_MAX_COLUMNS", cast=int, default=1600)
 UPLOAD_MAX_FIELD_BYTES = config("UPLOAD_MAX_FIELD_BYTES", cast=int, default=1024 * 1024)
 UPLOAD_PROGRESS_INTERVAL_SECONDS = config(
     "UPLOAD_PROGRESS_INTERVAL_SECONDS", cast=float, default=0.25
 )
 UPLOAD_JOB_RETRIES = config("UPLOAD_JOB_RETRIES", cast=int, default=3)
+# PostgreSQL work_mem for the profile's sorts, per import transaction (SET LOCAL).
+UPLOAD_PROFILE_WORK_MEM = config("UPLOAD_PROFILE_WORK_MEM", default="64MB")
 UPLOAD_ROWS_PAGE_MAX = config("UPLOAD_ROWS_PAGE_MAX", cast=int, default=1000)
 # Rows parsed per COPY batch; cancel is checked between batches (memory ~ batch size).
 UPLOAD_BATCH_ROWS = config("UPLOAD_BATCH_ROWS", cast=int, default=5000)

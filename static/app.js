@@ -443,7 +443,10 @@ function showResult(row, uploadId, result) {
   }
   table.append(body);
   const wrap = el("div", table, { class: "table-wrap" });
-  box.replaceChildren(dl, wrap);
+  // How the file was read that a person should check (two-digit years, a short header...).
+  const notes = el("ul", undefined, { class: "u-warnings", "aria-label": "Warnings" });
+  for (const w of result.warnings || []) notes.append(el("li", w && w.message ? w.message : String(w)));
+  box.replaceChildren(dl, ...(notes.children.length ? [notes] : []), wrap);
   const link = row.querySelector(".u-errors");
   link.href = `/uploads/${encodeURIComponent(uploadId)}/errors`;
   link.setAttribute("download", "");

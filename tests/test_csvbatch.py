@@ -1,9 +1,11 @@
-"""The column-at-a-time checker (jobs.csvbatch) against the per-cell reference
-(csvtypes.parse_cell): for any cells, the same cells are rejected with the same reasons, and
-what PostgreSQL reads from the COPY text it writes is exactly the value parse_cell gives."""
+"""The column-at-a-time checker (jobs.csvimport.batch) against the per-cell reference
+(columntypes.parse_cell): for any cells, the same cells are rejected with the same reasons,
+and what PostgreSQL reads from the COPY text it writes is exactly the value parse_cell gives;
+for forced (lenient) and inferred (strict) columns alike."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -13,25 +15,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core import settings as settings_module
+from core.columntypes import ColumnType
 from jobs.csvimport.batch import check_batch, check_column
-from jobs.csvimport.celltypes import NULL_TOKENS, ColumnSpec, parse_cell
-from jobs.csvimport.load import BATCH_MAX_CHARS, PG_TYPES, take_batch
+from jobs.csvimport.celltypes import NULL_TOKENS, ColumnSpec
+from jobs.csvimport.columntypes import RECORDS, parse_cell
+from jobs.csvimport.load import BATCH_MAX_CHARS, take_batch
 from tests.support.uploads import run_import, stage, upload_row
 
-SPECS = [
-    ColumnSpec("c", "c", "int"),
-    ColumnSpec("c", "c", "int", thousands_sep=","),
-    ColumnSpec("c", "c", "int", decimal_comma=True, thousands_sep="."),
-    ColumnSpec("c", "c", "float"),
-    ColumnSpec("c", "c", "float", thousands_sep=" "),
-    ColumnSpec("c", "c", "float", decimal_comma=True),
-    ColumnSpec("c", "c", "bool"),
-    ColumnSpec("c", "c", "date", "%Y-%m-%d"),
-    ColumnSpec("c", "c", "date", "%d/%m/%Y"),
-    ColumnSpec("c", "c", "datetime", "%Y-%m-%d"),
-    ColumnSpec("c", "c", "datetime", "%d.%m.%Y"),
-    ColumnSpec("c", "c", "text"),
+_SPECS = [
+    ColumnSpec("c", "c", ColumnType.INT),
+    ColumnSpec("c", "c", ColumnType.INT, thousands_sep=","),
+    ColumnSpec("c", "c", ColumnType.INT, decimal_comma=True, thousands_sep="."),
+    ColumnSpec("c", "c", ColumnType.FLOAT),
+    ColumnSpec("c", "c", ColumnType.FLOAT, thousands_sep=" "),
+    ColumnSpec("c", "c", ColumnType.FLOAT, decimal_comma=True),
+    ColumnSpec("c", "c", ColumnType.BOOL),
+    ColumnSpec("c", "c", ColumnType.DATE, "%Y-%m-%d"),
+    ColumnSpec("c", "c", ColumnType.DATE, "%d/%m/%Y"),
+    ColumnSpec("c", "c", ColumnType.DATETIME, "%Y-%m-%d"),
+    ColumnSpec("c", "c", ColumnType.DATETIME, "%d.%m.%Y"),
+    ColumnSpec("c", "c", ColumnType.TEXT),
 ]
+SPECS = [dataclasses.replace(s, forced=forced) for s in _SPECS for forced in (True, False)]
 
 _zones = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(
     lambda m: dt.timezone(dt.timedelta(minutes=m))
@@ -101,14 +106,26 @@ EDGES = [
 ]
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.type}-{s.date_format}-{s.thousands_sep}")
+@pytest.mark.parametrize(
+    "spec",
+    SPECS,
+    ids=lambda s: (
+        f"{s.type}-{s.date_format}-{s.thousands_sep}-{'forced' if s.forced else 'inferred'}"
+    ),
+)
 def test_edge_cells(utc_db: psycopg.Connection, spec: ColumnSpec) -> None:
     for cells in ([c] for c in EDGES):
         check_like_parse_cell(utc_db, spec, cells)
     check_like_parse_cell(utc_db, spec, EDGES)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.type}-{s.date_format}-{s.thousands_sep}")
+@pytest.mark.parametrize(
+    "spec",
+    SPECS,
+    ids=lambda s: (
+        f"{s.type}-{s.date_format}-{s.thousands_sep}-{'forced' if s.forced else 'inferred'}"
+    ),
+)
 @settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -129,12 +146,21 @@ def check_like_parse_cell(db: psycopg.Connection, spec: ColumnSpec, cells: list[
     assert errors == [(i, e) for i, (_, e) in enumerate(expected) if e is not None]
 
     records = [(i + 1, [c]) for i, c in enumerate(cells)]
-    text, good, rejected, bad_rows, invalid = check_batch(records, [spec], ",")
-    assert (good, bad_rows, invalid) == (len(cells) - len(errors), len(errors), [len(errors)])
-    assert [(r[0], r[3]) for r in rejected] == [(i + 1, e) for i, e in errors]
-    db.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS t_{spec.type} (_row bigint, c {PG_TYPES[spec.type]})"
+    checked = check_batch(records, [spec], ",")
+    if not spec.forced:
+        # An inferred type a cell does not fit was guessed wrong: nothing is rejected.
+        assert checked.misfits == ([0] if errors else [])
+        if errors:
+            return
+    text, good, bad_rows = checked.text, checked.good, checked.bad_rows
+    assert (good, bad_rows, checked.invalid) == (
+        len(cells) - len(errors),
+        len(errors),
+        [len(errors)],
     )
+    assert [(r[0], r[3]) for r in checked.rejected] == [(i + 1, e) for i, e in errors]
+    pg_type = RECORDS[spec.type].pg_type
+    db.execute(f"CREATE TEMP TABLE IF NOT EXISTS t_{spec.type} (_row bigint, c {pg_type})")
     db.execute(f"TRUNCATE t_{spec.type}")
     with db.cursor() as cur:
         with cur.copy(f"COPY t_{spec.type} (_row, c) FROM STDIN (FORMAT csv)") as copy:
@@ -145,7 +171,10 @@ def check_like_parse_cell(db: psycopg.Connection, spec: ColumnSpec, cells: list[
 
 
 def test_quoting_nulls_and_ragged_rows(utc_db: psycopg.Connection) -> None:
-    cols = [ColumnSpec("n", "n", "int"), ColumnSpec("t", "t", "text")]
+    cols = [
+        ColumnSpec("n", "n", ColumnType.INT, forced=True),
+        ColumnSpec("t", "t", ColumnType.TEXT),
+    ]
     records = [
         (1, ["1", 'say "hi", then\r\nleave']),
         (2, ["", "   "]),
@@ -153,9 +182,11 @@ def test_quoting_nulls_and_ragged_rows(utc_db: psycopg.Connection) -> None:
         (4, ["4"]),
         (5, ["5", "\\.", "", ""]),
     ]
-    text, good, rejected, bad_rows, invalid = check_batch(records, cols, ",")
-    assert (good, bad_rows, invalid) == (3, 2, [1, 0])
-    assert rejected == [
+    checked = check_batch(records, cols, ",")
+    text = checked.text
+    assert (checked.good, checked.bad_rows, checked.invalid) == (3, 2, [1, 0])
+    assert checked.ragged == [1]
+    assert checked.rejected == [
         (4, "", "4", "too few fields: expected 2, got 1"),
         (3, "n", "x", "not an integer"),
     ]
@@ -167,14 +198,20 @@ def test_quoting_nulls_and_ragged_rows(utc_db: psycopg.Connection) -> None:
     assert got == [(1, 1, 'say "hi", then\r\nleave'), (2, None, None), (5, 5, "\\.")]
 
 
-def test_infinite_floats_load_and_profile(db: psycopg.Connection, redis_client: Any) -> None:
-    # 1e999 reads as inf (Python and PostgreSQL alike); the profile must still be valid JSON.
-    upload_id, _ = stage(db, b"x,y\n1,1e999\n2,-1e999\n3,2.5\n")
+def test_floats_that_would_change_stay_text(db: psycopg.Connection, redis_client: Any) -> None:
+    # 1e999 would be read as inf, 1e-400 as 0, and 17 digits round; the column stays text.
+    # Forced to float, they load as the double nearest to them, as asked.
+    data = b"x,y\n1,1e999\n2,-1e-400\n3,0.12345678901234567\n4,2.5\n"
+    upload_id, _ = stage(db, data)
+    run_import(redis_client, upload_id)
+    y = upload_row(db, upload_id)["result"]["columns"][1]
+    assert y["type"] == "text"
+    upload_id, _ = stage(db, data, columns={"y": "float"})
     run_import(redis_client, upload_id)
     row = upload_row(db, upload_id)
     assert row["status"] == "completed"
     y = row["result"]["columns"][1]
-    assert (y["min"], y["max"], y["mean"]) == ("-inf", "inf", "nan")
+    assert (y["type"], y["min"], y["max"], y["mean"]) == ("float", -0.0, "inf", "inf")
 
 
 def test_batches_are_bounded_by_rows_and_by_characters() -> None:

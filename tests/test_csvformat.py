@@ -14,16 +14,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.csvimport.celltypes import ColumnSpec, parse_cell
+from jobs.csvimport.batch import fit_row
+from jobs.csvimport.celltypes import ColumnSpec
+from jobs.csvimport.columntypes import parse_cell
 from jobs.csvimport.format import (
     CsvFormat,
     CsvFormatError,
     clean_header,
     detect_encoding,
     detect_format,
-    fit_row,
     iter_rows,
 )
+from jobs.csvimport.inference import decide
 from jobs.csvimport.profile import DISTINCT_EXACT_CAP, ColumnProfile
 from tests.support.shared import CSV_DIR
 
@@ -69,7 +71,8 @@ REAL: dict[str, Expected] = {
         ",",
         9,
         344,
-        {"date": ("date", "%m/%d/%y"), "year": ("int", None), "acres_affected": ("float", None)},
+        # One "1930" among the dates; "408,301 sq. miles" among the acres: both stay text.
+        {"date": ("text", None), "year": ("int", None), "acres_affected": ("text", None)},
     ),
     "538_bechdel_movies_mixed.csv": (
         "utf-8",
@@ -84,9 +87,9 @@ REAL: dict[str, Expected] = {
         10,
         379,
         {
-            "start_date": ("date", "%m/%d/%y"),
+            "start_date": ("text", None),  # "Aug. 1981", "Reagan admin"
             "end_date": ("text", None),  # 25 of 379 say "Still in office"
-            "length": ("int", None),
+            "length": ("text", None),  # "977 combined"
             "column_9": ("text", None),
         },
     ),
@@ -168,7 +171,7 @@ REAL: dict[str, Expected] = {
         ",",
         4,
         109,
-        {"column_1": ("int", None), "time": ("date", "%Y-%m-%d"), "column_4": ("float", None)},
+        {"column_1": ("int", None), "time": ("date", "%Y-%m-%d"), "column_4": ("text", None)},
     ),
     "plotly_volcano_db_latin1.csv": (
         "latin-1",
@@ -241,10 +244,10 @@ def test_real_decimal_comma_and_thousands() -> None:
     life = col(gap, "lifeExp")
     assert (life.decimal_comma, life.thousands_sep) == (True, None)
     assert parse_cell("28,801", life) == (28.801, None)
-    acres = col(
-        sniff((DATA / "538_antiquities_act_dates_thousands.csv").read_bytes()), "acres_affected"
-    )
-    assert acres.thousands_sep == ","
+    data = (DATA / "538_antiquities_act_dates_thousands.csv").read_bytes()
+    assert col(sniff(data), "acres_affected").type == "text"  # "408,301 sq. miles"
+    acres = detect_format(data, {"acres_affected": "float"}, is_final=True).columns[-1]
+    assert (acres.type, acres.thousands_sep, acres.forced) == ("float", ",", True)
     assert parse_cell("1,193.91", acres) == (1193.91, None)
     assert parse_cell("408,301 sq. miles", acres) == (None, "not a number")
 
@@ -265,7 +268,11 @@ def test_real_ragged_rows_are_reported() -> None:
 def test_real_short_header_is_padded_with_a_warning() -> None:
     fmt = sniff((DATA / "plotly_temp_data_header_short.csv").read_bytes())
     assert [c.name for c in fmt.columns] == ["column_1", "time", "temp", "column_4"]
-    assert fmt.warnings == ["header has 3 fields but rows have 4; added names"]
+    assert [(w["code"], w["details"]) for w in fmt.warnings] == [
+        ("header_shorter_than_rows", {"header_fields": 3, "row_fields": 4})
+    ]
+    # The message shows where the names landed, so a person can see "temp" holds times.
+    assert "temp='03:14:50'" in fmt.warnings[0]["message"]
 
 
 @needs_data
@@ -605,18 +612,17 @@ def test_dot_in_semicolon_file_is_a_decimal_point_not_grouping() -> None:
 
 
 @needs_data
-def test_real_types_come_from_the_prefix_sample() -> None:
-    # The first 64 KiB of the 2014 polls hold whole percentages only; decimals such as "45.5"
-    # appear later and are reported as invalid cells rather than silently changing the type.
+def test_real_types_come_from_every_value() -> None:
+    # The first 260 rows (40 KiB) of the 2014 polls hold whole percentages only; decimals such
+    # as "45.5" appear later: the head says int, every value says float, none is rejected.
     data = (DATA / "538_pollster_raw_polls_2014.tsv").read_bytes()
-    fmt = sniff(data)
-    pct = col(fmt, "cand1_pct")
-    assert pct.type == "int"
-    profile = ColumnProfile(pct)
-    i = fmt.columns.index(pct)
-    for _, fields in iter_rows(chunked(data, 1 << 20), fmt):
-        profile.add(*parse_cell(fields[i], pct))
-    assert (profile.nulls, profile.invalid) == (0, 273)
+    fmt = detect_format(data[: 32 * 1024], None, is_final=False)
+    assert col(fmt, "cand1_pct").type == "int"
+    rows = [f for _, f in iter_rows(chunked(data, 1 << 20), fmt)]
+    decided = decide(fmt.columns, fmt.delimiter, [rows])
+    i = fmt.columns.index(col(fmt, "cand1_pct"))
+    assert (decided[i].type, decided[i].forced) == ("float", False)
+    assert all(parse_cell(r[i], decided[i])[1] is None for r in rows)
 
 
 def test_no_header_mode() -> None:

@@ -125,6 +125,14 @@ UPLOAD_RESULT = Schema(
             "rows_invalid": INTEGER,
             "data_quality_score": {"type": "number", "minimum": 0, "maximum": 100},
             "columns": {"type": "array", "items": _COLUMN_PROFILE},
+            # Things a person should check about how the file was read (docs/csv.md).
+            "warnings": {
+                "type": "array",
+                "items": obj(
+                    ["code", "message"],
+                    {"code": STRING, "message": STRING, "details": {"type": "object"}},
+                ),
+            },
         },
     ),
 )

@@ -1,14 +1,13 @@
-"""Column-at-a-time validation of a batch of CSV rows, producing COPY ... (FORMAT csv) text.
+"""Column-at-a-time checking of a batch of CSV rows, producing COPY ... (FORMAT csv) text.
 
-The per-cell path (`csvtypes.parse_cell`, a regex and a constructor per cell, then psycopg
-turning the Python value back into text) cost ~2 µs a cell. Here a batch is transposed and
-each column is checked against a strict "plain" form (`int` digits, ISO date, ...) by one
-regex over the whole column; only the cells that miss it (empty cells, null tokens,
-thousands separators, other date formats, bad values) go through `parse_cell`, which stays
-the reference (tests/test_csvbatch.py checks the two agree). Accepted cells are handed to
-PostgreSQL as text, which it parses into the typed column itself: a plain cell as written
-(the plain forms only accept what PostgreSQL's input functions read to the same value), a
-normalised one as the text of its parsed value.
+The per-cell path (`columntypes.parse_cell`, a regex and a constructor per cell, then the
+value turned back into text) costs ~2 µs a cell. Here a batch is transposed and each column
+is checked against its type's plain form (`columntypes.Plain`: integer digits, ISO date, ...)
+by one regex over the whole column; only the cells that miss it (empty cells, null tokens,
+digit grouping, other date formats, bad values) go through `parse_cell`, which stays the
+reference (tests/test_csvbatch.py checks the two agree). Accepted cells are handed to
+PostgreSQL as text, which it parses into the typed column itself: a plain cell as written,
+a normalised one as the text of its parsed value.
 """
 
 from __future__ import annotations
@@ -17,48 +16,57 @@ import contextlib
 import datetime as dt
 import re
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
-from jobs.csvimport.celltypes import ColumnSpec, Value, parse_cell
-from jobs.csvimport.format import fit_row
+from core.columntypes import ColumnType
+from jobs.csvimport.celltypes import ColumnSpec, Value, two_digit_year
+from jobs.csvimport.columntypes import RECORDS, parse_cell
 
 # A rejected value is kept for the error report up to this many characters.
 ERROR_VALUE_MAX_CHARS: Final = 1000
 
-# Each plain form is checked over a whole column at once: the cells joined by "\n" and one
-# regex fullmatch of "cell(\ncell)*", ~4x faster than a fullmatch call per cell. A cell that
-# itself holds a "\n" is caught by counting the separators.
-# At most 18 digits: always inside bigint, so PostgreSQL's int8in cannot overflow.
-_INT: Final = r"[+-]?[0-9]{1,18}"
-# Floats of at most FLOAT_MAX_CHARS characters: PostgreSQL's float8in raises on overflow or
-# underflow (1e400, 1e-400), which no value this short can reach. Exponents and separators
-# take the slow path.
-_FLOAT: Final = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-FLOAT_MAX_CHARS: Final = 32
-_YMD: Final = r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
-# Days 01-28 exist in every month (and years 0001-9999 in both Python and PostgreSQL), so a
-# column matching this needs no calendar check.
-_YMD_SAFE: Final = r"(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
-# Zones up to +-15:59, the range PostgreSQL's timestamptz input accepts (datetime.c).
-_HMS: Final = (
-    r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
-    r"(?:Z|[+-](?:0[0-9]|1[0-5]):[0-5][0-9])?"
-)
+
+def fit_row(fields: list[str], width: int) -> tuple[list[str] | None, str | None]:
+    """Return (fields sized to `width`, None) or (None, reason) for a ragged row. Extra
+    trailing fields that are all empty (spreadsheet exports pad with ",,") are dropped."""
+    n = len(fields)
+    if n == width:
+        return fields, None
+    if n < width:
+        return None, f"too few fields: expected {width}, got {n}"
+    if any(f.strip() for f in fields[width:]):
+        return None, f"too many fields: expected {width}, got {n}"
+    return fields[:width], None
 
 
 def _whole(cell: str) -> Callable[[str], object]:
+    # Each plain form is checked over a whole column at once: the cells joined by "\n" and
+    # one regex fullmatch of "cell(\ncell)*", ~4x faster than a fullmatch call per cell. A
+    # cell that itself holds a "\n" is caught by counting the separators.
     return re.compile(f"{cell}(?:\n{cell})*").fullmatch
 
 
-# type -> (whole column, calendar-safe; whole column, needs a calendar check; one cell)
-_PLAIN: Final = {
-    "int": (_whole(_INT), None, re.compile(_INT).fullmatch),
-    "float": (_whole(_FLOAT), None, re.compile(_FLOAT).fullmatch),
-    "date": (_whole(_YMD_SAFE), _whole(_YMD), re.compile(_YMD).fullmatch),
-    "datetime": (_whole(_YMD_SAFE + _HMS), _whole(_YMD + _HMS), re.compile(_YMD + _HMS).fullmatch),
+@dataclass(frozen=True, slots=True)
+class _Matchers:
+    whole: Callable[[str], object]  # every cell plain and calendar-safe
+    whole_unsafe: Callable[[str], object] | None  # every cell plain, calendar to check
+    one: Callable[[str], object]
+    calendar: Callable[[str], object] | None
+    max_chars: int | None
+
+
+_MATCHERS: Final = {
+    name: _Matchers(
+        _whole(r.plain.safe or r.plain.cell),
+        _whole(r.plain.cell) if r.plain.safe else None,
+        re.compile(r.plain.cell).fullmatch,
+        r.plain.calendar,
+        r.plain.max_chars,
+    )
+    for name, r in RECORDS.items()
+    if r.plain is not None
 }
-# A plain date/datetime can still be off the calendar (2024-02-31): checked by these.
-_CALENDAR: Final = {"date": dt.date.fromisoformat, "datetime": dt.datetime.fromisoformat}
 _BOOL_PLAIN: Final = {
     spelling: "t" if word in ("true", "yes") else "f"
     for word in ("true", "false", "yes", "no")
@@ -94,48 +102,61 @@ def _on_calendar(cells: Sequence[str], parse: Callable[[str], object]) -> bool:
     return True
 
 
+def _matchers(col: ColumnSpec) -> _Matchers | None:
+    t = col.type
+    if t in (ColumnType.DATE, ColumnType.DATETIME) and col.date_format not in (None, "%Y-%m-%d"):
+        return None
+    if t == ColumnType.FLOAT and col.decimal_comma:
+        t = ColumnType.INT  # "1.5" is not a number with a decimal comma; "15" is
+    return _MATCHERS.get(t)
+
+
+def all_plain(cells: Sequence[str], col: ColumnSpec) -> bool:
+    """Is every cell in its column's plain form (one regex over the whole column)?"""
+    m = _matchers(col)
+    if m is None or not cells:
+        return False
+    joined = "\n".join(cells)
+    if joined.count("\n") != len(cells) - 1:
+        return False
+    if m.max_chars is not None and max(map(len, cells)) > m.max_chars:
+        return False
+    if m.whole(joined) is not None:
+        return True
+    return (
+        m.calendar is not None
+        and m.whole_unsafe is not None
+        and m.whole_unsafe(joined) is not None
+        and _on_calendar(cells, m.calendar)
+    )
+
+
 def _plain(cells: Sequence[str], col: ColumnSpec) -> list[str] | None:
     """Each cell's COPY text when it is in its column's plain form, else "" for that cell;
     None when no cell is (nothing saved by trying)."""
-    t = col.type
-    if t == "bool":
+    if col.type == ColumnType.BOOL:
         return [_BOOL_PLAIN.get(c, "") for c in cells]
-    if t in ("date", "datetime") and col.date_format not in (None, "%Y-%m-%d"):
+    if all_plain(cells, col):
+        return list(cells)
+    m = _matchers(col)
+    if m is None:
         return None
-    if t == "float" and col.decimal_comma:
-        t = "int"  # "1.5" is not a number with a decimal comma; "15" is
-    if t not in _PLAIN:
-        return None
-    safe, unsafe, one = _PLAIN[t]
-    joined = "\n".join(cells)
-    check = _CALENDAR.get(col.type)
-    if joined.count("\n") == len(cells) - 1 and (
-        t != "float" or max(map(len, cells)) <= FLOAT_MAX_CHARS
-    ):
-        if safe(joined) is not None:
-            return list(cells)
-        if check is not None and unsafe is not None and unsafe(joined) is not None:
-            return list(cells) if _on_calendar(cells, check) else _per_cell(cells, t, one, check)
-    return _per_cell(cells, t, one, check)
-
-
-def _per_cell(
-    cells: Sequence[str],
-    t: str,
-    one: Callable[[str], object],
-    check: Callable[[str], object] | None,
-) -> list[str] | None:
-    hits = list(map(one, cells))
+    hits = list(map(m.one, cells))
     if not any(hits):
         return None
     return [
         c
         if hit
-        and (t != "float" or len(c) <= FLOAT_MAX_CHARS)
-        and (check is None or _on_calendar((c,), check))
+        and (m.max_chars is None or len(c) <= m.max_chars)
+        and (m.calendar is None or _on_calendar((c,), m.calendar))
         else ""
         for c, hit in zip(cells, hits, strict=True)
     ]
+
+
+def fits(cells: Sequence[str], col: ColumnSpec) -> bool:
+    """Does every cell fit the column's type (NULLs do)? Stops at the first that does not."""
+    return all_plain(cells, col) or all(parse_cell(c, col)[1] is None for c in cells)
 
 
 def _quoted(cells: Sequence[str]) -> Sequence[str]:
@@ -151,14 +172,16 @@ def _quoted(cells: Sequence[str]) -> Sequence[str]:
 def check_column(
     cells: Sequence[str], col: ColumnSpec
 ) -> tuple[Sequence[str], list[tuple[int, str]]]:
-    """(CSV COPY field per cell, "" for NULL; [(index, reason)] of the invalid cells)."""
+    """(CSV COPY field per cell, "" for NULL; [(index, reason)] of the cells that do not fit)."""
     errors: list[tuple[int, str]] = []
-    if col.type == "text":
+    if col.type == ColumnType.TEXT:
         # parse_cell: a text cell is NULL when empty or all whitespace, else kept verbatim.
         if any(map(str.isspace, cells)):
             cells = ["" if c.isspace() else c for c in cells]
         return _quoted(cells), errors
     plain = _plain(cells, col)
+    if plain is not None and "" not in plain:
+        return plain, errors
     out = plain if plain is not None else [""] * len(cells)
     for i, cell in enumerate(cells):
         if out[i]:
@@ -171,44 +194,73 @@ def check_column(
     return out, errors
 
 
+@dataclass(slots=True)
+class Checked:
+    """One checked batch."""
+
+    text: str = ""  # CSV COPY text of the loadable rows, `_row` first
+    good: int = 0  # rows in `text`
+    rejected: list[Rejected] = field(default_factory=list)
+    bad_rows: int = 0
+    ragged: list[int] = field(default_factory=list)  # field counts of the ragged rows
+    invalid: list[int] = field(default_factory=list)  # rejected cells per column
+    misfits: list[int] = field(default_factory=list)  # inferred columns a cell did not fit
+    two_digit_years: list[int] = field(default_factory=list)  # per column
+    columns: list[Sequence[str]] = field(default_factory=list)  # the raw cells, per column
+
+
 def check_batch(
     records: list[tuple[int, list[str]]], columns: list[ColumnSpec], delimiter: str
-) -> tuple[str, int, list[Rejected], int, list[int]]:
-    """Validate rows; returns (CSV text of the valid rows, `_row` first; how many; the
-    rejected cells; how many rows were rejected; invalid cells per column)."""
+) -> Checked:
+    """Validate rows: a ragged row is rejected whole, a cell that does not fit a forced type
+    rejects its row, and one that does not fit an inferred type is a misfit (the type was
+    guessed wrong; the caller re-decides it)."""
     width = len(columns)
-    numbers: list[int] = []
-    fitted: list[list[str]] = []
-    rejected: list[Rejected] = []
-    for number, fields in records:
-        if len(fields) != width:
-            fields_or_none, reason = fit_row(fields, width)
-            if fields_or_none is None:
+    out = Checked(invalid=[0] * width, two_digit_years=[0] * width)
+    if not records:
+        return out
+    numbers: Sequence[int]
+    fitted: Sequence[list[str]]
+    numbers, fitted = zip(*records, strict=True)
+    if set(map(len, fitted)) != {width}:
+        numbers, fitted = [], []
+        for number, fields in records:
+            sized, reason = fit_row(fields, width)
+            if sized is None:
                 # A ragged row is rejected whole: its cells can't be matched to columns.
                 value = delimiter.join(fields)[:ERROR_VALUE_MAX_CHARS]
-                rejected.append((number, "", value, reason or "ragged row"))
+                out.rejected.append((number, "", value, reason or "ragged row"))
+                out.ragged.append(len(fields))
                 continue
-            fields = fields_or_none
-        numbers.append(number)
-        fitted.append(fields)
-    bad_rows = len(rejected)
-    invalid = [0] * width
+            numbers.append(number)
+            fitted.append(sized)
+    out.bad_rows = len(out.rejected)
     if not fitted:
-        return "", 0, rejected, bad_rows, invalid
+        return out
     texts: list[Sequence[str]] = []
     bad: dict[int, list[tuple[str, str, str]]] = {}
-    for j, (cells, col) in enumerate(zip(zip(*fitted, strict=True), columns, strict=True)):
-        out, errors = check_column(cells, col)
-        texts.append(out)
-        invalid[j] = len(errors)
+    out.columns = list(zip(*fitted, strict=True))
+    for j, (cells, col) in enumerate(zip(out.columns, columns, strict=True)):
+        text, errors = check_column(cells, col)
+        texts.append(text)
+        if errors and not col.forced:
+            out.misfits.append(j)
+            continue
+        out.invalid[j] = len(errors)
         for i, reason in errors:
             bad.setdefault(i, []).append((col.name, cells[i][:ERROR_VALUE_MAX_CHARS], reason))
+        if col.date_format is not None and col.date_format.endswith(("%y", "%Y")):
+            out.two_digit_years[j] = sum(1 for c in cells if two_digit_year(c, col))
+    if out.misfits:
+        return out
     for i in sorted(bad):
-        rejected.extend((numbers[i], name, value, reason) for name, value, reason in bad[i])
-    bad_rows += len(bad)
+        out.rejected.extend((numbers[i], name, value, reason) for name, value, reason in bad[i])
+    out.bad_rows += len(bad)
     rows: Iterator[tuple[str, ...]] = zip(map(str, numbers), *texts, strict=True)
     if bad:
         rows = (r for i, r in enumerate(rows) if i not in bad)
     # An unquoted empty field is NULL to CSV COPY; every non-NULL field here is non-empty.
     text = "\n".join(map(",".join, rows))
-    return text + "\n" if text else "", len(fitted) - len(bad), rejected, bad_rows, invalid
+    out.text = text + "\n" if text else ""
+    out.good = len(fitted) - len(bad)
+    return out

@@ -1,24 +1,26 @@
-"""Column typing for CSV imports: null tokens, type inference over a sample, per-cell parsing.
+"""How CSV cells are read: null tokens, number styles (decimal comma, digit grouping), date
+patterns, and one parser per column type (`jobs.csvimport.columntypes` ties each to its type).
 
 Pure and per-cell hot: every regex is compiled at import time and each column carries the one
-date pattern / number style chosen at inference, so `parse_cell` does one or two
-`fullmatch` calls and a constructor per cell.
+date pattern / number style chosen at inference, so a parser does one or two `fullmatch`
+calls and a constructor per cell.
+
+Strict parsing is for inferred types, which must not change a value: a number with a leading
+zero (``01400``, ``007``: an identifier whose zeros matter) or a decimal that a float cannot
+hold exactly (more than 15 significant digits, out of range) is not a number there. A type the
+user forced reads such cells leniently, as they asked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Final
 
-TYPES: Final = ("int", "float", "bool", "date", "datetime", "text")
-
-# A column gets type X when at least this share of its non-null sample values parse as X;
-# the rest become per-cell errors at import time. 95% tolerates a few stray notes such as
-# "408,301 sq. miles" in an otherwise numeric column without letting a mixed column through.
-TYPE_THRESHOLD: Final = 0.95
+from core.columntypes import ColumnType
 
 # Spreadsheet / pandas / R spellings of "no value". Only typed columns treat them as NULL:
 # in a text column "NA" may be Namibia and "-" may be meaningful, so text keeps them verbatim
@@ -60,10 +62,20 @@ _INT64_MAX: Final = 2**63 - 1
 class ColumnSpec:
     name: str  # cleaned header, for display
     sql_name: str  # unique slug, safe as a PostgreSQL identifier (<= 63 bytes)
-    type: str  # one of TYPES
+    type: ColumnType
     date_format: str | None = None  # strptime-style label of the chosen date pattern
     decimal_comma: bool = False
     thousands_sep: str | None = None  # "," "." or " " (space also matches NBSP / U+202F)
+    # Forced by the user's `columns`: cells that do not fit are rejected. Otherwise the type
+    # was inferred and is checked strictly; a cell that does not fit means it was guessed
+    # wrong (jobs.csvimport.inference), never a rejected cell.
+    forced: bool = False
+    # Inferred as text only because the sample held no value: decided while loading.
+    undecided: bool = False
+
+    @property
+    def strict(self) -> bool:
+        return not self.forced
 
 
 # --- numbers -------------------------------------------------------------------------------
@@ -108,7 +120,7 @@ _STRIP_SEP: Final = {None: None, ",": ",", ".": ".", " ": None}
 _SPACE_SEP_RE: Final = re.compile(f"[{_SPACES}]")
 
 
-def _number_style_order(delimiter: str) -> list[tuple[bool, str | None]]:
+def number_styles(delimiter: str) -> list[tuple[bool, str | None]]:
     # Decimal commas are only plausible when the comma is not the field delimiter (a ';' or
     # '|' file, typical of European spreadsheet exports); in a tab file "1,234" is more often a
     # US thousands separator, so there grouping styles are preferred on a tie.
@@ -129,17 +141,29 @@ def _normalize_number(v: str, style: _NumberStyle) -> str:
     return v
 
 
-def _parse_int(v: str, style: _NumberStyle) -> int | None:
+def _parse_int(v: str, style: _NumberStyle, strict: bool = False) -> int | None:
     if style.int_re.fullmatch(v) is None:
         return None
-    n = int(_normalize_number(v, style))
+    text = _normalize_number(v, style)
+    if strict and _LEADING_ZERO.match(text):
+        return None
+    n = int(text)
     return n if _INT64_MIN <= n <= _INT64_MAX else None
 
 
-def _parse_float(v: str, style: _NumberStyle) -> float | None:
+def _parse_float(v: str, style: _NumberStyle, strict: bool = False) -> float | None:
     if style.float_re.fullmatch(v) is None:
         return None
-    return float(_normalize_number(v, style))
+    text = _normalize_number(v, style)
+    f = float(text)
+    # Exact: the decimal written is the decimal the double reads back as (shortest repr),
+    # which holds for up to 15 significant digits (C11 DBL_DIG) and fails on overflow (inf)
+    # and underflow (1e-400 -> 0.0).
+    if strict and (
+        _LEADING_ZERO.match(text) or not math.isfinite(f) or Decimal(text) != Decimal(repr(f))
+    ):
+        return None
+    return f
 
 
 # --- dates ---------------------------------------------------------------------------------
@@ -267,129 +291,112 @@ def _parse_datetime(v: str, pat: _DatePattern | None) -> dt.datetime | None:
         return None
 
 
-# --- cell parsing --------------------------------------------------------------------------
+# --- one parser per column type -------------------------------------------------------------
 
 Value = int | float | bool | dt.date | dt.datetime | str
 
 
 def is_null(value: str, col_type: str) -> bool:
     v = value.strip()
-    if col_type == "text":
+    if col_type == ColumnType.TEXT:
         return not v
     return len(v) <= _NULL_MAX_LEN and v.lower() in NULL_TOKENS
 
 
-def parse_cell(value: str, col: ColumnSpec) -> tuple[Value | None, str | None]:
-    """Returns (value, None), (None, None) for NULL, or (None, reason) for an invalid cell."""
-    t = col.type
-    if t == "text":
-        return (value, None) if value.strip() else (None, None)
-    v = value.strip()
-    if len(v) <= _NULL_MAX_LEN and v.lower() in NULL_TOKENS:
-        return None, None
-    if t == "int":
-        n = _parse_int(v, _STYLES[col.decimal_comma, col.thousands_sep])
-        return (n, None) if n is not None else (None, "not an integer")
-    if t == "float":
-        f = _parse_float(v, _STYLES[col.decimal_comma, col.thousands_sep])
-        return (f, None) if f is not None else (None, "not a number")
-    if t == "bool":
-        low = v.lower()
-        if low in _TRUE:
-            return True, None
-        if low in _FALSE:
-            return False, None
-        return None, "not a boolean"
+def is_null_token(v: str) -> bool:
+    """`v` (stripped) spells "no value" in a typed column."""
+    return len(v) <= _NULL_MAX_LEN and v.lower() in NULL_TOKENS
+
+
+# Each takes a stripped, non-null cell and returns its value or None when it does not fit.
+
+
+def read_int(v: str, col: ColumnSpec) -> int | None:
+    return _parse_int(v, _STYLES[col.decimal_comma, col.thousands_sep], col.strict)
+
+
+def read_float(v: str, col: ColumnSpec) -> float | None:
+    return _parse_float(v, _STYLES[col.decimal_comma, col.thousands_sep], col.strict)
+
+
+def read_bool(v: str, col: ColumnSpec) -> bool | None:
+    low = v.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    return None
+
+
+def read_date(v: str, col: ColumnSpec) -> dt.date | None:
     pat = _DATE_BY_LABEL.get(col.date_format or "", _ISO_DATE)
-    if t == "date":
-        d = _parse_date(v, pat)
-        if d is None and pat is not _ISO_DATE:
-            d = _parse_date(v, _ISO_DATE)  # ISO is unambiguous, so always acceptable
-        return (d, None) if d is not None else (None, "not a date")
-    if t == "datetime":
-        ts = _parse_datetime(v, pat)
-        if ts is None and pat is not _ISO_DATE:
-            ts = _parse_datetime(v, None)
-        return (ts, None) if ts is not None else (None, "not a datetime")
-    raise ValueError(f"unknown column type {t!r}")
+    d = _parse_date(v, pat)
+    if d is None and pat is not _ISO_DATE:
+        d = _parse_date(v, _ISO_DATE)  # ISO is unambiguous, so always acceptable
+    return d
 
 
-# --- inference -----------------------------------------------------------------------------
+def read_datetime(v: str, col: ColumnSpec) -> dt.datetime | None:
+    pat = _DATE_BY_LABEL.get(col.date_format or "", _ISO_DATE)
+    ts = _parse_datetime(v, pat)
+    if ts is None and pat is not _ISO_DATE:
+        ts = _parse_datetime(v, None)
+    return ts
+
+
+def read_text(v: str, col: ColumnSpec) -> str:
+    return v
+
+
+def two_digit_year(value: str, col: ColumnSpec) -> bool:
+    """Does this date/datetime cell write its year with two digits (read with the pivot)?"""
+    pat = _DATE_BY_LABEL.get(col.date_format or "", _ISO_DATE)
+    if pat.order == "ymd":
+        return False
+    v = value.strip()
+    if col.type == ColumnType.DATETIME:
+        v = v.rpartition(" ")[0] or v
+    m = pat.regex.fullmatch(v)
+    return m is not None and len(m.group(3)) == 2
+
+
+# --- the candidates inference chooses from ----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Inferred:
-    type: str
+    type: ColumnType
     date_format: str | None = None
     decimal_comma: bool = False
     thousands_sep: str | None = None
 
 
-def _best_number(
-    values: Sequence[str], delimiter: str, forced: str | None
-) -> tuple[float, Inferred]:
-    # The style (decimal mark, grouping) is chosen by how many values read as numbers at all,
-    # so "1.234" in a ';' file stays the float 1.234 instead of the grouped int 1234 (earlier,
-    # plainer styles win ties); only then is int preferred over float within that style.
-    # Values with leading zeros ("02134", "0803") are identifiers whose zeros matter: they count
-    # against numeric types so such columns stay text.
-    n = len(values)
-    candidates = [v for v in values if not _LEADING_ZERO.match(v)]
-    best = (-1.0, Inferred(forced or "float"))
-    for dc, sep in _number_style_order(delimiter):
-        style = _STYLES[dc, sep]
-        ints = sum(1 for v in candidates if _parse_int(v, style) is not None)
-        if forced == "int":
-            share, want = ints / n, "int"
-        else:
-            share = sum(1 for v in candidates if _parse_float(v, style) is not None) / n
-            want = "int" if forced is None and ints >= TYPE_THRESHOLD * n else "float"
-        if share > best[0]:
-            best = (share, Inferred(want, decimal_comma=dc, thousands_sep=sep))
-    return best
+def candidates(delimiter: str, only: ColumnType | None = None) -> list[Inferred]:
+    """Every (type, style) a column may have, in order of preference: the first one every
+    value fits is the column's type. Styles before int over float (see `number_styles`);
+    ISO dates first, and month-first before day-first, so an all-ambiguous column ("1/2/2024"
+    only) is read month-first while any day > 12 in the first place makes it day-first."""
+    out = [Inferred(ColumnType.BOOL)]
+    for dc, sep in number_styles(delimiter):
+        out += [
+            Inferred(ColumnType.INT, decimal_comma=dc, thousands_sep=sep),
+            Inferred(ColumnType.FLOAT, decimal_comma=dc, thousands_sep=sep),
+        ]
+    out += [Inferred(ColumnType.DATE, date_format=p.label) for p in _DATE_PATTERNS]
+    out += [Inferred(ColumnType.DATETIME, date_format=p.label) for p in _DATE_PATTERNS]
+    if only is not None:
+        return [c for c in out if c.type == only] or [Inferred(only)]
+    return out
 
 
-def _best_date(values: Sequence[str], want: str) -> tuple[float, Inferred]:
-    best = (0.0, Inferred(want, date_format=_ISO_DATE.label))
-    for pat in _DATE_PATTERNS:
-        parse = _parse_date if want == "date" else _parse_datetime
-        share = sum(1 for v in values if parse(v, pat) is not None) / len(values)
-        # Strict ">" with month-first listed before day-first: an all-ambiguous column
-        # ("1/2/2024" only) is read month-first; any day > 12 in the first position makes
-        # day-first the better share, so the choice is made per column from its evidence.
-        if share > best[0]:
-            best = (share, Inferred(want, date_format=pat.label))
-    # Label the column "%y" when most of its years are written with two digits (display only:
-    # both labels parse 2- and 4-digit years, with the POSIX pivot for the former).
-    label = best[1].date_format or _ISO_DATE.label
-    pat = _DATE_BY_LABEL[label]
-    if pat.order != "ymd":
-        two_digit = 0
-        for v in values:
-            m = pat.regex.fullmatch(v if want == "date" else v.rpartition(" ")[0] or v)
-            two_digit += m is not None and len(m.group(3)) == 2
-        if two_digit * 2 > len(values):
-            best = (best[0], Inferred(want, date_format=label.replace("%Y", "%y")))
-    return best
-
-
-def infer_column(values: Sequence[str], delimiter: str, forced: str | None = None) -> Inferred:
-    """Infer a column's type from sample cells; `forced` fixes the type but still picks the
-    best date pattern / number style for it from the sample."""
-    present = [s for v in values if not is_null(v, "int") for s in (v.strip(),)]
-    if forced == "text" or (forced is None and not present):
-        return Inferred("text")
-    if forced is not None and not present:
-        return Inferred(forced, date_format=_ISO_DATE.label if "date" in forced else None)
-    candidates = [forced] if forced is not None else ["bool", "number", "date", "datetime"]
-    for want in candidates:
-        if want == "bool":
-            share = sum(1 for v in present if v.lower() in _TRUE or v.lower() in _FALSE)
-            result = (share / len(present), Inferred("bool"))
-        elif want in ("number", "int", "float"):
-            result = _best_number(present, delimiter, None if want == "number" else want)
-        else:
-            result = _best_date(present, want)
-        if forced is not None or result[0] >= TYPE_THRESHOLD:
-            return result[1]
-    return Inferred("text")
+def year_label(inferred: Inferred, values: list[str]) -> Inferred:
+    """Label a date column "%y" when most of its years are written with two digits (display
+    only: both labels parse 2- and 4-digit years, with the POSIX pivot for the former)."""
+    if inferred.date_format is None or _DATE_BY_LABEL[inferred.date_format].order == "ymd":
+        return inferred
+    spec = ColumnSpec("", "", inferred.type, inferred.date_format)
+    two = sum(1 for v in values if two_digit_year(v, spec))
+    if two * 2 <= len(values):
+        return inferred
+    label = inferred.date_format.replace("%Y", "%y")
+    return Inferred(inferred.type, date_format=label)

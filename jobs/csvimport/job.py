@@ -1,6 +1,10 @@
 """The CSV import job: stream an upload's chunks back from PostgreSQL, type-check every
 cell, COPY the valid rows into a typed per-upload table, report progress and a profile.
 
+Types come from the whole file: guessed from the first MiB and checked on every cell while
+loading; when a cell does not fit, the load is rolled back (to a savepoint), one pass
+decides the types from every value, and the file is loaded again (jobs.csvimport.inference).
+
 Exactly once: the table, its rows, the rejected cells and ``status = 'completed'`` are
 written in ONE transaction, so a run killed at any point (SIGKILL included) leaves
 nothing visible, and a re-run starts from scratch; a run that finds the upload already
@@ -23,6 +27,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -36,7 +41,8 @@ from core import events, jobmetrics, settings
 from core.eventkinds import EventKind
 from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
 from jobs.csvimport import load as csvload
-from jobs.csvimport.format import CsvFormatError, detect_format, iter_rows
+from jobs.csvimport.format import CsvFormat, CsvFormatError, detect_format, iter_rows
+from jobs.csvimport.inference import decide
 
 logger = logging.getLogger("herald.csv_import")
 
@@ -77,6 +83,11 @@ class Run:
         self.redis = client
         self.bytes_read = 0
         self.rows_processed = 0
+        # Progress of the current pass over the file maps onto [floor, floor + span] percent,
+        # so it keeps rising when a misguessed type makes the file be read again.
+        self.floor = 0
+        self.span = 100
+        self.percent = 0
         self.last_progress = time.monotonic()
         self.last_check = float("-inf")
         # Progress is reported from a thread: an UPDATE and a Redis script took 1-10 ms on a
@@ -132,9 +143,16 @@ class Run:
         interval = settings.UPLOAD_PROGRESS_INTERVAL_SECONDS
         if interval > 0 and now - self.last_progress >= interval:
             self.last_progress = now
-            percent = min(99, self.bytes_read * 100 // self.size)
+            percent = min(99, self.floor + self.bytes_read * self.span // self.size)
+            self.percent = percent
             self.settle()  # at the default interval the previous report is long done
             self.pending = self.reporter.submit(self.progress, percent, rows_processed)
+
+    def next_pass(self, passes_left: int) -> None:
+        """Start reading the file again; `passes_left` share what is left of the bar."""
+        self.floor = self.percent
+        self.span = (99 - self.floor) // passes_left
+        self.bytes_read = 0
 
     def settle(self) -> None:
         if self.pending is not None:
@@ -173,6 +191,22 @@ class Run:
         self.publish(EventKind.UPLOAD_ERROR, {"code": code, "message": message})
         jobmetrics.record_job_metric(self.redis, "herald_upload_imports_total", outcome="failed")
 
+    def load_table(
+        self,
+        conn: psycopg.Connection[Any],
+        table: str,
+        fmt: CsvFormat,
+        rows: Iterator[tuple[int, list[str]]],
+    ) -> dict[str, Any]:
+        csvload.create_table(conn, table, fmt.columns)
+        load = csvload.load_wide if csvload.is_wide(fmt.columns) else csvload.load_columns
+        result = load(conn, table, fmt, rows, self.upload_id, self.after_batch)
+        self.settle()
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
+        result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
+        result["storage"] = "jsonb" if csvload.is_wide(fmt.columns) else "columns"
+        return result
+
     def load(self, conn: psycopg.Connection[Any], column_types: dict[str, str] | None) -> Any:
         """Everything inside the one transaction; returns the result of API.md."""
         self.set_status(UploadStatus.VALIDATING)
@@ -187,15 +221,21 @@ class Run:
         fmt = detect_format(sample, column_types, is_final=is_final)
         self.set_status(UploadStatus.PROCESSING)
         table = table_name(self.upload_id)
-        csvload.create_table(conn, table, fmt.columns)
-        rows = iter_rows(itertools.chain(head, chunks), fmt)
-        load = csvload.load_wide if csvload.is_wide(fmt.columns) else csvload.load_columns
-        result = load(conn, table, fmt, rows, self.upload_id, self.after_batch)
-        self.settle()
-        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
-        result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
-        result["storage"] = "jsonb" if csvload.is_wide(fmt.columns) else "columns"
-        result["warnings"] = fmt.warnings
+        try:
+            with conn.transaction():  # a savepoint: a misguess rolls back to here
+                rows = iter_rows(itertools.chain(head, chunks), fmt)
+                result = self.load_table(conn, table, fmt, rows)
+        except csvload.Misguessed as wrong:
+            columns = wrong.columns
+            if columns is None:
+                self.next_pass(2)
+                rows = iter_rows(self.chunks(), fmt)
+                batches = csvload.fitted_batches(rows, len(fmt.columns), self.after_batch)
+                columns = decide(fmt.columns, fmt.delimiter, batches)
+            logger.info("upload %s: types decided from the whole file", self.upload_id)
+            fmt = replace(fmt, columns=columns)
+            self.next_pass(1)
+            result = self.load_table(conn, table, fmt, iter_rows(self.chunks(), fmt))
         cur = conn.execute(
             "UPDATE uploads SET status = %s, result = %s, table_name = %s,"
             " progress_percent = 100, rows_processed = %s, updated_at = now()"

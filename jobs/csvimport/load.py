@@ -1,6 +1,10 @@
 """Loading checked rows into an upload's typed table: the table's layout (one column per
-field, or one jsonb column for files too wide for a heap tuple), the COPYs, rejected cells
-and the summary. Called by `jobs.csv_import` inside its one transaction."""
+field, or one jsonb column for files too wide for a heap tuple), the COPYs, rejected cells,
+the warnings and the summary. Called by `jobs.csvimport.job` inside its one transaction.
+
+A load raises `Misguessed` when a cell does not fit a type inferred from the head of the
+file; the job then rolls it back and decides the types from the whole file
+(`jobs.csvimport.inference`)."""
 
 from __future__ import annotations
 
@@ -15,23 +19,18 @@ import psycopg
 from psycopg import sql
 
 from core import settings
-from jobs.csvimport.batch import ERROR_VALUE_MAX_CHARS, check_batch
-from jobs.csvimport.celltypes import ColumnSpec, parse_cell
-from jobs.csvimport.format import CsvFormat, CsvFormatError, fit_row
+from core.columntypes import ColumnType
+from jobs.csvimport.batch import ERROR_VALUE_MAX_CHARS, Checked, check_batch, fit_row
+from jobs.csvimport.celltypes import ColumnSpec, two_digit_year
+from jobs.csvimport.columntypes import RECORDS, parse_cell
+from jobs.csvimport.format import CsvFormat, CsvFormatError, warning
+from jobs.csvimport.inference import ColumnGuess, with_type
 from jobs.csvimport.profile import ColumnProfile, profile_table
 
-PG_TYPES = {
-    "int": "bigint",
-    "float": "double precision",
-    "bool": "boolean",
-    "date": "date",
-    "datetime": "timestamptz",
-    "text": "text",
-}
 # PostgreSQL allows 1600 columns per table (docs, Appendix K "Limits"); one is ``_row``.
 PG_MAX_COLUMNS = 1599
-# Bytes per value of the fixed-width types (docs, chapter 8); text counts as a TOAST pointer.
-FIXED_BYTES = {"int": 8, "float": 8, "datetime": 8, "date": 4, "bool": 1}
+# A variable-length value in a heap tuple: at least a TOAST pointer (docs, "TOAST").
+TOAST_POINTER_BYTES = 18
 # Above this estimated row size the "wide" layout (one jsonb column) is used.
 WIDE_ROW_BYTES = 6000
 # A batch is also cut after this many characters of cells, so wide rows stay bounded.
@@ -40,80 +39,6 @@ BATCH_MAX_CHARS = 8 * 1024 * 1024
 BATCH_SLICE_ROWS = 256
 # Rejected cells held in memory before they are written (the rows COPY pauses for it).
 ERRORS_PER_FLUSH = 10_000
-
-
-def load_columns(
-    conn: psycopg.Connection[Any],
-    table: str,
-    fmt: CsvFormat,
-    rows: Iterator[tuple[int, list[str]]],
-    upload_id: str,
-    after_batch: Callable[[int], None],
-) -> dict[str, Any]:
-    """One column per field: cells checked a column at a time and COPYed as CSV text
-    that PostgreSQL types; the profiles are then aggregated by PostgreSQL."""
-    columns = fmt.columns
-    names = sql.SQL(", ").join(
-        [sql.Identifier("_row"), *(sql.Identifier(c.sql_name) for c in columns)]
-    )
-    query = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(sql.Identifier(table), names)
-    invalid_cells = [0] * len(columns)
-    valid = invalid = 0
-    # One COPY stays open across batches, so PostgreSQL parses and stores batch n while
-    # this process checks batch n + 1 (two cores busy instead of taking turns); it is
-    # closed only to write buffered rejected cells, which share the connection.
-    try:
-        with conn.cursor() as cur, contextlib.ExitStack() as open_copy:
-            copy: psycopg.Copy | None = None
-            pending: list[tuple[int, str, str, str]] = []
-            while records := take_batch(rows):
-                text, good, errors, bad, per_column = check_batch(records, columns, fmt.delimiter)
-                if text:
-                    if copy is None:
-                        copy = open_copy.enter_context(cur.copy(query))
-                    copy.write(text)
-                pending += errors
-                if len(pending) >= ERRORS_PER_FLUSH:
-                    open_copy.close()
-                    copy = None
-                    flush_errors(cur, upload_id, pending)
-                invalid_cells = [a + b for a, b in zip(invalid_cells, per_column, strict=True)]
-                valid += good
-                invalid += bad
-                after_batch(valid + invalid)
-            open_copy.close()
-            flush_errors(cur, upload_id, pending)
-    except (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
-        # e.g. a NUL character deep in the file (PostgreSQL text cannot hold one) or
-        # a row wider than a heap page: the file cannot be stored as it is.
-        raise CsvFormatError("unloadable_row", str(exc).splitlines()[0]) from exc
-    profiles, _ = profile_table(conn, table, columns, invalid_cells)
-    nulls = sum(p["nulls"] for p in profiles)
-    return summarise(valid, invalid, profiles, valid * len(columns), nulls)
-
-
-def load_wide(
-    conn: psycopg.Connection[Any],
-    table: str,
-    fmt: CsvFormat,
-    rows: Iterator[tuple[int, list[str]]],
-    upload_id: str,
-    after_batch: Callable[[int], None],
-) -> dict[str, Any]:
-    """The jsonb layout: cells typed one by one in Python and profiled as they go."""
-    profiles = [ColumnProfile(col) for col in fmt.columns]
-    valid = invalid = 0
-    while True:
-        batch, errors, bad = parse_batch(rows, fmt.columns, profiles, fmt.delimiter)
-        if not batch and not errors:
-            break
-        copy_batch(conn, table, fmt.columns, batch, upload_id, errors)
-        valid += len(batch)
-        invalid += bad
-        after_batch(valid + invalid)
-    cells = sum(p.count for p in profiles)
-    nulls = sum(p.nulls for p in profiles)
-    return summarise(valid, invalid, [p.to_dict() for p in profiles], cells, nulls)
 
 
 def take_batch(rows: Iterator[tuple[int, list[str]]]) -> list[tuple[int, list[str]]]:
@@ -141,6 +66,192 @@ def take_batch(rows: Iterator[tuple[int, list[str]]]) -> list[tuple[int, list[st
     return batch
 
 
+def fitted_batches(
+    rows: Iterator[tuple[int, list[str]]], width: int, after_batch: Callable[[int], None]
+) -> Iterator[list[list[str]]]:
+    """The rows of `take_batch` batches fitted to `width`, ragged ones left out."""
+    seen = 0
+    while records := take_batch(rows):
+        fitted = [fit_row(fields, width)[0] for _, fields in records]
+        yield [f for f in fitted if f is not None]
+        seen += len(records)
+        after_batch(seen)
+
+
+class Misguessed(Exception):
+    """A cell did not fit a type inferred from the head of the file. `columns` are the
+    whole-file types when this load could tell them (only undecided columns were off),
+    else None: a typing pass over the file decides them."""
+
+    def __init__(self, columns: list[ColumnSpec] | None = None) -> None:
+        super().__init__("a column type inferred from the head of the file does not fit")
+        self.columns = columns
+
+
+class Tally:
+    """What a load saw besides its rows: ragged rows, two-digit years, undecided columns."""
+
+    def __init__(self, columns: list[ColumnSpec], delimiter: str) -> None:
+        self.columns = columns
+        self.ragged_widths: list[int] = []  # [min, max] of the ragged rows' field counts
+        self.ragged = 0
+        self.two_digit_years = [0] * len(columns)
+        self.guesses = {i: ColumnGuess(delimiter) for i, c in enumerate(columns) if c.undecided}
+
+    def add(self, checked: Checked) -> None:
+        if checked.misfits:
+            raise Misguessed
+        if checked.ragged:
+            widths = [*self.ragged_widths, *checked.ragged]
+            self.ragged_widths = [min(widths), max(widths)]
+        self.ragged += len(checked.ragged)
+        self.two_digit_years = [
+            a + b for a, b in zip(self.two_digit_years, checked.two_digit_years, strict=True)
+        ]
+        for i, guess in self.guesses.items():
+            if checked.columns:
+                guess.feed(checked.columns[i])
+
+    def settle(self) -> None:
+        """Raise Misguessed, with the whole-file types, if an undecided column is not text."""
+        decided = {i: g.best() for i, g in self.guesses.items()}
+        if any(d.type != ColumnType.TEXT for d in decided.values()):
+            raise Misguessed(
+                [
+                    with_type(c, decided[i]) if i in decided else c
+                    for i, c in enumerate(self.columns)
+                ]
+            )
+
+    def warnings(self, valid: int, total: int) -> list[dict[str, Any]]:
+        out = []
+        for col, n in zip(self.columns, self.two_digit_years, strict=True):
+            if n:
+                out.append(
+                    warning(
+                        "two_digit_years",
+                        f"Column {col.name!r}: {n} dates have two-digit years, read with the"
+                        " POSIX pivot (69-99 are 1969-1999, 00-68 are 2000-2068); check them"
+                        " against the data, or upload the file with four-digit years.",
+                        column=col.name,
+                        cells=n,
+                        pivot=69,
+                    )
+                )
+        if valid == 0:
+            width = len(self.columns)
+            if total == 0:
+                out.append(warning("no_data_rows", "The file has a header but no data rows."))
+            elif self.ragged == total:
+                lo, hi = self.ragged_widths
+                fields = f"{lo}" if lo == hi else f"{lo}-{hi}"
+                out.append(
+                    warning(
+                        "no_rows_loaded",
+                        f"No row was loaded: the rows have {fields} fields, the header {width}."
+                        + (
+                            " This looks like a multi-table report (several tables of"
+                            " different widths in one file); export one table per file."
+                            if lo != hi
+                            else " Check the delimiter and the header line."
+                        ),
+                        header_fields=width,
+                        row_fields=[lo, hi],
+                    )
+                )
+            else:
+                out.append(
+                    warning(
+                        "no_rows_loaded",
+                        "No row was loaded: every row has a cell that does not fit a type"
+                        " set in `columns`, or the wrong number of fields; see the errors.",
+                    )
+                )
+        return out
+
+
+def load_columns(
+    conn: psycopg.Connection[Any],
+    table: str,
+    fmt: CsvFormat,
+    rows: Iterator[tuple[int, list[str]]],
+    upload_id: str,
+    after_batch: Callable[[int], None],
+) -> dict[str, Any]:
+    """One column per field: cells checked a column at a time and COPYed as CSV text
+    that PostgreSQL types; the profiles are then aggregated by PostgreSQL."""
+    columns = fmt.columns
+    names = sql.SQL(", ").join(
+        [sql.Identifier("_row"), *(sql.Identifier(c.sql_name) for c in columns)]
+    )
+    query = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(sql.Identifier(table), names)
+    tally = Tally(columns, fmt.delimiter)
+    invalid_cells = [0] * len(columns)
+    valid = invalid = 0
+    # One COPY stays open across batches, so PostgreSQL parses and stores batch n while
+    # this process checks batch n + 1 (two cores busy instead of taking turns); it is
+    # closed only to write buffered rejected cells, which share the connection.
+    try:
+        with conn.cursor() as cur, contextlib.ExitStack() as open_copy:
+            copy: psycopg.Copy | None = None
+            pending: list[tuple[int, str, str, str]] = []
+            while records := take_batch(rows):
+                checked = check_batch(records, columns, fmt.delimiter)
+                tally.add(checked)
+                if checked.text:
+                    if copy is None:
+                        copy = open_copy.enter_context(cur.copy(query))
+                    copy.write(checked.text)
+                pending += checked.rejected
+                if len(pending) >= ERRORS_PER_FLUSH:
+                    open_copy.close()
+                    copy = None
+                    flush_errors(cur, upload_id, pending)
+                invalid_cells = [a + b for a, b in zip(invalid_cells, checked.invalid, strict=True)]
+                valid += checked.good
+                invalid += checked.bad_rows
+                after_batch(valid + invalid)
+            open_copy.close()
+            flush_errors(cur, upload_id, pending)
+    except (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
+        # e.g. a NUL character deep in the file (PostgreSQL text cannot hold one) or
+        # a row wider than a heap page: the file cannot be stored as it is.
+        raise CsvFormatError("unloadable_row", str(exc).splitlines()[0]) from exc
+    tally.settle()
+    profiles, _ = profile_table(conn, table, columns, invalid_cells)
+    nulls = sum(p["nulls"] for p in profiles)
+    result = summarise(valid, invalid, profiles, valid * len(columns), nulls)
+    result["warnings"] = fmt.warnings + tally.warnings(valid, valid + invalid)
+    return result
+
+
+def load_wide(
+    conn: psycopg.Connection[Any],
+    table: str,
+    fmt: CsvFormat,
+    rows: Iterator[tuple[int, list[str]]],
+    upload_id: str,
+    after_batch: Callable[[int], None],
+) -> dict[str, Any]:
+    """The jsonb layout: cells typed one by one in Python and profiled as they go."""
+    profiles = [ColumnProfile(col) for col in fmt.columns]
+    tally = Tally(fmt.columns, fmt.delimiter)
+    valid = invalid = 0
+    while records := take_batch(rows):
+        batch, checked = parse_batch(records, fmt.columns, profiles, fmt.delimiter)
+        tally.add(checked)
+        copy_batch(conn, table, fmt.columns, batch, upload_id, checked.rejected)
+        valid += len(batch)
+        invalid += checked.bad_rows
+        after_batch(valid + invalid)
+    tally.settle()
+    cells = sum(p.count for p in profiles)
+    nulls = sum(p.nulls for p in profiles)
+    result = summarise(valid, invalid, [p.to_dict() for p in profiles], cells, nulls)
+    result["warnings"] = fmt.warnings + tally.warnings(valid, valid + invalid)
+    return result
+
+
 def flush_errors(
     cur: psycopg.Cursor[Any], upload_id: str, errors: list[tuple[int, str, str, str]]
 ) -> None:
@@ -163,7 +274,11 @@ def is_wide(columns: list[ColumnSpec]) -> bool:
     """Too wide for one row per heap tuple? Fixed-width values cannot be TOASTed, and a
     heap tuple holds at most ~8160 bytes (docs, "TOAST"); such files go into one jsonb
     column instead, which TOAST compresses and moves out of line as one value."""
-    estimate = 24 + len(columns) // 8 + sum(FIXED_BYTES.get(c.type, 18) for c in columns)
+    estimate = (
+        24
+        + len(columns) // 8
+        + sum(RECORDS[c.type].fixed_bytes or TOAST_POINTER_BYTES for c in columns)
+    )
     return len(columns) > PG_MAX_COLUMNS or estimate > WIDE_ROW_BYTES
 
 
@@ -173,7 +288,7 @@ def create_table(conn: psycopg.Connection[Any], table: str, columns: list[Column
         defs.append(sql.SQL("data jsonb NOT NULL"))
     else:
         defs += [
-            sql.SQL("{} {}").format(sql.Identifier(c.sql_name), sql.SQL(PG_TYPES[c.type]))
+            sql.SQL("{} {}").format(sql.Identifier(c.sql_name), sql.SQL(RECORDS[c.type].pg_type))
             for c in columns
         ]
     query = sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(", ").join(defs))
@@ -181,43 +296,49 @@ def create_table(conn: psycopg.Connection[Any], table: str, columns: list[Column
 
 
 def parse_batch(
-    rows: Iterator[tuple[int, list[str]]],
+    records: list[tuple[int, list[str]]],
     columns: list[ColumnSpec],
     profiles: list[ColumnProfile],
     delimiter: str,
-) -> tuple[list[tuple[Any, ...]], list[tuple[int, str, str, str]], int]:
-    """Up to UPLOAD_BATCH_ROWS rows: (valid typed rows, rejected cells, rejected rows)."""
+) -> tuple[list[tuple[Any, ...]], Checked]:
+    """(valid typed rows, what was found) for the jsonb layout, cell by cell."""
     width = len(columns)
     pairs = list(zip(columns, profiles, strict=True))
     batch: list[tuple[Any, ...]] = []
-    errors: list[tuple[int, str, str, str]] = []
-    bad_rows = 0
-    chars = 0
-    for number, fields in rows:
+    found = Checked(invalid=[0] * width, two_digit_years=[0] * width)
+    fitted_rows: list[list[str]] = []
+    for number, fields in records:
         fitted, reason = fit_row(fields, width)
         if fitted is None:
             # A ragged row is rejected whole: its cells can't be matched to columns.
-            assert reason is not None
-            errors.append((number, "", delimiter.join(fields)[:ERROR_VALUE_MAX_CHARS], reason))
-            bad_rows += 1
+            line = delimiter.join(fields)[:ERROR_VALUE_MAX_CHARS]
+            found.rejected.append((number, "", line, reason or "ragged row"))
+            found.bad_rows += 1
+            found.ragged.append(len(fields))
+            continue
+        fitted_rows.append(fitted)
+        values: list[Any] = [number]
+        ok = True
+        for j, (cell, (col, profile)) in enumerate(zip(fitted, pairs, strict=True)):
+            value, error = parse_cell(cell, col)
+            if error is not None and not col.forced:
+                found.misfits.append(j)
+                return batch, found
+            profile.add(value, error)
+            if error is not None:
+                ok = False
+                found.invalid[j] += 1
+                found.rejected.append((number, col.name, cell[:ERROR_VALUE_MAX_CHARS], error))
+            elif value is not None and col.date_format and two_digit_year(cell, col):
+                found.two_digit_years[j] += 1
+            values.append(value)
+        if ok:
+            batch.append(tuple(values))
         else:
-            values: list[Any] = [number]
-            ok = True
-            for cell, (col, profile) in zip(fitted, pairs):  # noqa: B905 - fitted to width
-                value, error = parse_cell(cell, col)
-                profile.add(value, error)
-                if error is not None:
-                    ok = False
-                    errors.append((number, col.name, cell[:ERROR_VALUE_MAX_CHARS], error))
-                values.append(value)
-            if ok:
-                batch.append(tuple(values))
-            else:
-                bad_rows += 1
-            chars += sum(map(len, fitted))
-        if len(batch) + bad_rows >= settings.UPLOAD_BATCH_ROWS or chars >= BATCH_MAX_CHARS:
-            break
-    return batch, errors, bad_rows
+            found.bad_rows += 1
+    if fitted_rows and any(c.undecided for c in columns):
+        found.columns = list(zip(*fitted_rows, strict=True))
+    return batch, found
 
 
 def copy_batch(

@@ -21,7 +21,9 @@ from app.security.auth import mint_token
 from app.security.throttle import AuthThrottle
 from core import events
 from core import settings as herald
-from jobs.csvimport.celltypes import ColumnSpec, infer_column, parse_cell
+from jobs.csvimport.celltypes import ColumnSpec
+from jobs.csvimport.columntypes import parse_cell
+from jobs.csvimport.inference import infer_column
 from tests.faults.sse import SSEParser
 from tests.support.asgi import running_app
 

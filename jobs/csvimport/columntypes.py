@@ -1,0 +1,118 @@
+"""What each CSV column type is to the importer, one record per type (the names themselves
+are `core.columntypes.ColumnType`, shared with the web side): its PostgreSQL type, how a cell
+is read, the plain text PostgreSQL reads as written, and how it is profiled. Adding a type is
+one entry in `RECORDS` (plus its name in the enum and a reader in `celltypes`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from core.columntypes import ColumnType
+from jobs.csvimport.celltypes import (
+    ColumnSpec,
+    Value,
+    is_null_token,
+    read_bool,
+    read_date,
+    read_datetime,
+    read_float,
+    read_int,
+    read_text,
+)
+
+# Plain forms: cells PostgreSQL's input function reads to exactly the value the reader gives,
+# so they go to COPY as written. Integers of at most 18 digits (always inside bigint) without
+# a leading zero; decimals without exponent or leading zero (and at most FLOAT_PLAIN_CHARS
+# long, so exact and in range); ISO dates; ISO date-times with zones up to +-15:59, the range
+# PostgreSQL's timestamptz input accepts (datetime.c).
+_INT: Final = r"[+-]?(?:0|[1-9][0-9]{0,17})"
+_FLOAT: Final = r"[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)"
+FLOAT_PLAIN_CHARS: Final = 15  # <= 15 significant digits: exact in a double (C11 DBL_DIG)
+_YMD: Final = r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+# Days 01-28 exist in every month (and years 0001-9999 in both Python and PostgreSQL), so a
+# column matching this needs no calendar check.
+_YMD_SAFE: Final = r"(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+_HMS: Final = (
+    r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+    r"(?:Z|[+-](?:0[0-9]|1[0-5]):[0-5][0-9])?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plain:
+    cell: str  # regex of one plain cell
+    safe: str | None = None  # a stricter regex whose matches need no `calendar` check
+    calendar: Callable[[str], object] | None = None  # raises ValueError off the calendar
+    max_chars: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TypeRecord:
+    name: ColumnType
+    pg_type: str
+    # Bytes per value in a heap tuple (docs, chapter 8); 0 for variable length, which
+    # counts as a TOAST pointer when deciding whether a row fits (jobs.csvimport.load).
+    fixed_bytes: int
+    read: Callable[[str, ColumnSpec], Value | None]
+    error: str  # why a cell that does not fit is rejected (forced types only)
+    plain: Plain | None
+    # Profile: min/max/mean over this SQL expression of the column (None: top values).
+    mean_key: str | None
+
+
+RECORDS: Final = {
+    r.name: r
+    for r in [
+        TypeRecord(
+            ColumnType.INT, "bigint", 8, read_int, "not an integer", Plain(_INT), mean_key="{}"
+        ),
+        TypeRecord(
+            ColumnType.FLOAT,
+            "double precision",
+            8,
+            read_float,
+            "not a number",
+            Plain(_FLOAT, max_chars=FLOAT_PLAIN_CHARS),
+            mean_key="{}",
+        ),
+        TypeRecord(ColumnType.BOOL, "boolean", 1, read_bool, "not a boolean", None, None),
+        TypeRecord(
+            ColumnType.DATE,
+            "date",
+            4,
+            read_date,
+            "not a date",
+            Plain(_YMD, _YMD_SAFE, dt.date.fromisoformat),
+            # Days since 0001-01-01, as date.toordinal counts them.
+            mean_key="{} - DATE '0001-01-01' + 1",
+        ),
+        TypeRecord(
+            ColumnType.DATETIME,
+            "timestamptz",
+            8,
+            read_datetime,
+            "not a datetime",
+            Plain(_YMD + _HMS, _YMD_SAFE + _HMS, dt.datetime.fromisoformat),
+            mean_key="extract(epoch FROM {})",
+        ),
+        TypeRecord(ColumnType.TEXT, "text", 0, read_text, "", None, None),
+    ]
+}
+
+
+def parse_cell(value: str, col: ColumnSpec) -> tuple[Value | None, str | None]:
+    """Returns (value, None), (None, None) for NULL, or (None, reason) for a cell that does
+    not fit. Text keeps a cell verbatim (NULL only when empty or all whitespace: "NA" may be
+    Namibia); typed columns also read the null tokens as NULL."""
+    if col.type == ColumnType.TEXT:
+        return (value, None) if value.strip() else (None, None)
+    v = value.strip()
+    if is_null_token(v):
+        return None, None
+    record = RECORDS[col.type]
+    got = record.read(v, col)
+    return (got, None) if got is not None else (None, record.error)
