@@ -131,6 +131,14 @@ class Load:
             ).fetchall()
         return [str(r[0]) for r in chats + uploads]
 
+    def importing(self) -> bool:
+        with psycopg.connect(self.stack.pg.url, connect_timeout=2) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM uploads WHERE id = ANY(%s) AND status = 'processing'",
+                (list(self.uploads),),
+            ).fetchone()
+        return bool(row and row[0])
+
     def without_job(self) -> list[str]:
         """Unfinished items whose RQ job does not exist."""
         client = self.stack.redis.client()
@@ -209,6 +217,8 @@ async def under_load(
     try:
         await load.submit()
         await wait_for(lambda: len(load.done_events()) >= 10, 60, "the first replies")
+        # ...and an import in the middle of its transaction, so the fault cuts one.
+        await wait_for(load.importing, 60, "an import under way")
         assert await anyio.to_thread.run_sync(load.unfinished), "all work done before the fault"
         since = await fault(load, worker)
 
