@@ -21,7 +21,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
-from core import events, redispolicy, settings
+from core import events, settings
 from core.replies import chat_job_id, reply_id
 from jobs.csvimport.job import lock_key
 from jobs.worker import liveness
@@ -408,18 +408,3 @@ def test_one_reconciler_leads_at_a_time(redis_client: redis.Redis, clock: Clock)
     finally:
         first.resign()
         second.resign()
-
-
-def test_redis_policy_warns_when_queued_jobs_could_be_evicted(redis_client: redis.Redis) -> None:
-    assert "warning" in redispolicy.assess({"maxmemory-policy": "allkeys-lru", "maxmemory": "100"})
-    assert "warning" not in redispolicy.assess({"maxmemory-policy": "noeviction", "maxmemory": "1"})
-    assert "warning" not in redispolicy.assess(
-        {"maxmemory-policy": "volatile-lru", "maxmemory": "1"}
-    )
-    # No limit: nothing is ever evicted, whatever the policy.
-    assert "warning" not in redispolicy.assess(
-        {"maxmemory-policy": "allkeys-lru", "maxmemory": "0"}
-    )
-    assert redispolicy.assess(None) == {"checked": False}
-    # The test server answers CONFIG GET (read only: never changed here).
-    assert "maxmemory_policy" in redispolicy.check(redis_client)
