@@ -43,7 +43,6 @@ class JobQueue:
         """Queue one job of ``kind``; ``job_id`` is chosen by the caller so that a
         duplicate enqueue of the same work is the same job."""
         queue = self.queue(kind.queue)
-        retry = kind.retry()
 
         def enqueue() -> Job:
             # Through our own pipeline, so RQ's writes (queue registration, job hash,
@@ -55,7 +54,7 @@ class JobQueue:
                     args=args,
                     job_id=job_id,
                     timeout=kind.timeout_seconds,
-                    retry=retry,
+                    retry=kind.retry(),
                     result_ttl=RESULT_TTL_SECONDS,
                     failure_ttl=FAILURE_TTL_SECONDS,
                     pipeline=pipe,

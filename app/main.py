@@ -12,6 +12,7 @@ from starlette.staticfiles import StaticFiles
 from app.accesslog import AccessLogMiddleware
 from app.dev import token as devtoken
 from app.errors import exception_handlers
+from app.headers import SecurityHeadersMiddleware
 from app.openapi import openapi_document
 from app.resources import lifespan
 from app.routes import chat, health, uploads
@@ -26,9 +27,11 @@ def create_app() -> Starlette:
     routes: list[BaseRoute] = [*health.routes, *streams.routes, *chat.routes, *uploads.routes]
     if settings.DEV_MODE:  # a token for anyone who asks: never outside local development
         routes.extend(devtoken.routes)
+    else:  # only the page's "is there a local token?" probe, answered no
+        routes.extend(devtoken.probe_routes)
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(AccessLogMiddleware)],
+        middleware=[Middleware(SecurityHeadersMiddleware), Middleware(AccessLogMiddleware)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

@@ -21,4 +21,6 @@ class EventKind(StrEnum):
     UPLOAD_ERROR = "upload.error"
     # Control events of the stream itself, never stored in history.
     RESYNC = "resync"
-    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an event name, not a secret
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105  # nosec B105 - an event name, not a secret
+    # Sent, without an id, only to streams opened with ?heartbeat=event (docs/api.md).
+    HEARTBEAT = "heartbeat"

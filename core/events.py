@@ -119,6 +119,23 @@ def publish_event(
     return _ids(script(keys=keys, args=_args(event, data)))
 
 
+def queue_event(
+    pipe: redis.client.Pipeline,
+    event: EventKind,
+    data: dict[str, Any],
+    *,
+    user_id: str | None = None,
+    upload_id: str | None = None,
+) -> None:
+    """``publish_event`` queued on a pipeline, to go out in one round trip with the
+    caller's own commands (and after those queued before it)."""
+    keys = stream_keys(user_id, upload_id)
+    if not keys:
+        raise ValueError("queue_event needs a user_id or an upload_id")
+    script = pipe.register_script(_PUBLISH_LUA)
+    script(keys=keys, args=_args(event, data), client=pipe)
+
+
 async def apublish_event(
     client: redis.asyncio.Redis,
     event: EventKind,

@@ -18,7 +18,7 @@ from rq import Retry
 
 from core import settings
 
-# How long RQ keeps a finished job (its result is only for inspection) and a failed one.
+# A finished job's result is only for inspection; a failed one is kept a week to look at.
 RESULT_TTL_SECONDS: Final = 3600
 FAILURE_TTL_SECONDS: Final = 7 * 86400
 
@@ -45,18 +45,17 @@ class JobKind:
     # Seconds between RQ retries; the first `retries` of them are used.
     retry_intervals: tuple[int, ...] = (1, 5, 15)
 
+    def retry(self) -> Retry | None:
+        """RQ's retry policy for this kind: ``retries`` more runs, spaced as configured."""
+        if not self.retries:
+            return None
+        return Retry(max=self.retries, interval=list(self.retry_intervals[: self.retries]))
+
     @property
     def module(self) -> str:
         """The module to import before the first job: importing LangGraph and friends
         takes about a second, which the first job of a fresh process would wait."""
         return self.target.rpartition(".")[0]
-
-    def retry(self) -> Retry | None:
-        """RQ's retry policy for a job of this kind (the web's enqueue and the
-        reconciler's use the same one)."""
-        if not self.retries:
-            return None
-        return Retry(max=self.retries, interval=list(self.retry_intervals[: self.retries]))
 
 
 CHAT: Final = JobKind(
@@ -80,6 +79,13 @@ CSV_IMPORT: Final = JobKind(
     processes=settings.WORKER_UPLOAD_PROCESSES,
 )
 JOB_KINDS: Final = (CHAT, CSV_IMPORT)
+
+
+def chat_job_id(message_id: str) -> str:
+    """A chat job's id is derived from its message: a duplicate enqueue (the web's, or
+    the reconciler's after Redis lost the job, jobs/worker/reconciler.py) cannot make
+    two replies."""
+    return f"chat-{message_id}"
 
 
 def queue_names() -> list[str]:

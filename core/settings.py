@@ -93,6 +93,9 @@ LLM_API_KEY = config("LLM_API_KEY", cast=Secret, default="")
 DEMO_MODEL = "herald-demo-offline"
 LLM_MODEL = config("LLM_MODEL", default=DEMO_MODEL)
 LLM_TIMEOUT_SECONDS = config("LLM_TIMEOUT_SECONDS", cast=float, default=60.0)
+# Longest reply asked of the model (sent as max_tokens; 0: not sent, the model's own
+# limit). Without it a small model may run to its whole context and hit the timeout.
+LLM_MAX_TOKENS = config("LLM_MAX_TOKENS", cast=int, default=1024)
 LLM_CONNECT_TIMEOUT_SECONDS = config("LLM_CONNECT_TIMEOUT_SECONDS", cast=float, default=5.0)
 LLM_FIRST_TOKEN_TIMEOUT_SECONDS = config(
     "LLM_FIRST_TOKEN_TIMEOUT_SECONDS", cast=float, default=20.0

@@ -41,3 +41,6 @@ class MessageStatus(StrEnum):
     # An assistant's reply: stored whole, or ended in an error (either side may fail).
     COMPLETED = "completed"
     FAILED = "failed"
+    # An assistant's reply still streaming: never stored, only shown in the message
+    # read-back with its text so far (core/drafts.py).
+    STREAMING = "streaming"

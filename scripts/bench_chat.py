@@ -56,6 +56,8 @@ _sep = "&" if "?" in _base_db else "?"
 os.environ.update(
     DATABASE_URL=f"{_base_db}{_sep}options=-csearch_path%3D{SCHEMA}",
     REDIS_PREFIX=f"bench-chat-{RUN}",
+    # rq reads it when first imported (below): its keys then sit under our prefix too.
+    RQ_KEY_PREFIX=f"bench-chat-{RUN}:rq",
     JWT_SECRET=os.environ.get("JWT_SECRET") or "bench-" + secrets.token_hex(24),
     LOG_LEVEL="WARNING",
     CHAT_RATE_LIMIT="1000000/hour",
@@ -205,6 +207,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 # --- Baseline: the upstream called directly ---------------------------------------------
 async def baseline(base_url: str, n: int) -> tuple[list[float], list[float]]:
+    from core import settings
     from jobs.chat.llm import OpenAIProvider
 
     first: list[float] = []
@@ -217,6 +220,7 @@ async def baseline(base_url: str, n: int) -> tuple[list[float], list[float]]:
             model="loopback-bench",
             first_token_timeout=10,
             idle_timeout=10,
+            max_tokens=settings.LLM_MAX_TOKENS,  # the same request body as a chat job sends
         )
         messages = [{"role": "user", "content": "hello"}]
         for _ in range(n):
@@ -603,9 +607,8 @@ def main() -> None:
         client = redis.Redis.from_url(os.environ["REDIS_URL"])
         try:
             keys = list(client.scan_iter(match=f"bench-chat-{RUN}:*", count=1000))
-            keys += list(client.scan_iter(match=f"rq:*bench-chat-{RUN}*", count=1000))
             for i in range(0, len(keys), 500):
-                client.delete(*keys[i : i + 500])
+                client.unlink(*keys[i : i + 500])
         finally:
             client.close()
         with psycopg.connect(_base_db, autocommit=True) as conn:

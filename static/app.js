@@ -6,16 +6,18 @@ const $ = (id) => document.getElementById(id);
 // The server's vocabularies (core/eventkinds.py, core/statuses.py), written out because
 // the page has no build step; tests/test_vocabulary.py checks they match exactly.
 const EVENT_TYPES = ["chat.chunk", "chat.done", "chat.error", "upload.status",
-  "upload.progress", "upload.done", "upload.error", "resync", "token_expired"];
+  "upload.progress", "upload.done", "upload.error", "resync", "token_expired", "heartbeat"];
 const UPLOAD_STATUS = {
   QUEUED: "queued", VALIDATING: "validating", PROCESSING: "processing",
   COMPLETED: "completed", FAILED: "failed", CANCELLED: "cancelled",
 };
 const MESSAGE_STATUS = {
   QUEUED: "queued", ANSWERED: "answered", BLOCKED: "blocked", FLAGGED: "flagged",
-  COMPLETED: "completed", FAILED: "failed",
+  COMPLETED: "completed", FAILED: "failed", STREAMING: "streaming",
 };
 const TERMINAL = new Set([UPLOAD_STATUS.COMPLETED, UPLOAD_STATUS.FAILED, UPLOAD_STATUS.CANCELLED]);
+// A stream that sends nothing for two heartbeat periods (plus this) is presumed dead.
+const HEARTBEAT_GRACE_MS = 1000;
 const CHAT_ERRORS = {
   message_blocked: "This message was blocked by the safety check: it looks like an attempt " +
     "to override the assistant's instructions. Please rephrase it.",
@@ -23,6 +25,7 @@ const CHAT_ERRORS = {
     "Please try again in a minute.",
   llm_timeout: "The assistant took too long to answer. Please try again.",
   llm_error: "The assistant failed to answer. Please try again.",
+  internal_error: "Something went wrong on our side. Please try again.",
   message_too_large: "That message is too long. Please shorten it.",
 };
 
@@ -33,10 +36,14 @@ const state = {
   source: null, // the EventSource
   reconnects: 0,
   retryTimer: null,
+  heartbeatMs: 15000, // replaced by the server's own figure (its first heartbeat event)
+  watchdog: null, // fires when the stream has been silent too long
   seen: new Set(), // event ids already applied (belt and braces over Last-Event-ID)
   sending: false, // a chat POST is in flight
   pendingReply: null, // the assistant bubble waiting for its first chunk
-  replies: new Map(), // message_id -> {el, next: index of the next chunk}
+  // user message_id -> {el, base: text of chunks 0..from-1, from, parts: index -> text,
+  // done}; chat.* events name the user's message, history rows name it in reply_to.
+  replies: new Map(),
   uploads: new Map(), // upload_id -> row element
 };
 
@@ -108,6 +115,8 @@ function askForToken(note) {
   disconnect();
   clearToken();
   $("signin-note").textContent = note || "";
+  // An old token left in the box would have a new one pasted after it.
+  $("token-input").value = "";
   $("signin").hidden = false;
   $("workspace").hidden = true;
   $("sign-out").hidden = true;
@@ -120,7 +129,8 @@ function signIn(token) {
   $("signin").hidden = true;
   $("workspace").hidden = false;
   $("sign-out").hidden = false;
-  $("signin-note").textContent = "";
+  // Messages about an earlier, refused token no longer apply.
+  for (const id of ["signin-note", "chat-error", "upload-error"]) $(id).textContent = "";
   // A new EventSource must be told where the old one stopped: pass the id explicitly.
   connect();
   refresh();
@@ -128,8 +138,10 @@ function signIn(token) {
 }
 
 async function offerDevToken() {
+  // Answered {"available": false} outside dev mode (never a 404 in the console).
   const response = await fetch("/dev/token").catch(() => null);
-  $("dev-token").hidden = !(response && response.ok);
+  const body = response && response.ok ? await response.json().catch(() => null) : null;
+  $("dev-token").hidden = !(body && body.available === true);
 }
 
 // ---- The event stream -------------------------------------------------------------------
@@ -141,14 +153,17 @@ function setConn(kind, text) {
 
 function connect() {
   disconnect();
-  const params = new URLSearchParams({ token: state.token });
+  // heartbeat=event: named heartbeats the page can see (comments never reach listeners).
+  const params = new URLSearchParams({ token: state.token, heartbeat: "event" });
   if (state.lastEventId) params.set("last_event_id", state.lastEventId);
   const source = new EventSource(`/events?${params}`);
   state.source = source;
   setConn("retry", state.reconnects ? `Reconnecting (${state.reconnects})…` : "Connecting…");
   note(`connect last_event_id=${state.lastEventId || "-"}`);
+  watch();
   source.onopen = () => {
     note("open");
+    watch();
     setConn("live", state.reconnects ? `Live · reconnected ${state.reconnects}×` : "Live");
   };
   source.onerror = () => {
@@ -160,6 +175,7 @@ function connect() {
       return;
     }
     // CLOSED: the server refused (401, 429...); the browser will not retry on its own.
+    clearTimeout(state.watchdog);
     if (tokenExpired(state.token)) return askForToken("Your token has expired; paste a new one.");
     const delay = Math.min(30, 2 ** Math.min(state.reconnects, 5));
     setConn("down", `Disconnected; retrying in ${delay} s`);
@@ -168,7 +184,21 @@ function connect() {
   for (const type of EVENT_TYPES) source.addEventListener(type, onEvent);
 }
 
+// A path that freezes without a reset (a sleeping laptop's Wi-Fi, a NAT dropping the
+// flow) leaves EventSource "open" for ever: reconnect when heartbeats stop coming.
+function watch() {
+  clearTimeout(state.watchdog);
+  state.watchdog = setTimeout(() => {
+    note("heartbeat missed; reconnecting");
+    state.reconnects += 1;
+    connect();
+    // Without a position to resume from, what happened meanwhile comes over REST.
+    if (!state.lastEventId) refresh();
+  }, 2 * state.heartbeatMs + HEARTBEAT_GRACE_MS);
+}
+
 function disconnect() {
+  clearTimeout(state.watchdog);
   clearTimeout(state.retryTimer);
   if (state.source) state.source.close();
   state.source = null;
@@ -182,6 +212,9 @@ function note(line) {
 }
 
 function onEvent(event) {
+  watch();
+  // A heartbeat has no id of its own (event.lastEventId repeats the last one's).
+  if (event.type === "heartbeat") return HANDLERS.heartbeat(JSON.parse(event.data));
   const id = event.lastEventId;
   note(`${event.type} ${id}`);
   const control = event.type === "resync" || event.type === "token_expired";
@@ -212,15 +245,17 @@ const HANDLERS = {
   "chat.chunk": (d) => {
     if (!ownsConversation(d.conversation_id)) return;
     const reply = replyFor(d.message_id);
-    if (d.index < reply.next) return; // a chunk already shown
-    reply.el.querySelector(".text").textContent += d.text;
-    reply.next = d.index + 1;
+    // Already shown: finished, part of the text read back over REST, or a double.
+    if (reply.done || d.index < reply.from || reply.parts[d.index] !== undefined) return;
+    reply.parts[d.index] = d.text;
+    render(reply);
     setTyping(true);
     scrollChat();
   },
   "chat.done": (d) => {
     if (!ownsConversation(d.conversation_id)) return;
     const reply = replyFor(d.message_id);
+    reply.done = true;
     reply.el.querySelector(".text").textContent = d.text; // the whole reply wins
     reply.el.classList.remove("streaming");
     addMeta(reply.el, d.model ? `answered by ${d.model}` : "");
@@ -230,6 +265,7 @@ const HANDLERS = {
   "chat.error": (d) => {
     if (!ownsConversation(d.conversation_id)) return;
     const reply = replyFor(d.message_id);
+    reply.done = true;
     reply.el.classList.remove("streaming");
     reply.el.classList.add("failed");
     reply.el.querySelector(".text").textContent = CHAT_ERRORS[d.code] || d.message;
@@ -238,10 +274,16 @@ const HANDLERS = {
   "upload.status": (d) => updateUpload(d.upload_id, { status: d.status }),
   "upload.progress": (d) => updateUpload(d.upload_id, { progress: d }),
   "upload.done": (d) => updateUpload(d.upload_id, {
-    status: UPLOAD_STATUS.COMPLETED, progress: { percent: 100 }, result: d.result,
+    status: UPLOAD_STATUS.COMPLETED,
+    progress: { percent: 100, rows_processed: d.result && d.result.rows_total },
+    result: d.result,
   }),
   "upload.error": (d) => updateUpload(d.upload_id, { status: UPLOAD_STATUS.FAILED, error: d }),
   resync: () => refresh(),
+  heartbeat: (d) => {
+    const seconds = Number(d.interval_seconds);
+    if (seconds > 0) state.heartbeatMs = seconds * 1000;
+  },
   token_expired: () => askForToken("Your token has expired; paste a new one to continue."),
 };
 
@@ -252,9 +294,11 @@ async function refresh() {
     const items = Array.isArray(list) ? list : list.uploads || list.items || [];
     for (const upload of items.slice().reverse()) updateUpload(upload.upload_id, upload);
   } catch (error) {
-    $("upload-error").textContent = describe(error);
+    // A refused token already brought back the sign-in box, which says so.
+    if (error.status !== 401) $("upload-error").textContent = describe(error);
   }
   if (state.conversationId) await loadConversation(state.conversationId);
+  note("refreshed");
 }
 
 // ---- Chat ---------------------------------------------------------------------------
@@ -286,10 +330,15 @@ function replyFor(messageId) {
     const el = state.pendingReply || bubble("assistant", "");
     state.pendingReply = null;
     el.classList.add("streaming");
-    reply = { el, next: 0 };
+    reply = { el, base: "", from: 0, parts: [], done: false };
     state.replies.set(messageId, reply);
   }
   return reply;
+}
+
+function render(reply) {
+  // Sparse parts join holes as "": a gap fills in when its chunk arrives.
+  reply.el.querySelector(".text").textContent = reply.base + reply.parts.slice(reply.from).join("");
 }
 
 function ownsConversation(conversationId) {
@@ -317,22 +366,62 @@ async function loadConversation(conversationId) {
   try {
     const data = await api("GET", `/chat/conversations/${encodeURIComponent(conversationId)}/messages`);
     const messages = Array.isArray(data) ? data : data.messages || data.items || [];
-    $("chat-log").replaceChildren();
-    state.replies.clear();
+    // Events may have arrived while the request was out: keep what they brought.
+    const before = state.replies;
+    state.replies = new Map();
     state.pendingReply = null;
+    $("chat-log").replaceChildren();
     for (const m of messages) {
-      const el = bubble(m.role === "user" ? "user" : "assistant", m.text || "");
-      if (m.role === "user") continue;
-      // Chunks are not replayed into a reply loaded here (its text would double);
-      // chat.done brings the whole text of a reply still streaming.
-      state.replies.set(m.message_id || m.id, { el, next: Infinity });
-      if (m.status === MESSAGE_STATUS.FAILED) el.classList.add("failed");
-      else if (m.status !== MESSAGE_STATUS.COMPLETED) el.classList.add("streaming");
+      if (m.role === "user") {
+        bubble("user", m.text || "");
+        continue;
+      }
+      const key = m.reply_to || m.message_id || m.id;
+      const seen = before.get(key);
+      if (seen && seen.done) {
+        $("chat-log").append(seen.el); // chat.done or chat.error already settled it
+        state.replies.set(key, seen);
+      } else {
+        state.replies.set(key, replyFromHistory(m, seen));
+      }
     }
+    // Replies that started after the history was read.
+    for (const [key, reply] of before) {
+      if (!state.replies.has(key)) {
+        $("chat-log").append(reply.el);
+        state.replies.set(key, reply);
+      }
+    }
+    setTyping([...state.replies.values()].some((r) => !r.done));
+    scrollChat();
   } catch (error) {
     if (error.status === 404) newConversation();
-    else $("chat-error").textContent = describe(error);
+    else if (error.status !== 401) $("chat-error").textContent = describe(error);
   }
+}
+
+// An assistant message read back over REST. One still streaming holds its first
+// `chunks` chunks in `text`; later chunk events add to it (docs/api.md).
+function replyFromHistory(m, seen) {
+  const streaming = m.status === MESSAGE_STATUS.STREAMING;
+  const failed = m.status === MESSAGE_STATUS.FAILED;
+  const text = failed ? CHAT_ERRORS[m.error_code] || m.text || CHAT_ERRORS.internal_error : m.text || "";
+  const reply = {
+    el: bubble("assistant", ""),
+    base: text,
+    from: streaming ? Number(m.chunks) || 0 : Infinity,
+    parts: [],
+    done: !streaming,
+  };
+  if (streaming && seen) {
+    if (seen.from > reply.from) Object.assign(reply, { base: seen.base, from: seen.from });
+    reply.parts = seen.parts;
+  }
+  if (streaming) reply.el.classList.add("streaming");
+  if (failed) reply.el.classList.add("failed");
+  if (m.model && !streaming && !failed) addMeta(reply.el, `answered by ${m.model}`);
+  render(reply);
+  return reply;
 }
 
 function newConversation() {
@@ -409,9 +498,12 @@ function updateUpload(uploadId, info) {
     const percent = Math.max(Number(bar.value), info.progress.percent);
     bar.value = percent;
     bar.setAttribute("aria-label", `${row.querySelector(".u-name").textContent}: ${percent}%`);
-    const rows = info.progress.rows_processed;
+    // An event without a row count (a replayed status, say) keeps the last one shown.
+    const given = info.progress.rows_processed;
+    if (typeof given === "number") row.dataset.rows = String(Math.max(given, Number(row.dataset.rows) || 0));
+    const rows = row.dataset.rows === undefined ? null : Number(row.dataset.rows);
     row.querySelector(".u-progress").textContent =
-      `${percent}%` + (typeof rows === "number" ? ` · ${rows.toLocaleString()} rows` : "");
+      `${percent}%` + (rows === null ? "" : ` · ${rows.toLocaleString()} rows`);
   }
   if (info.error) row.querySelector(".u-error").textContent = describe(info.error);
   if (info.result) showResult(row, uploadId, info.result);
@@ -422,22 +514,23 @@ function showResult(row, uploadId, result) {
   const box = row.querySelector(".u-result");
   const dl = document.createElement("dl");
   const facts = [["Rows", result.rows_total], ["Valid", result.rows_valid],
-    ["Invalid", result.rows_invalid], ["Quality score", `${result.data_quality_score} / 100`]];
+    ["Invalid", result.rows_invalid], ["Quality score", `${round(result.data_quality_score)} / 100`]];
   for (const [name, value] of facts) {
-    dl.append(el("dt", name), el("dd", value === undefined ? "–" : String(value)));
+    dl.append(el("dt", name), el("dd", value === undefined ? "–" : round(value)));
   }
+  const columns = result.columns || [];
   const table = el("table");
-  table.append(el("caption", "Column profiles"));
+  table.append(el("caption", `Column profiles (${columns.length.toLocaleString()} columns)`));
   const head = el("tr");
   for (const h of ["Column", "Type", "Nulls", "Invalid", "Distinct", "Summary"]) {
     head.append(el("th", h, { scope: "col" }));
   }
   table.append(el("thead", head));
   const body = el("tbody");
-  for (const c of result.columns || []) {
+  for (const c of columns) {
     const tr = el("tr");
     for (const v of [c.name, c.type, c.nulls, c.invalid, c.distinct, columnSummary(c)]) {
-      tr.append(el("td", v === undefined || v === null ? "–" : String(v)));
+      tr.append(el("td", v === undefined || v === null ? "–" : round(v)));
     }
     body.append(tr);
   }
@@ -456,12 +549,23 @@ function showResult(row, uploadId, result) {
 function columnSummary(c) {
   const parts = [];
   for (const key of ["min", "max", "mean"]) {
-    if (c[key] !== undefined && c[key] !== null) parts.push(`${key} ${c[key]}`);
+    if (c[key] !== undefined && c[key] !== null) parts.push(`${key} ${round(c[key])}`);
   }
   if (Array.isArray(c.top) && c.top.length) {
-    parts.push("top " + c.top.slice(0, 3).map((t) => (t && t.value !== undefined ? t.value : t)).join(", "));
+    parts.push("top " + c.top.slice(0, 3).map((t) => round(t && t.value !== undefined ? t.value : t)).join(", "));
   }
   return parts.join(" · ");
+}
+
+// Profiles are computed in floating point (91.88289835164835): show two decimals, or
+// three significant digits below 1, and whole numbers and text exactly as they are.
+function round(value) {
+  if (typeof value !== "number" || Number.isInteger(value) || !Number.isFinite(value)) {
+    return String(value);
+  }
+  const magnitude = Math.abs(value);
+  const decimals = magnitude >= 1 ? 2 : Math.min(10, 2 - Math.floor(Math.log10(magnitude)));
+  return String(Number(value.toFixed(decimals)));
 }
 
 function el(tag, content, attrs = {}) {
@@ -532,7 +636,12 @@ function wire() {
   $("upload-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const input = $("file-input");
-    if (input.files.length) uploadFiles([...input.files]).then(() => { input.value = ""; });
+    if (!input.files.length) {
+      $("upload-error").textContent = "Choose a CSV file first (or drop one on the box above).";
+      input.focus();
+      return;
+    }
+    uploadFiles([...input.files]).then(() => { input.value = ""; });
   });
   const zone = $("dropzone");
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });

@@ -1,53 +1,51 @@
-"""Real Redis and PostgreSQL for every test run, isolated from any other run.
+"""Real Redis and PostgreSQL for every test run, isolated from any other run and from
+any other user of those servers.
 
-Each run takes a free Redis DB number (claimed with SET NX in that DB) plus a unique
-key/channel prefix (PUBLISH is not scoped by DB), and its own PostgreSQL schema via
-``search_path``. Without REDIS_URL / DATABASE_URL the embedded servers are started.
-Settings are read once at import, so all of this happens before ``app`` is imported.
+A run touches only what it writes itself: in Redis, keys under its own prefix in the
+database named by ``REDIS_URL`` (RQ's keys too, through rq's ``RQ_KEY_PREFIX``); in
+PostgreSQL, its own schema (``search_path``). At the end it unlinks its own keys by
+prefix and drops its schema; it never flushes a database. Without REDIS_URL /
+DATABASE_URL the embedded servers are started. Settings (and rq's key prefix) are read
+once at import, so all of this happens before ``app``, ``jobs`` or ``rq`` is imported.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import psycopg
 import redis
 
-RUN_ID = uuid.uuid4().hex[:10]
+# Overridable so a test that runs the suite in a subprocess knows what that run owns.
+RUN_ID = os.environ.get("HERALD_TEST_RUN_ID") or uuid.uuid4().hex[:10]
 
 from app.dev import embedded  # noqa: E402 - embedded reads no settings
 
 embedded.ensure_services()
-_base_redis = os.environ["REDIS_URL"]
-_base_db = os.environ["DATABASE_URL"]
+BASE_REDIS_URL = os.environ["REDIS_URL"]
+BASE_DATABASE_URL = os.environ["DATABASE_URL"]
 
-
-def _claim_redis_db() -> tuple[str, int]:
-    base = _base_redis.rsplit("/", 1)[0] if _base_redis.count("/") >= 3 else _base_redis
-    for db in range(1, 16):
-        client = redis.Redis.from_url(f"{base}/{db}")
-        try:
-            if client.set("herald-test:claim", RUN_ID, nx=True, ex=3600):
-                return f"{base}/{db}", db
-        finally:
-            client.close()
-    raise RuntimeError("no free Redis DB (1-15) for this test run")
-
-
-REDIS_URL, REDIS_DB = _claim_redis_db()
+REDIS_URL = BASE_REDIS_URL
+PREFIX = f"herald-test-{RUN_ID}"
 SCHEMA = f"test_{RUN_ID}"
-_sep = "&" if "?" in _base_db else "?"
-DATABASE_URL = f"{_base_db}{_sep}options={quote(f'-csearch_path={SCHEMA}')}"
+_sep = "&" if "?" in BASE_DATABASE_URL else "?"
+DATABASE_URL = f"{BASE_DATABASE_URL}{_sep}options={quote(f'-csearch_path={SCHEMA}')}"
 
-with psycopg.connect(_base_db, autocommit=True) as _conn:
+if "rq" in sys.modules:  # rq fixes its key prefix when first imported
+    raise RuntimeError("rq was imported before tests/conftest.py set RQ_KEY_PREFIX")
+
+with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as _conn:
     _conn.execute(f'CREATE SCHEMA "{SCHEMA}"')
 
 os.environ.update(
     REDIS_URL=REDIS_URL,
     DATABASE_URL=DATABASE_URL,
-    REDIS_PREFIX=f"herald-test-{RUN_ID}",
+    REDIS_PREFIX=PREFIX,
+    RQ_KEY_PREFIX=f"{PREFIX}:rq",
     JWT_SECRET="test-secret-for-herald-tests-only-32bytes",
     LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
     SSE_HEARTBEAT_SECONDS="0.5",
@@ -62,13 +60,27 @@ from app.migrations import apply_migrations  # noqa: E402
 apply_migrations()
 
 
+def unlink_prefix(client: redis.Redis, prefix: str) -> int:
+    """Unlink every key under ``prefix`` (SCAN, never KEYS or FLUSHDB); returns how many."""
+    removed = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            removed += int(client.unlink(*batch))
+            batch.clear()
+    if batch:
+        removed += int(client.unlink(*batch))
+    return removed
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        client.flushdb()
+        unlink_prefix(client, PREFIX)
     finally:
         client.close()
-    with psycopg.connect(_base_db, autocommit=True) as conn:
+    with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
 
 
@@ -78,13 +90,13 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def redis_client() -> redis.Redis:
+def redis_client() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(REDIS_URL)
     yield client
     client.close()
 
 
 @pytest.fixture
-def db() -> psycopg.Connection:
+def db() -> Iterator[psycopg.Connection]:
     with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
         yield conn

@@ -17,7 +17,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from core import events, jobkinds, settings
-from core.replies import reply_id
+from core.drafts import reply_id
 from jobs.chat.llm import Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
 
@@ -361,3 +361,41 @@ def test_crash_without_retries_left_is_internal_error(
     got = chat_events(redis_client, user, msg)
     assert [(e, d["code"]) for e, d in got] == [("chat.error", "internal_error")]
     assert reply_row(db, msg) == ("", "failed", "internal_error")
+
+
+def test_issue10_max_tokens_is_sent_upstream(
+    upstream: OpenAIServer, redis_client, db, monkeypatch
+) -> None:
+    monkeypatch.setattr(settings, "LLM_MAX_TOKENS", 7)
+    _, msg = post(db, "job-max-tokens", "Be brief.")
+    run_jobs(redis_client, msg)
+    assert upstream.requests[-1]["max_tokens"] == 7
+    monkeypatch.setattr(settings, "LLM_MAX_TOKENS", 0)  # 0: the model's own limit
+    _, msg = post(db, "job-max-tokens", "Say anything.")
+    run_jobs(redis_client, msg)
+    assert "max_tokens" not in upstream.requests[-1]
+
+
+def test_issue10_long_reply_cut_by_total_timeout_does_not_trip_breaker(
+    upstream: OpenAIServer, redis_client, db, monkeypatch
+) -> None:
+    """Tokens keep coming, well within the idle bound, but the reply outlasts
+    LLM_TIMEOUT_SECONDS: llm_timeout for that reply, yet the upstream is healthy, so
+    as many of them as it takes to open the breaker leave it closed."""
+    monkeypatch.setattr(settings, "LLM_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(settings, "LLM_IDLE_TIMEOUT_SECONDS", 2.0)
+    upstream.reply = [f" word{i}" for i in range(200)]
+    upstream.chunk_delay = 0.02  # ~4 s of steady tokens
+    user = "job-long-reply"
+    long_ones = [post(db, user, f"tell a long story {i}")[1] for i in range(3)]
+    run_jobs(redis_client, *long_ones)
+    for msg in long_ones:
+        got = chat_events(redis_client, user, msg)
+        assert got[0][0] == "chat.chunk"
+        assert got[-1][0] == "chat.error" and got[-1][1]["code"] == "llm_timeout"
+    assert redis_client.hget(_breaker_keys()[0], "state") in (None, b"closed")
+    # The contrast: the same number of upstream failures does open it.
+    upstream.script(*[Fault("500")] * 3)
+    failing = [post(db, user, f"fail {i}")[1] for i in range(3)]
+    run_jobs(redis_client, *failing)
+    assert redis_client.hget(_breaker_keys()[0], "state") == b"open"

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 import uuid
 
 import anyio
+import httpx
 import psycopg
 import pytest
 import redis
 
+from app.dev.embedded import free_port
+from app.dev.start import web_argv
 from app.sse.hub import Hub
 from core import events, settings
 from tests.support.asgi import StreamCall, running_app, token
+from tests.support.procs import process_env, start, wait_ready
 
 pytestmark = pytest.mark.anyio
 
@@ -363,3 +369,53 @@ async def test_send_blocked_past_send_timeout_ends_the_stream(
         with anyio.fail_after(5):
             while redis_client.zcard(key):
                 await anyio.sleep(0.01)
+
+
+async def test_issue10_lease_limit_holds_past_key_ttl_and_crash_frees_slots(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five streams held by a real web process well past 2 x SSE_LEASE_SECONDS (the
+    set's key TTL) and across many renewals: a sixth is still refused. Once that
+    process is SIGKILLed, its slots lapse by themselves and a new stream is let in."""
+    lease = 1.0
+    monkeypatch.setattr(settings, "SSE_LEASE_SECONDS", lease)
+    user = "lease-ttl"
+    key = f"{settings.REDIS_PREFIX}:streams:{user}"
+    auth = {"authorization": f"Bearer {token(user)}"}
+    port = free_port()
+    web = start("issue10-lease-web", web_argv(port), process_env(SSE_LEASE_SECONDS=str(lease)))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(web, base)
+        async with (
+            httpx.AsyncClient(base_url=base, headers=auth, timeout=10) as client,
+            contextlib.AsyncExitStack() as held,
+        ):
+            for _ in range(settings.SSE_MAX_CONNECTIONS_PER_USER):
+                response = await held.enter_async_context(client.stream("GET", "/events"))
+                assert response.status_code == 200
+            # Past the key's TTL (2 x lease), through about ten renewals (every lease/3).
+            await anyio.sleep(3.5 * lease)
+            assert redis_client.zcard(key) == settings.SSE_MAX_CONNECTIONS_PER_USER
+            assert redis_client.pttl(key) > 0
+            refused = await client.get("/events")
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "too_many_streams"
+            async with running_app() as app:
+                other = StreamCall(app, "/events", auth)
+                await other.run()
+                assert other.status == 429
+                # A crash: no release, no more renewals.
+                web.signal(signal.SIGKILL)
+                web.popen.wait()
+                admitted = StreamCall(app, "/events", auth)
+                with anyio.fail_after(10 * lease):  # a hang guard, not a speed check
+                    while admitted.status != 200:
+                        admitted = StreamCall(app, "/events", auth)
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(admitted.run)
+                            await admitted.wait_for(lambda c: c.status is not None)
+                            admitted.disconnect()
+                        await anyio.sleep(0.1)
+    finally:
+        web.stop()

@@ -9,6 +9,7 @@ raced a writer caches under a key nobody reads again (no stale window beyond a r
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -21,11 +22,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import BadRequest, InvalidJSON, NotFound, PayloadTooLarge
-from app.openapi import STRING, TIME, Schema, enum, errors, json_body, obj, operation
+from app.openapi import INTEGER, STRING, TIME, Schema, enum, errors, json_body, obj, operation
 from app.security import ratelimit
 from app.security.auth import authenticate
-from core import history, jobkinds, settings
-from core.replies import chat_job_id
+from core import drafts, history, jobkinds, settings
 from core.statuses import MessageStatus
 from core.timestamps import rfc3339
 
@@ -146,6 +146,10 @@ MESSAGE_LIST = Schema(
                         "created_at": TIME,
                         "model": STRING,
                         "error_code": STRING,
+                        # The user message a reply answers (the id chat.* events carry).
+                        "reply_to": STRING,
+                        # A streaming reply's text holds chat.chunk indexes 0..chunks-1.
+                        "chunks": INTEGER,
                     },
                 ),
             },
@@ -199,11 +203,12 @@ async def post_message(request: Request) -> Response:
     # The request is counted; reading the window back for the headers need not hold up
     # the job, so it runs beside the write.
     headers, _ = await asyncio.gather(limiter.headers("chat", limit, principal.user_id), store())
-    # The job id is derived from the message: a duplicate enqueue cannot make two replies.
     # The worker never reads the history cache, so its invalidation runs beside the
     # enqueue rather than before it (both are done before the 202).
     job_id, _ = await asyncio.gather(
-        request.app.state.jobs.enqueue(jobkinds.CHAT, message_id, job_id=chat_job_id(message_id)),
+        request.app.state.jobs.enqueue(
+            jobkinds.CHAT, message_id, job_id=jobkinds.chat_job_id(message_id)
+        ),
         history.ainvalidate_history(request.app.state.redis, principal.user_id, conversation_id),
     )
     body = {"conversation_id": conversation_id, "message_id": message_id, "job_id": job_id}
@@ -284,7 +289,8 @@ async def list_messages(request: Request) -> Response:
             cur = conn.cursor(row_factory=dict_row)
             # The newest CHAT_HISTORY_MAX_MESSAGES, returned oldest first.
             await cur.execute(
-                "SELECT * FROM (SELECT id, role, text, status, model, error_code, created_at"
+                "SELECT * FROM (SELECT id, role, text, status, model, error_code, reply_to,"
+                " created_at"
                 " FROM messages WHERE conversation_id = %s"
                 " ORDER BY created_at DESC, id DESC LIMIT %s) recent"
                 " ORDER BY created_at, id",
@@ -302,6 +308,7 @@ async def list_messages(request: Request) -> Response:
                     "created_at": rfc3339(r["created_at"]),
                     **({"model": r["model"]} if r["model"] else {}),
                     **({"error_code": r["error_code"]} if r["error_code"] else {}),
+                    **({"reply_to": str(r["reply_to"])} if r["reply_to"] else {}),
                 }
                 for r in rows
             ],
@@ -309,7 +316,44 @@ async def list_messages(request: Request) -> Response:
 
     # Tenancy was checked above, before the cache: a cached body never skips it.
     body = await cached(request, "messages", conversation_id, load)
+    if b'"%s"' % MessageStatus.QUEUED.encode() in body:  # a reply may be streaming
+        body = await with_drafts(request, body)
     return Response(body, media_type="application/json")
+
+
+async def with_drafts(request: Request, body: bytes) -> bytes:
+    """Each reply still streaming, as an assistant message holding its text so far,
+    right after the user message it answers (core/drafts.py)."""
+    data = orjson.loads(body)
+    messages: list[dict[str, Any]] = data["messages"]
+    answered = {m.get("reply_to") for m in messages if m["role"] == "assistant"}
+    waiting = [
+        m["message_id"]
+        for m in messages
+        if m["role"] == "user"
+        and m["status"] == MessageStatus.QUEUED
+        and m["message_id"] not in answered
+    ]
+    found = await drafts.read_drafts(request.app.state.redis, waiting)
+    if not found:
+        return body
+    merged: list[dict[str, Any]] = []
+    for m in messages:
+        merged.append(m)
+        draft = found.get(m["message_id"]) if m["role"] == "user" else None
+        if draft is not None:
+            merged.append(
+                {
+                    "message_id": drafts.reply_id(m["message_id"]),
+                    "role": "assistant",
+                    "text": draft.text,
+                    "status": MessageStatus.STREAMING,
+                    "created_at": draft.started or rfc3339(dt.datetime.now(dt.UTC)),
+                    "reply_to": m["message_id"],
+                    "chunks": draft.chunks,
+                }
+            )
+    return orjson.dumps({**data, "messages": merged})
 
 
 routes = [

@@ -201,6 +201,16 @@ def _presented(conn: HTTPConnection) -> bool:
     )
 
 
+class MissingSecret(ValueError):
+    """No key to sign a token with (``JWT_SECRET`` unset); the message says what to set."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "JWT_SECRET is not set: set it to the secret the web process uses"
+            " (scripts/start uses the dev value in README 'Tokens')."
+        )
+
+
 def mint_token(
     user_id: str,
     *,
@@ -219,4 +229,6 @@ def mint_token(
     if settings.JWT_ISSUER:
         claims["iss"] = settings.JWT_ISSUER
     key = secret if secret is not None else str(settings.JWT_SECRET)
+    if not key:
+        raise MissingSecret
     return jwt.encode(claims, key, algorithm=algorithm)

@@ -3,6 +3,8 @@
 Each open stream holds a lease: a member of the user's sorted set whose score is the
 time it lapses. Live processes renew their leases in one pipeline every few seconds; a
 crashed process stops renewing, so its slots free themselves within ``ttl`` seconds.
+The set's own key TTL (twice the lease TTL) only reclaims a user nobody renews any
+more: every renewal extends it too, or the whole set would lapse under live streams.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class StreamLeases:
         self._client = client
         self._limit = limit
         self._ttl = ttl
+        self._key_ttl_ms = int(ttl * 2000)
         self._held: dict[str, str] = {}  # lease id -> user id
         self._script = client.register_script(_ACQUIRE_LUA)
         self._renewer: asyncio.Task[None] | None = None
@@ -69,7 +72,7 @@ class StreamLeases:
         now = time.time()
         granted = await self._script(
             keys=[leases_key(user_id)],
-            args=[now, now + self._ttl, self._limit, lease_id, int(self._ttl * 2000)],
+            args=[now, now + self._ttl, self._limit, lease_id, self._key_ttl_ms],
         )
         if granted:
             self._held[lease_id] = user_id
@@ -114,9 +117,12 @@ class StreamLeases:
         if not self._held:
             return
         until = time.time() + self._ttl
+        held = list(self._held.items())
         async with self._client.pipeline(transaction=False) as pipe:
-            for lease_id, user_id in list(self._held.items()):
+            for lease_id, user_id in held:
                 # XX: renew only; a lease another process's cleanup already dropped
                 # stays dropped rather than silently exceeding the limit.
                 pipe.zadd(leases_key(user_id), {lease_id: until}, xx=True)
+            for user_id in {user_id for _, user_id in held}:
+                pipe.pexpire(leases_key(user_id), self._key_ttl_ms)
             await pipe.execute()

@@ -22,8 +22,8 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
-from app.errors import RateLimited
-from app.openapi import SSE_AUTH, STRING, content, errors, operation
+from app.errors import BadRequest, RateLimited
+from app.openapi import SSE_AUTH, STRING, content, errors, operation, query
 from app.routes.uploads import fetch_upload
 from app.security.auth import Principal, authenticate
 from app.sse.hub import Hub, Mailbox
@@ -32,6 +32,11 @@ from core import events, settings
 from core.eventkinds import EventKind
 
 PING = b": ping\n\n"
+# ?heartbeat=event: comments are invisible to EventSource, so a page cannot tell a
+# quiet stream from a dead one (a frozen path that was never reset). Opted-in clients
+# get a named event instead, with no id: it leaves Last-Event-ID alone (WHATWG HTML,
+# "Server-sent events", dispatch). curl and other clients keep the comment.
+HEARTBEAT_STYLES = ("comment", "event")
 HEADERS = {
     # API.md "Event streams"; X-Accel-Buffering stops nginx-style proxies buffering.
     "Cache-Control": "no-cache",
@@ -44,10 +49,15 @@ def _stream(kinds: list[EventKind]) -> dict[str, Any]:
     return content("text/event-stream", STRING, "Events: " + ", ".join(kinds) + ".")
 
 
+# Opt-in named heartbeats, for clients that watch for a dead stream (docs/api.md).
+_HEARTBEAT_PARAMETER = [query("heartbeat", {"enum": list(HEARTBEAT_STYLES), "default": "comment"})]
+
+
 @operation(
     "The caller's event stream (SSE)",
-    {"200": _stream(list(EventKind))} | errors(401, 429),
+    {"200": _stream(list(EventKind))} | errors(400, 401, 429),
     security=SSE_AUTH,
+    parameters=_HEARTBEAT_PARAMETER,
 )
 async def user_events(request: Request) -> EventSourceResponse:
     principal = await authenticate(request, allow_query=True)
@@ -56,8 +66,10 @@ async def user_events(request: Request) -> EventSourceResponse:
 
 @operation(
     "One upload's event stream (SSE)",
-    {"200": _stream([k for k in EventKind if not k.startswith("chat.")])} | errors(401, 404, 429),
+    {"200": _stream([k for k in EventKind if not k.startswith("chat.")])}
+    | errors(400, 401, 404, 429),
     security=SSE_AUTH,
+    parameters=_HEARTBEAT_PARAMETER,
 )
 async def upload_events(request: Request) -> EventSourceResponse:
     principal = await authenticate(request, allow_query=True)
@@ -74,6 +86,7 @@ async def open_stream(request: Request, principal: Principal, key: str) -> Event
         # issue #218), so stream_frames' cleanup would never run: a HEAD that took a
         # slot and a mailbox would leak both for the life of the process.
         return EventSourceResponse(iter(()), headers=HEADERS, ping=0, sep="\n")
+    ping = heartbeat_frame(request.query_params.get("heartbeat", "comment"))
     leases: StreamLeases = request.app.state.leases
     hub: Hub = request.app.state.hub
     lease_id = uuid.uuid4().hex
@@ -92,7 +105,7 @@ async def open_stream(request: Request, principal: Principal, key: str) -> Event
     last_event_id = request.headers.get("last-event-id") or request.query_params.get(
         "last_event_id"
     )
-    body = stream_frames(request, principal, key, mailbox, last_event_id, lease_id)
+    body = stream_frames(request, principal, key, mailbox, last_event_id, lease_id, ping)
     # SIGTERM is handled once per process: the hub closes every mailbox, each
     # stream_frames returns, and each body ends properly, so EventSource reconnects
     # with Last-Event-ID to another web process (issue 5, "Deploy").
@@ -103,6 +116,18 @@ async def open_stream(request: Request, principal: Principal, key: str) -> Event
         sep="\n",
         send_timeout=settings.SSE_SEND_TIMEOUT_SECONDS,
     )
+
+
+def heartbeat_frame(style: str) -> bytes:
+    if style not in HEARTBEAT_STYLES:
+        raise BadRequest(
+            "'heartbeat' must be 'comment' or 'event'.",
+            details={"field": "heartbeat", "allowed": list(HEARTBEAT_STYLES)},
+        )
+    if style == "comment":
+        return PING
+    data = events.encode_data({"interval_seconds": settings.SSE_HEARTBEAT_SECONDS})
+    return events.frame(None, EventKind.HEARTBEAT, data)
 
 
 class LeanEventSourceResponse(EventSourceResponse):
@@ -167,12 +192,15 @@ async def stream_frames(
     mailbox: Mailbox,
     last_event_id: str | None,
     lease_id: str,
+    ping: bytes = PING,
 ) -> AsyncIterator[bytes]:
     state = request.app.state
     metrics.OPEN_STREAMS.inc()
     try:
         # First bytes at once: routers with a first-byte timeout keep the stream.
         opening = b"retry: %d\n: connected\n\n" % settings.SSE_RETRY_MS
+        if ping != PING:
+            opening += ping  # the watcher learns the interval at once
         cursor: tuple[int, int] | None = None
         last_sent: str | None = None
         if last_event_id:
@@ -221,7 +249,7 @@ async def stream_frames(
             elif mailbox.closed is not None:
                 return  # slow client, shutdown or lost Redis: the client resumes
             elif not frames and principal.seconds_left() > 0:
-                yield PING
+                yield ping
     finally:
         metrics.OPEN_STREAMS.dec()
         state.hub.unsubscribe(mailbox)

@@ -28,8 +28,8 @@ from langgraph.runtime import Runtime
 from psycopg import AsyncConnection
 
 from core import settings
+from core.drafts import reply_id
 from core.history import invalidate_history
-from core.replies import reply_id
 from core.statuses import MessageStatus
 from jobs.chat.breaker import Breaker, BreakerOpen
 from jobs.chat.guard import check_message, explain

@@ -22,11 +22,11 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from rq import get_current_job
 
 from core import settings
+from core.drafts import add_chunk, discard_draft, reply_id, start_draft
 from core.eventkinds import EventKind
-from core.events import publish_event
+from core.events import publish_event, queue_event
 from core.history import invalidate_history
 from core.jobmetrics import record_job_metric
-from core.replies import reply_id
 from core.statuses import MessageStatus
 from jobs.chat import runtime
 from jobs.chat.agent import GRAPH, AgentContext, ChatState, save_turn
@@ -145,7 +145,12 @@ async def _turn(
 
     def on_chunk(data: dict[str, Any]) -> None:
         nonlocal chunks
-        _publish(client, user_id, EventKind.CHAT_CHUNK, {**base, **data})
+        # The draft before the event, in one round trip: whoever saw the event and
+        # reloads finds the chunk in the draft (core/drafts.py).
+        with client.pipeline(transaction=False) as pipe:
+            add_chunk(pipe, base["message_id"], data["index"], data["text"])
+            queue_event(pipe, EventKind.CHAT_CHUNK, {**base, **data}, user_id=user_id)
+            pipe.execute()
         chunks += 1
         if chunks == 1:  # recorded after the chunk is out, not before it
             first = max(0.0, time.time() - started)
@@ -174,6 +179,7 @@ async def _turn(
         "error_message": "",
     }
     config: Any = {"configurable": {"thread_id": base["conversation_id"]}}
+    start_draft(client, base["message_id"])
     state: dict[str, Any] = await graph.ainvoke(
         turn,
         config,
@@ -182,6 +188,8 @@ async def _turn(
         # first token (a crashed turn is re-run whole by the RQ retry anyway).
         durability="exit",
     )
+    # The reply row is stored (the graph's persist node): the draft has served.
+    discard_draft(client, base["message_id"])
     if chunks:
         _metric(client, "herald_chat_tokens_total", labels, chunks)
     code = state.get("error_code", "")

@@ -45,6 +45,18 @@ def timeout_error(message: str) -> LLMError:
     return LLMError("llm_timeout", message, transient=True)
 
 
+def total_timeout_error(streaming: bool) -> LLMError:
+    """The whole call's time (``LLM_TIMEOUT_SECONDS``) ran out. If tokens were still
+    arriving, the upstream is healthy and the reply merely long: the breaker must not
+    count it, or long replies alone would open it for everyone."""
+    return LLMError(
+        "llm_timeout",
+        "The reply took longer than LLM_TIMEOUT_SECONDS.",
+        transient=True,
+        breaker=not streaming,
+    )
+
+
 class Provider(Protocol):
     name: str
     model: str
@@ -130,6 +142,7 @@ class OpenAIProvider:
         model: str,
         first_token_timeout: float,
         idle_timeout: float,
+        max_tokens: int,
     ) -> None:
         self.model = model
         self._client = client
@@ -137,10 +150,15 @@ class OpenAIProvider:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._first = first_token_timeout
         self._idle = idle_timeout
+        self._max_tokens = max_tokens
 
     async def stream(self, messages: Sequence[Message], deadline: float) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
-        body = {"model": self.model, "messages": list(messages), "stream": True}
+        body: dict[str, object] = {"model": self.model, "messages": list(messages), "stream": True}
+        if self._max_tokens > 0:
+            # "max_tokens": what OpenAI-compatible servers (vLLM, llama.cpp, Ollama) read;
+            # OpenAI itself still accepts it for chat models (API reference, Chat).
+            body["max_tokens"] = self._max_tokens
         try:
             async with self._client.stream(
                 "POST", self._url, json=body, headers=self._headers
@@ -151,9 +169,10 @@ class OpenAIProvider:
                 while True:
                     # First token and later gaps have their own bounds; both are capped
                     # by what is left of the whole call.
-                    wait = min(self._idle if got_text else self._first, deadline - loop.time())
+                    bound = self._idle if got_text else self._first
+                    wait = min(bound, deadline - loop.time())
                     if wait <= 0:
-                        raise timeout_error("The model took longer than LLM_TIMEOUT_SECONDS.")
+                        raise total_timeout_error(streaming=got_text)
                     try:
                         async with asyncio.timeout(wait):
                             line = await anext(lines)
@@ -162,6 +181,8 @@ class OpenAIProvider:
                             "llm_error", "The model's stream ended without [DONE].", transient=True
                         ) from None
                     except TimeoutError:
+                        if wait < bound:  # the whole call's time ran out, not this gap's
+                            raise total_timeout_error(streaming=got_text) from None
                         what = "the next chunk" if got_text else "the first token"
                         raise timeout_error(f"The model stalled waiting for {what}.") from None
                     text, done = parse_line(line)
@@ -260,6 +281,7 @@ def open_provider() -> ProviderHandle:
         model=settings.LLM_MODEL,
         first_token_timeout=settings.LLM_FIRST_TOKEN_TIMEOUT_SECONDS,
         idle_timeout=settings.LLM_IDLE_TIMEOUT_SECONDS,
+        max_tokens=settings.LLM_MAX_TOKENS,
     )
     return ProviderHandle(provider, client)
 

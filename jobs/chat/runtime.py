@@ -43,6 +43,7 @@ def provider_key() -> tuple[Any, ...]:
         settings.LLM_TIMEOUT_SECONDS,
         settings.LLM_FIRST_TOKEN_TIMEOUT_SECONDS,
         settings.LLM_IDLE_TIMEOUT_SECONDS,
+        settings.LLM_MAX_TOKENS,
         settings.DEMO_WORD_DELAY_SECONDS,
     )
 

@@ -49,11 +49,11 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from core import events, jobkinds, jobmetrics, settings
+from core.drafts import discard_draft, reply_id
 from core.eventkinds import EventKind
 from core.history import invalidate_history
-from core.jobkinds import FAILURE_TTL_SECONDS, RESULT_TTL_SECONDS, JobKind
+from core.jobkinds import FAILURE_TTL_SECONDS, RESULT_TTL_SECONDS, JobKind, chat_job_id
 from core.logs import configure_logging
-from core.replies import chat_job_id, reply_id
 from core.statuses import ACTIVE_UPLOAD_STATUSES, MessageStatus, UploadStatus
 from jobs.worker import liveness
 
@@ -398,6 +398,7 @@ def give_up(
                 ),
             )
         conversation_id = str(row["conversation_id"])
+        discard_draft(connection, work_id)  # a cut reply's text so far (core/drafts.py)
         invalidate_history(connection, row["user_id"], conversation_id)
         base = {"conversation_id": conversation_id, "message_id": work_id}
         events.publish_event(

@@ -89,6 +89,10 @@ class ChatWorker(SimpleWorker):
 
 
 def run_worker(kind: JobKind, name: str | None = None) -> None:
+    # The supervisor relays every stop request as SIGTERM. A terminal's Ctrl-C reaches
+    # this process directly too; until RQ installs its own handlers (Worker.work) it
+    # would raise KeyboardInterrupt in the middle of an import, with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging()
     # Imported before the first job, not by it (JobKind.module).
     importlib.import_module(kind.module)

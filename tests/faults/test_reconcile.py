@@ -28,7 +28,7 @@ import pytest
 from rq.job import Job
 
 from app.security.auth import mint_token
-from core.replies import chat_job_id
+from core.jobkinds import chat_job_id
 from tests.faults.clients import Client, wait_for
 from tests.faults.procs import Stack, kill
 
@@ -257,11 +257,7 @@ async def under_load(
 
 async def test_redis_flushed_mid_load(stack: Stack) -> None:
     async def flush(load: Load, worker: Any) -> float:
-        client = stack.redis.client()
-        try:
-            client.flushall()
-        finally:
-            client.close()
+        stack.redis.flushall_private()
         return time.monotonic()
 
     outcome = await under_load(stack, flush, "flushall")
