@@ -15,8 +15,7 @@ from app.errors import exception_handlers
 from app.headers import SecurityHeadersMiddleware
 from app.openapi import openapi_document
 from app.resources import lifespan
-from app.routes import chat, health, uploads
-from app.sse import streams
+from app.routes import chat, events, health, uploads
 from core import settings
 from core.logs import configure_logging
 
@@ -24,7 +23,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def create_app() -> Starlette:
-    routes: list[BaseRoute] = [*health.routes, *streams.routes, *chat.routes, *uploads.routes]
+    routes: list[BaseRoute] = [*health.routes, *events.routes, *chat.routes, *uploads.routes]
     if settings.DEV_MODE:  # a token for anyone who asks: never outside local development
         routes.extend(devtoken.routes)
     else:  # only the page's "is there a local token?" probe, answered no

@@ -74,6 +74,9 @@ GUARD_THRESHOLD = config("GUARD_THRESHOLD", cast=float, default=0.5)
 GUARD_MODE = config("GUARD_MODE", default="block")
 if GUARD_MODE not in ("block", "flag"):
     raise ValueError(f"GUARD_MODE must be 'block' or 'flag', not {GUARD_MODE!r}")
+# Words whose learned weights the guard keeps per worker process before starting afresh
+# (docs/guard.md "Cost"): bounds memory whatever is sent.
+GUARD_CACHE_WORDS = config("GUARD_CACHE_WORDS", cast=int, default=100_000)
 CHAT_CONVERSATIONS_PAGE_MAX = config("CHAT_CONVERSATIONS_PAGE_MAX", cast=int, default=100)
 CHAT_HISTORY_MAX_MESSAGES = config("CHAT_HISTORY_MAX_MESSAGES", cast=int, default=1000)
 # Earlier turns sent to the model with each message (the checkpointer keeps them all).

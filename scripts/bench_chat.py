@@ -21,8 +21,14 @@ Measures, with the ``openai`` provider pointed at the loopback upstream:
   rss       resident memory of one chat worker process after the run.
 
 Prints a Markdown table (README "Chat"). ``--hops`` instead times each hop of one chat
-(client, web handler steps, RQ dequeue and bookkeeping, job, SSE) with plain
-SimpleWorker and ChatWorker, in one run.
+(client, the web app's entry and answer, RQ dequeue and bookkeeping, the job, the first
+publish, SSE) with plain SimpleWorker and ChatWorker, in one run.
+
+Every process is started through tests/support/procs.py and every stream read with
+tests/support/sse.py; worker variants are this script's own ``--serve-worker`` and the
+hop marks come through public seams only: an ASGI wrapper around ``app.main.app``, RQ
+worker subclasses overriding RQ's public methods, and a Redis subscription to the
+user's event channel. Steps inside the web handler are not split out (profile them).
 """
 
 from __future__ import annotations
@@ -33,9 +39,7 @@ import itertools
 import json
 import os
 import secrets
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -45,12 +49,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-RUN = secrets.token_hex(4)
+# Processes this script starts (--serve-worker, --serve-web-hops) inherit the run.
+RUN = os.environ.setdefault("BENCH_CHAT_RUN", secrets.token_hex(4))
 # Settings are read once at import: the environment is set before any app import.
 from app.dev import embedded  # noqa: E402 - embedded reads no settings
 
 embedded.ensure_services()
-_base_db = os.environ["DATABASE_URL"]
+_base_db = os.environ.setdefault("BENCH_CHAT_DATABASE_URL", os.environ["DATABASE_URL"])
 SCHEMA = f"bench_{RUN}"
 _sep = "&" if "?" in _base_db else "?"
 os.environ.update(
@@ -71,125 +76,13 @@ os.environ.update(
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
+import redis.asyncio  # noqa: E402
 
 from app.security.auth import mint_token  # noqa: E402
+from core import events as event_streams  # noqa: E402
 from tests.support.openai_server import OpenAIServer  # noqa: E402
-
-WORKER = """
-import sys, redis
-import jobs.chat.job  # preloaded: a forking Worker's horse then inherits the imports
-from rq import SimpleWorker, Worker
-from core import settings
-from core.logs import configure_logging
-try:
-    from jobs.worker.supervisor import ChatWorker
-except ImportError:  # --compare with a tree from before ChatWorker
-    ChatWorker = SimpleWorker
-configure_logging()
-cls = {"chat": ChatWorker, "simple": SimpleWorker, "fork": Worker}[sys.argv[1]]
-cls([settings.CHAT_QUEUE], connection=redis.Redis.from_url(settings.REDIS_URL)).work(
-    logging_level="WARNING"
-)
-"""
-
-# --hops: the same processes with a timestamp (time.time(), comparable across processes
-# on one machine) written at each hop, keyed by message id, to HOPS_FILE.<role>.
-WEB_HOPS = """
-import json, os, time, uvicorn
-from starlette.routing import Route
-from app import jobqueue
-from app.routes import chat
-from app.security import ratelimit
-out = open(os.environ["HOPS_FILE"] + ".web", "a", buffering=1)
-marks = []
-def mark(name):
-    marks.append((name, time.time()))
-def after(owner, attr, name):
-    orig = getattr(owner, attr)
-    async def wrapped(*a, **k):
-        r = await orig(*a, **k)
-        mark(name)
-        return r
-    setattr(owner, attr, wrapped)
-after(chat, "authenticate", "auth")
-after(chat, "read_message", "body")
-after(ratelimit.RateLimiter, "acquire", "ratelimit")
-after(jobqueue.JobQueue, "enqueue", "enqueue")
-orig_inv = chat.ainvalidate_history
-async def invalidate(*a, **k):
-    mark("db")
-    await orig_inv(*a, **k)
-    mark("invalidate")
-chat.ainvalidate_history = invalidate
-orig_post = chat.post_message
-async def post(request):
-    mark("handler")
-    resp = await orig_post(request)
-    mid = json.loads(resp.body)["message_id"]
-    for n, t in marks:
-        out.write(f"{mid} web.{n} {t!r}\\n")
-    marks.clear()
-    return resp
-chat.routes[0] = Route("/chat/messages", post, methods=["POST"])
-from app.main import app as inner
-async def app(scope, receive, send):
-    if scope["type"] == "http" and scope["path"] == "/chat/messages":
-        marks.clear()
-        mark("asgi")
-    await inner(scope, receive, send)
-uvicorn.run(app, host="127.0.0.1", port=int(os.environ["HOPS_PORT"]), log_level="warning",
-            access_log=False)
-"""
-
-WORKER_HOPS = """
-import os, sys, time, redis
-import jobs.chat.job
-from rq import Queue, SimpleWorker
-from core import settings
-from core.logs import configure_logging
-from jobs.worker.supervisor import ChatWorker
-out = open(os.environ["HOPS_FILE"] + ".worker", "a", buffering=1)
-def mark(key, name):
-    out.write(f"{key.removeprefix('chat-')} worker.{name} {time.time()!r}\\n")
-orig_dq = Queue.dequeue_any.__func__
-def dequeue_any(cls, *a, **k):
-    t = time.time()
-    r = orig_dq(cls, *a, **k)
-    if r:
-        out.write(f"{r[0].id.removeprefix('chat-')} worker.listen {t!r}\\n")
-        mark(r[0].id, "dequeued")
-    return r
-Queue.dequeue_any = classmethod(dequeue_any)
-def after(owner, attr, name):
-    orig = getattr(owner, attr)
-    def wrapped(self, job, *a, **k):
-        r = orig(self, job, *a, **k)
-        mark(job.id, name)
-        return r
-    setattr(owner, attr, wrapped)
-cls = {"chat": ChatWorker, "simple": SimpleWorker}[sys.argv[1]]
-after(cls, "prepare_execution", "execution")
-after(cls, "prepare_job_execution", "prepared")
-after(cls, "handle_job_success", "rq_success")
-orig_run = jobs.chat.run_chat
-def run_chat(message_id):
-    mark(message_id, "job_start")
-    try:
-        return orig_run(message_id)
-    finally:
-        mark(message_id, "job_end")
-jobs.chat.run_chat = run_chat
-orig_publish = jobs.chat._publish
-def publish(client, user_id, event, data):
-    orig_publish(client, user_id, event, data)
-    if event == "chat.chunk" and data.get("index") == 0:
-        mark(data["message_id"], "first_publish")
-jobs.chat._publish = publish
-configure_logging()
-cls([settings.CHAT_QUEUE], connection=redis.Redis.from_url(settings.REDIS_URL)).work(
-    logging_level="WARNING"
-)
-"""
+from tests.support.procs import Proc, start_web, start_worker, stop_all  # noqa: E402
+from tests.support.sse import EventStream, SSEParser  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -269,7 +162,7 @@ def job_in_process(n: int) -> list[float]:
 
 # --- Through web + queue + worker -----------------------------------------------------------
 class Events:
-    """The user's /events stream: records when each message's first chunk and end arrive."""
+    """The user's /events stream: when each message's first chunk and its end arrive."""
 
     def __init__(self) -> None:
         self.first: dict[str, float] = {}
@@ -280,28 +173,20 @@ class Events:
         self.changed = asyncio.Event()
 
     async def run(self, client: httpx.AsyncClient) -> None:
-        async with client.stream("GET", "/events", timeout=None) as stream:
-            buffer = ""
-            async for text in stream.aiter_text():
-                buffer += text
-                if ": connected" in buffer:
-                    self.connected.set()
-                *frames, buffer = buffer.split("\n\n")
+        async with client.stream("GET", "/events", timeout=None) as response:
+            stream = EventStream(response)
+            await stream.connected()
+            self.connected.set()
+            async for event in stream:
                 now, wall = time.perf_counter(), time.time()
-                for frame in frames:
-                    lines = dict(
-                        line.split(": ", 1) for line in frame.splitlines() if line[:1] != ":"
-                    )
-                    if "data" not in lines:
-                        continue
-                    message_id = json.loads(lines["data"]).get("message_id")
-                    if lines.get("event") == "chat.chunk":
-                        self.first.setdefault(message_id, now)
-                        self.first_wall.setdefault(message_id, wall)
-                    elif lines.get("event") in ("chat.done", "chat.error"):
-                        self.done[message_id] = now
-                        self.done_wall[message_id] = wall
-                        self.changed.set()
+                message_id = event.json().get("message_id")
+                if event.type == "chat.chunk":
+                    self.first.setdefault(message_id, now)
+                    self.first_wall.setdefault(message_id, wall)
+                elif event.type in ("chat.done", "chat.error"):
+                    self.done[message_id] = now
+                    self.done_wall[message_id] = wall
+                    self.changed.set()
 
     async def wait_done(self, message_id: str) -> None:
         while message_id not in self.done:
@@ -355,100 +240,183 @@ async def through_stack(
     return {"ttfc": ttfc, "rate": rate, "post": posts}
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def start(argv: list[str], cwd: Path = ROOT) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=os.environ.copy(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def start_workers(kind: str, n: int, tree: Path = ROOT) -> list[Proc]:
+    """``n`` chat worker processes of ``kind``: ``procfile`` is ``python -m jobs.worker``
+    (any checkout's, for --compare), the others this script's ``--serve-worker``."""
+    if kind == "procfile":
+        env = {**os.environ, "WORKER_CHAT_PROCESSES": str(n), "WORKER_UPLOAD_PROCESSES": "0"}
+        return [start_worker(f"bench-chat-worker-{RUN}", env, cwd=tree)]
+    command = [sys.executable, __file__, "--serve-worker", kind]
+    return [
+        start_worker(f"bench-chat-{kind}-{i}-{RUN}", os.environ.copy(), command) for i in range(n)
+    ]
 
 
 def stack_run(
-    args: argparse.Namespace, worker_class: str, workers: int, tree: Path = ROOT
+    args: argparse.Namespace, worker_kind: str, workers: int, tree: Path = ROOT
 ) -> dict[str, Any]:
-    port = embedded.free_port()
-    web = start(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        tree,
-    )
-    procs = [start([sys.executable, "-c", WORKER, worker_class], tree) for _ in range(workers)]
-    base = f"http://127.0.0.1:{port}"
+    procs = start_workers(worker_kind, workers, tree)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("web did not start")
-            time.sleep(0.1)
+        web = start_web(
+            f"bench-chat-web-{RUN}", os.environ.copy(), "--log-level", "warning", cwd=tree
+        )
+        worker_procs = list(procs)
+        procs.append(web)
         parallel = getattr(args, "parallel", args.chats)
-        result = asyncio.run(through_stack(base, args.chats, parallel, args.concurrency))
-        result["rss_kib"] = [rss_kib(p.pid) for p in procs]
+        result = asyncio.run(through_stack(web.base, args.chats, parallel, args.concurrency))
+        result["rss_kib"] = [p.rss_kib() for p in worker_procs]
         return result
     finally:
-        for p in [web, *procs]:
-            stop(p)
+        stop_all(procs)
+
+
+# --- Worker processes (--serve-worker) and hop marks (--hops) -------------------------------
+
+
+def serve_worker(kind: str) -> None:
+    """One chat worker process: ``chat`` is the class the Procfile's supervisor runs for
+    chats (ChatWorker), ``simple`` rq's SimpleWorker, ``fork`` rq's forking Worker;
+    ``hops-chat`` / ``hops-simple`` the same, writing hop marks."""
+    from rq import SimpleWorker, Worker
+
+    import jobs.chat.job  # noqa: F401 - preloaded: a forking Worker's horse inherits it
+    from core import settings
+    from core.logs import configure_logging
+    from jobs.worker.supervisor import ChatWorker
+
+    configure_logging()
+    classes: dict[str, type[Worker]] = {"chat": ChatWorker, "simple": SimpleWorker, "fork": Worker}
+    worker_class = classes[kind.removeprefix("hops-")]
+    if kind.startswith("hops-"):
+        worker_class = hop_worker(worker_class)
+    connection = redis.Redis.from_url(settings.REDIS_URL)
+    worker_class([settings.CHAT_QUEUE], connection=connection).work(logging_level="WARNING")
+
+
+class HopLog:
+    """Hop marks ``<message id> <hop> <time.time()>``, one line each, to HOPS_FILE.<role>:
+    wall-clock stamps, comparable across processes on one machine."""
+
+    def __init__(self, role: str) -> None:
+        self.out = open(f"{os.environ['HOPS_FILE']}.{role}", "a", buffering=1)  # noqa: SIM115
+
+    def mark(self, key: str, hop: str, at: float | None = None) -> None:
+        self.out.write(f"{key.removeprefix('chat-')} {hop} {at or time.time()!r}\n")
+
+
+def hop_worker(base: type) -> type:
+    """``base`` with a mark around RQ's public steps of each job (rq/worker/base.py)."""
+    log = HopLog("worker")
+
+    class HopWorker(base):  # type: ignore[misc, valid-type]
+        def dequeue_job_and_maintain_ttl(self, *args: Any, **kwargs: Any) -> Any:
+            asked = time.time()
+            result = super().dequeue_job_and_maintain_ttl(*args, **kwargs)
+            if result:
+                log.mark(result[0].id, "worker.listen", asked)
+                log.mark(result[0].id, "worker.dequeued")
+            return result
+
+        def prepare_execution(self, job: Any) -> Any:
+            result = super().prepare_execution(job)
+            log.mark(job.id, "worker.execution")
+            return result
+
+        def prepare_job_execution(self, job: Any, *args: Any, **kwargs: Any) -> Any:
+            result = super().prepare_job_execution(job, *args, **kwargs)
+            log.mark(job.id, "worker.prepared")
+            return result
+
+        def perform_job(self, job: Any, *args: Any, **kwargs: Any) -> Any:
+            log.mark(job.id, "worker.job_start")
+            try:
+                return super().perform_job(job, *args, **kwargs)
+            finally:
+                log.mark(job.id, "worker.job_end")
+
+        def handle_job_success(self, job: Any, *args: Any, **kwargs: Any) -> Any:
+            result = super().handle_job_success(job, *args, **kwargs)
+            log.mark(job.id, "worker.rq_success")
+            return result
+
+    return HopWorker
+
+
+def serve_web_hops(port: int) -> None:
+    """The web app behind an ASGI wrapper that marks when POST /chat/messages reaches
+    the app and when its 202 leaves it (the message id is in the body)."""
+    import uvicorn
+
+    from app.main import app
+
+    log = HopLog("web")
+
+    async def hops_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/chat/messages":
+            await app(scope, receive, send)
+            return
+        arrived = time.time()
+        answered = 0.0
+
+        async def send_marked(message: Any) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = time.time()
+            elif message["type"] == "http.response.body" and answered:
+                message_id = json.loads(message["body"]).get("message_id")
+                if message_id:
+                    log.mark(message_id, "web.asgi", arrived)
+                    log.mark(message_id, "web.response", answered)
+            await send(message)
+
+        await app(scope, receive, send_marked)
+
+    uvicorn.run(hops_app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+async def first_publishes(user: str, marks: dict[str, float], ready: asyncio.Event) -> None:
+    """When each message's first chat.chunk is published: the user's channel, read here."""
+    from core import settings
+
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    try:
+        async with client.pubsub() as pubsub:
+            await pubsub.subscribe(event_streams.user_stream(user))
+            ready.set()
+            async for message in pubsub.listen():
+                if message["type"] != "message":
+                    continue
+                at = time.time()
+                for event in SSEParser(keep=False).feed(message["data"]):
+                    data = event.json()
+                    if event.type == "chat.chunk" and data.get("index") == 0:
+                        marks.setdefault(data["message_id"], at)
+    finally:
+        await client.aclose()
 
 
 HOPS = [
     ("client.post", "client sends POST"),
     ("web.asgi", "request reaches the ASGI app"),
-    ("web.handler", "through middleware, handler starts"),
-    ("web.auth", "JWT checked"),
-    ("web.body", "body read and validated"),
-    ("web.ratelimit", "rate limit counted (Redis)"),
-    ("web.db", "message stored (PostgreSQL), rate-limit headers read beside"),
-    ("web.invalidate", "history cache invalidated (Redis), beside the enqueue"),
-    ("web.enqueue", "RQ enqueue returned"),
+    ("web.response", "202 leaves the app (auth, body, rate limit, PostgreSQL, enqueue)"),
     ("client.response", "client has the 202"),
-    ("worker.listen", "worker (idle) blocks in BLMOVE"),
+    ("worker.listen", "worker (idle) asks for the next job"),
     ("worker.dequeued", "job dequeued and fetched"),
     ("worker.execution", "RQ prepare_execution"),
-    ("worker.prepared", "RQ prepare_job_execution"),
-    ("worker.job_start", "run_chat called"),
-    ("worker.first_publish", "first chat.chunk published"),
+    ("worker.job_start", "RQ perform_job begins"),
+    ("worker.prepared", "RQ prepare_job_execution (the job function is next)"),
+    ("redis.first_publish", "first chat.chunk announced on the user's channel"),
     ("client.first_chunk", "first chat.chunk read from /events"),
 ]
 
 
 async def hop_chats(base: str, n: int, hops: dict[str, dict[str, float]]) -> None:
-    headers = {"authorization": f"Bearer {mint_token('bench-user-' + uuid.uuid4().hex[:6])}"}
+    user = "bench-user-" + uuid.uuid4().hex[:6]
+    headers = {"authorization": f"Bearer {mint_token(user)}"}
+    published: dict[str, float] = {}
+    subscribed = asyncio.Event()
+    listener = asyncio.create_task(first_publishes(user, published, subscribed))
+    await asyncio.wait_for(subscribed.wait(), 10)
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
         events = Events()
         reader = asyncio.create_task(events.run(client))
@@ -465,34 +433,29 @@ async def hop_chats(base: str, n: int, hops: dict[str, dict[str, float]]) -> Non
                     "client.first_chunk": events.first_wall[mid],
                     "client.done": events.done_wall[mid],
                 }
+                if mid in published:
+                    hops[mid]["redis.first_publish"] = published[mid]
         reader.cancel()
+    listener.cancel()
+    await asyncio.gather(reader, listener, return_exceptions=True)
 
 
-def hops_run(n: int, worker_class: str) -> None:
+def hops_run(n: int, worker_kind: str) -> None:
     """Per-hop timestamps through web + one worker, one chat at a time."""
     port = embedded.free_port()
     hops_file = f"/tmp/herald-hops-{RUN}"
-    env = {"HOPS_FILE": hops_file, "HOPS_PORT": str(port)}
-    os.environ.update(env)
-    web = start([sys.executable, "-c", WEB_HOPS])
-    worker = start([sys.executable, "-c", WORKER_HOPS, worker_class])
-    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "HOPS_FILE": hops_file}
+    procs = [start_worker(f"bench-chat-hops-worker-{RUN}", env, [
+        sys.executable, __file__, "--serve-worker", f"hops-{worker_kind}"
+    ])]  # fmt: skip
     hops: dict[str, dict[str, float]] = {}
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("web did not start")
-            time.sleep(0.1)
-        asyncio.run(hop_chats(base, n, hops))
+        command = [sys.executable, __file__, "--serve-web-hops", str(port)]
+        web = start_web(f"bench-chat-hops-web-{RUN}", env, command=command, port=port)
+        procs.append(web)
+        asyncio.run(hop_chats(web.base, n, hops))
     finally:
-        for p in (web, worker):
-            stop(p)
+        stop_all(procs)
     for role in ("web", "worker"):
         path = Path(f"{hops_file}.{role}")
         for line in path.read_text().splitlines():
@@ -500,7 +463,7 @@ def hops_run(n: int, worker_class: str) -> None:
             if mid in hops:
                 hops[mid][hop] = float(t)
         path.unlink()
-    name = {"chat": "jobs.worker.supervisor.ChatWorker", "simple": "rq SimpleWorker"}[worker_class]
+    name = {"chat": "jobs.worker.supervisor.ChatWorker", "simple": "rq SimpleWorker"}[worker_kind]
     print(f"\nper hop, {n} chats one at a time, one {name}; ms since client.post")
     print("| hop | since POST p50 (ms) | step p50 (ms) | step p90 (ms) |")
     print("|---|---|---|---|")
@@ -519,9 +482,9 @@ def hops_run(n: int, worker_class: str) -> None:
         )
         prev = hop
     tail = [
-        ("worker.job_end", "run_chat returned (after chat.done)"),
+        ("worker.job_end", "RQ perform_job returned (after chat.done)"),
         ("worker.rq_success", "RQ stored the result"),
-        ("worker.next_listen", "worker back in BLMOVE"),
+        ("worker.next_listen", "worker asks for the next job"),
     ]
     order = sorted(hops.values(), key=lambda h: h["client.post"])
     for before, after in itertools.pairwise(order):
@@ -547,7 +510,7 @@ def compare_run(args: argparse.Namespace, other: Path) -> None:
     posts: dict[str, list[float]] = {"this": [], "other": []}
     for _ in range(rounds):
         for name, tree in (("other", other), ("this", ROOT)):
-            result = stack_run(per, "chat", 1, tree)
+            result = stack_run(per, "procfile", 1, tree)
             got[name] += result["ttfc"]
             posts[name] += result["post"]
     b = summary(first)
@@ -574,7 +537,15 @@ def main() -> None:
     parser.add_argument(
         "--compare", type=Path, help="another checkout: its web + worker against this one's"
     )
+    parser.add_argument("--serve-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-web-hops", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_worker:
+        serve_worker(args.serve_worker)
+        return
+    if args.serve_web_hops:
+        serve_web_hops(args.serve_web_hops)
+        return
 
     with psycopg.connect(_base_db, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{SCHEMA}"')

@@ -4,7 +4,7 @@
 
 Uses REDIS_URL / DATABASE_URL (defaults: this machine's servers) with a throwaway
 PostgreSQL schema and Redis key prefix. Each import runs in a fresh worker process
-(``jobs.csv_import.import_upload``, as RQ would call it) that reports its own peak RSS.
+(``jobs.csvimport.job.import_upload``, as RQ would call it) that reports its own peak RSS.
 Reported: rows/s of the full job (detect, parse, type-check, profile, COPY, commit)
 against ``psql \\copy`` into an equivalent typed table; peak worker RSS for a small and
 the large file; the job with progress events off, at the default interval, and after
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -73,20 +74,10 @@ def stage(dsn: str, path: Path, chunk: int) -> tuple[str, float]:
     return upload_id, time.perf_counter() - started
 
 
-_JOB = """
-import resource, sys, time
-from jobs.csvimport.job import import_upload
-t = time.perf_counter()
-result = import_upload(sys.argv[1])
-elapsed = time.perf_counter() - t
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(elapsed, rss, result["rows_valid"] if result else -1)
-"""
-
-
 def run_job(env: dict[str, str], upload_id: str, interval: str) -> tuple[float, int, int]:
+    """The import in a fresh process (this script's ``--run-job``), as RQ would call it."""
     out = subprocess.run(
-        [sys.executable, "-c", _JOB, upload_id],
+        [sys.executable, __file__, "--run-job", upload_id],
         env={**env, "UPLOAD_PROGRESS_INTERVAL_SECONDS": interval, "LOG_LEVEL": "WARNING"},
         cwd=ROOT,
         capture_output=True,
@@ -95,6 +86,18 @@ def run_job(env: dict[str, str], upload_id: str, interval: str) -> tuple[float, 
     )
     elapsed, rss_kb, rows = out.stdout.split()
     return float(elapsed), int(rss_kb) // 1024, int(rows)
+
+
+def job_process(upload_id: str) -> None:
+    """``--run-job``: import one upload, print seconds, peak RSS (KiB) and valid rows."""
+    sys.path.insert(0, str(ROOT))
+    from jobs.csvimport.job import import_upload
+
+    started = time.perf_counter()
+    result = import_upload(upload_id)
+    elapsed = time.perf_counter() - started
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(elapsed, rss, result["rows_valid"] if result else -1)
 
 
 def psql_copy(dsn: str, path: Path) -> float:
@@ -120,7 +123,11 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--run-job", metavar="UPLOAD_ID", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.run_job:
+        job_process(args.run_job)
+        return 0
     base_db = os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/test")
     run = uuid.uuid4().hex[:8]
     schema = f"bench_{run}"

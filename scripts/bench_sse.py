@@ -5,7 +5,8 @@
 
 Starts everything itself: Redis (REDIS_URL if set, else embedded), one uvicorn web
 process (httptools, uvloop, no access log), client processes holding raw asyncio
-sockets, and publisher processes calling the worker-side publish script. Measures
+sockets (the SSE client of tests/support/sse.py), and publisher processes queueing
+the worker-side publish (core.events.queue_event) on pipelines. Measures
 
   a. idle SSE connections held by one web process, and server RSS per connection;
   b. events/s fanned out to ``--users`` clients at saturation, nothing lost;
@@ -27,7 +28,6 @@ import resource
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,19 +50,25 @@ os.environ["LOG_LEVEL"] = "WARNING"
 os.environ["SSE_MAX_CONNECTIONS_PER_USER"] = "1000000"
 os.environ.setdefault("SSE_HEARTBEAT_SECONDS", "15")
 
+from tests.support.procs import Web, start_web  # noqa: E402
+from tests.support.sse import ChunkedDecoder, SSEParser, request, status_of  # noqa: E402
+
 # ---------------------------------------------------------------------------------------
 # Client processes: many SSE connections on one event loop, raw sockets.
 
 
 class SSEClient(asyncio.Protocol):
-    """One SSE connection; counts event frames and, if asked, their latency."""
+    """One SSE connection on a raw socket (tests/support/sse.py parses it); counts
+    events and, if asked, their latency from the publish time they carry."""
 
-    __slots__ = ("buf", "count", "opened", "stats", "transport")
+    __slots__ = ("chunks", "count", "head", "opened", "parser", "stats", "transport")
 
     def __init__(self, stats: ClientStats, opened: asyncio.Future[bool]) -> None:
         self.stats = stats
         self.opened = opened
-        self.buf = b""
+        self.head: bytes | None = b""
+        self.chunks = ChunkedDecoder()
+        self.parser = SSEParser(keep=False)
         self.count = 0
         self.transport: asyncio.Transport | None = None
 
@@ -71,29 +77,27 @@ class SSEClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
-        buf = self.buf + data
-        if not self.opened.done():
-            if b": connected" in buf:
-                self.opened.set_result(buf.startswith(b"HTTP/1.1 200"))
-            elif b"\r\n\r\n" in buf and not buf.startswith(b"HTTP/1.1 200"):
+        if self.head is not None:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, data, self.head = self.head[:end], self.head[end + 4 :], None
+            if status_of(head) != 200:
                 self.opened.set_result(False)
-        pieces = buf.split(b"\n\n")
-        self.buf = pieces.pop()
+                return
+        events = self.parser.feed(self.chunks.feed(data))
+        if not self.opened.done() and self.parser.comments:
+            self.opened.set_result(True)
         stats = self.stats
-        for piece in pieces:
-            # Frames arrive inside HTTP chunks ("\r\n<hex>\r\nid: ..."); a data line
-            # is the one sure mark of an event.
-            at = piece.find(b'\ndata: {"t":')
-            if at < 0:
-                continue
+        for event in events:
             self.count += 1
             stats.received += 1
             if stats.first == 0.0:
                 stats.first = now
             stats.last = now
             if stats.record_latency:
-                start = at + 12
-                stats.latencies.append(now - float(piece[start : piece.index(b",", start)]))
+                stats.latencies.append(now - event.json()["t"])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.lost += 1
@@ -127,8 +131,7 @@ async def open_clients(
             )
             assert proto.transport is not None
             proto.transport.write(
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-                f"Authorization: Bearer {token}\r\n\r\n".encode()
+                request("127.0.0.1", port, path, {"Authorization": f"Bearer {token}"})
             )
             if await asyncio.wait_for(opened, 30):
                 clients.append(proto)
@@ -259,10 +262,9 @@ def publish_main(
     import redis
 
     from core import events
+    from core.eventkinds import EventKind
 
     client = redis.Redis.from_url(redis_url)
-    script = client.register_script(events._PUBLISH_LUA)
-    history = events._args("chat.chunk", {})[2:]
     batch = 100 if rate == 0 else max(1, int(rate / 200))  # 200 batches/s when paced
     plan = [(u, i) for i in range(per_user) for u in users]
     sent = 0
@@ -279,13 +281,8 @@ def publish_main(
             pipe = client.pipeline(transaction=False)
             now = time.time()
             for user, i in plan[start : start + batch]:
-                # "t" leads the JSON so clients find it without parsing (SSEClient).
-                data = b'{"t":%.6f,"i":%d,"text":"lorem ipsum "}' % (now, i)
-                script(
-                    keys=[events.user_stream(user)],
-                    args=["chat.chunk", data, *history],
-                    client=pipe,
-                )
+                data = {"t": now, "i": i, "text": "lorem ipsum "}
+                events.queue_event(pipe, EventKind.CHAT_CHUNK, data, user_id=user)
             pipe.execute()
             sent += len(plan[start : start + batch])
     finally:
@@ -319,7 +316,7 @@ def baseline_app() -> Any:
     import redis.asyncio
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import StreamingResponse
+    from starlette.responses import PlainTextResponse, StreamingResponse
     from starlette.routing import Route
 
     from app.security.auth import authenticate
@@ -359,8 +356,11 @@ def baseline_app() -> Any:
 
     from app.errors import exception_handlers
 
+    async def healthz(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
     return Starlette(
-        routes=[Route("/events", stream)],
+        routes=[Route("/events", stream), Route("/healthz", healthz)],
         lifespan=lifespan,
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
     )
@@ -385,68 +385,33 @@ def serve_baseline(port: int) -> None:
 # The run.
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def start_server(kind: str, port: int) -> subprocess.Popen[bytes]:
+def start_server(kind: str, port: int) -> Web:
+    # /healthz: the web process needs no PostgreSQL to serve streams.
     if kind == "herald":
-        from app.dev.start import web_argv
-
-        argv = web_argv(
-            port,
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--log-level",
-            "warning",
-            "--backlog",
-            "4096",
-        )
-    else:
-        argv = [sys.executable, __file__, "--serve-baseline", str(port)]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=os.environ.copy())
-    import httpx
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/events", timeout=1).status_code == 401:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_server(proc)
-            raise RuntimeError(f"{kind} server did not start")
-        time.sleep(0.1)
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        uvicorn_args = ["--loop", "uvloop", "--http", "httptools", "--log-level", "warning"]
+        return start_web(
+            "bench-sse-herald", os.environ.copy(), *uvicorn_args, "--backlog", "4096",
+            port=port, ready="/healthz",
+        )  # fmt: skip
+    command = [sys.executable, __file__, "--serve-baseline", str(port)]
+    return start_web(
+        "bench-sse-baseline", os.environ.copy(), command=command, port=port, ready="/healthz"
+    )
 
 
 def measure_idle(
-    clients: ClientPool, proc: subprocess.Popen[bytes], port: int, n: int, tokens: list[str]
+    clients: ClientPool, web: Web, port: int, n: int, tokens: list[str]
 ) -> dict[str, Any]:
     # Warm up (first-request imports, caches), then take the baseline RSS.
     clients.open(port, "/events", tokens[:100])
     clients.call("close")
     time.sleep(1)
-    before = rss_kib(proc.pid)
+    before = web.rss_kib()
     started = time.perf_counter()
     opened, failed = clients.open(port, "/events", tokens[:n])
     took = time.perf_counter() - started
     time.sleep(2)
-    after = rss_kib(proc.pid)
+    after = web.rss_kib()
     return {
         "opened": opened,
         "failed": failed,
@@ -608,7 +573,7 @@ def main() -> int:
                 args.latency_publishers,
             )
         finally:
-            stop_server(server)
+            server.stop(timeout=15)
         if not args.skip_baseline:
             # The baseline holds two descriptors per client (client + Redis socket).
             bn = args.baseline_connections or min(n, (hard - 256) // 2, 5000)
@@ -647,7 +612,7 @@ def main() -> int:
                     args.latency_publishers,
                 )
             finally:
-                stop_server(server)
+                server.stop(timeout=15)
     finally:
         clients.stop()
         cleanup(admin)

@@ -1,6 +1,7 @@
-"""Honest figures for jobs/chat/guard.py: k-fold and leave-one-source-out refits, and its cost.
+"""Honest figures for jobs/chat/guard.py: k-fold and leave-one-source-out refits (its cost is
+scripts/bench_guard.py's).
 
-Usage: .venv/bin/python scripts/eval_guard.py [--folds 5] [--quick]
+Usage: .venv/bin/python scripts/eval_guard.py [--folds 5]
 
 Every figure scores rows the model was not fitted on: for each fold (or each held-out
 source) the model is refitted by scripts/train_guard.py's procedure on the other rows, at the
@@ -15,9 +16,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
-import statistics
 import sys
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,68 +140,33 @@ def table(title: str, tally: Tally, note: str) -> str:
     return "\n".join([*lines, ""])
 
 
-def latency(rows: list[Row]) -> str:
-    check_message("warm up: load the shipped model once")
-    timed: list[tuple[int, float]] = []
-    for row in rows:
-        text = row.text[:CHAT_MAX_CHARS]
-        start = time.perf_counter()
-        check_message(text, THRESHOLD)
-        timed.append((len(text), time.perf_counter() - start))
-    filler = ("The weather report for the coast says light winds and sun. " * 90)[:CHAT_MAX_CHARS]
-    worst = []
-    for _ in range(50):
-        start = time.perf_counter()
-        check_message(filler, THRESHOLD)
-        worst.append(time.perf_counter() - start)
-    lines = ["### Cost (shipped model, one core)", ""]
-    for label, picked in (
-        ("all rows, capped at CHAT_MAX_CHARS", [t for _, t in timed]),
-        ("rows ≤ 500 chars", [t for n, t in timed if n <= 500]),
-        (f"a {CHAT_MAX_CHARS}-char message, 50 runs", worst),
-    ):
-        ms = sorted(x * 1000 for x in picked)
-        p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
-        lines.append(
-            f"- {label} (n={len(ms)}): mean {statistics.fmean(ms):.3f} ms, p99 {p99:.3f} ms"
-        )
-    size = guard_model.MODEL_PATH.stat().st_size / 2**20
-    lines.append(f"- model file {guard_model.MODEL_PATH.name}: {size:.1f} MiB")
-    return "\n".join([*lines, ""])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="cost only, no refits")
     args = parser.parse_args()
     rows = load_rows()
-    if not args.quick:
-        kfold, by_language = Tally.empty(), Tally.empty()
-        for i, test in enumerate(folds(rows, args.folds)):
-            held = {id(r) for r in test}
-            model = train([r for r in rows if id(r) not in held])
-            kfold.score(test, model, [r.source for r in test])
-            by_language.score(test, model, [language(r.text) for r in test])
-            print(f"fold {i + 1}/{args.folds} done", file=sys.stderr)
-        note = f"Seed {SEED}; threshold {THRESHOLD}."
-        print(table(f"{args.folds}-fold, by source", kfold, note), flush=True)
-        print(
-            table(
-                f"{args.folds}-fold, by language", by_language, "Same refits, grouped by language."
-            )
-        )
-        loso = Tally.empty()
-        sources = sorted({r.source for r in rows})
-        for source in sources:
-            test = [r for r in rows if r.source == source]
-            if len(test) < MIN_SOURCE_ROWS:
-                continue
-            model = train([r for r in rows if r.source != source])
-            loso.score(test, model, [source] * len(test))
-            print(f"left out {source}", file=sys.stderr)
-        print(table("Leave one source out", loso, "Fitted without that source."), flush=True)
-    print(latency(rows))
+    kfold, by_language = Tally.empty(), Tally.empty()
+    for i, test in enumerate(folds(rows, args.folds)):
+        held = {id(r) for r in test}
+        model = train([r for r in rows if id(r) not in held])
+        kfold.score(test, model, [r.source for r in test])
+        by_language.score(test, model, [language(r.text) for r in test])
+        print(f"fold {i + 1}/{args.folds} done", file=sys.stderr)
+    note = f"Seed {SEED}; threshold {THRESHOLD}."
+    print(table(f"{args.folds}-fold, by source", kfold, note), flush=True)
+    print(
+        table(f"{args.folds}-fold, by language", by_language, "Same refits, grouped by language.")
+    )
+    loso = Tally.empty()
+    sources = sorted({r.source for r in rows})
+    for source in sources:
+        test = [r for r in rows if r.source == source]
+        if len(test) < MIN_SOURCE_ROWS:
+            continue
+        model = train([r for r in rows if r.source != source])
+        loso.score(test, model, [source] * len(test))
+        print(f"left out {source}", file=sys.stderr)
+    print(table("Leave one source out", loso, "Fitted without that source."), flush=True)
     return 0
 
 

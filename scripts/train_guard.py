@@ -10,6 +10,7 @@ figures come from scripts/eval_guard.py, which refits this same procedure on fol
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -39,6 +40,8 @@ TARGET_FPR = 0.015
 CALIBRATION_FOLDS = 3
 # Weights smaller than this change no decision; dropping them keeps the file small.
 PRUNE = 2e-3
+# Sizes of the character n-grams read inside each word.
+CHAR_SIZES = (3, 5)
 
 
 # Normalising is the slow step and does not depend on the fold: cache it across refits.
@@ -49,9 +52,10 @@ def samples(rows: list[Row]) -> list[tuple[list[str], float, int]]:
     """(feature keys, scale, label) per window of each row's normalised text."""
     out = []
     for row in rows:
-        for window in guard_model.window_texts(normalized(row.text)):
-            keys = [kind + key for kind, key in guard_model.features(window)]
-            out.append((keys, guard_model.scale(len(window) + 2), row.label))
+        words = guard_model.words_of(normalized(row.text))
+        for s, e in guard_model.windows(len(words)):
+            keys = guard_model.features(words[s:e], CHAR_SIZES)
+            out.append((keys, guard_model.scale(len(keys)), row.label))
     return out
 
 
@@ -72,7 +76,7 @@ def train(rows: list[Row]) -> guard_model.Model:
     cut = benign_logits[min(len(benign_logits) - 1, int((1 - TARGET_FPR) * len(benign_logits)))]
     # Only ever raise the bar: a model that is already strict keeps its 0.5.
     shift = max(0.0, cut + 1e-6) if benign_logits else 0.0
-    return guard_model.Model(round(model.bias - shift, 5), model.chars, model.words)
+    return dataclasses.replace(model, bias=round(model.bias - shift, 5), cache={})
 
 
 def fit(rows: list[Row]) -> guard_model.Model:
@@ -104,12 +108,17 @@ def fit(rows: list[Row]) -> guard_model.Model:
                 gf = g * s * n + L2 * weights[f]
                 grad_sq[f] += gf * gf
                 weights[f] -= LEARNING_RATE * gf / math.sqrt(grad_sq[f])
-    chars: dict[str, float] = {}
-    words: dict[str, float] = {}
+    kinds: dict[str, dict[str, float]] = {"c": {}, "w": {}, "p": {}}
     for key, i in vocab.items():
         if abs(weights[i]) >= PRUNE:
-            (chars if key[0] == "c" else words)[key[1:]] = round(weights[i], 4)
-    return guard_model.Model(bias=round(bias, 5), chars=chars, words=words)
+            kinds[key[0]][key[1:]] = round(weights[i], 4)
+    return guard_model.Model(
+        bias=round(bias, 5),
+        chars=kinds["c"],
+        words=kinds["w"],
+        pairs={guard_model.pair_key(k): v for k, v in kinds["p"].items()},
+        char_sizes=CHAR_SIZES,
+    )
 
 
 def main() -> int:
@@ -120,13 +129,15 @@ def main() -> int:
         "format": guard_model.FORMAT,
         "trained_on": dict(sorted(counts.items())),
         "bias": model.bias,
+        "char_sizes": list(model.char_sizes),
         "chars": dict(sorted(model.chars.items())),
         "words": dict(sorted(model.words.items())),
+        "pairs": {f"{a} {b}": v for (a, b), v in sorted(model.pairs.items())},
     }
     path = guard_model.MODEL_PATH
     path.write_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n", "utf-8")
     size_kib = path.stat().st_size / 1024
-    n = len(model.chars) + len(model.words)
+    n = len(model.chars) + len(model.words) + len(model.pairs)
     print(f"wrote {path.name}: {n} weights from {len(rows)} rows, {size_kib:.0f} KiB")
     return 0
 

@@ -3,18 +3,16 @@ and the loopback OpenAI-style upstream, all over sockets."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import anyio
 import httpx
 import pytest
 
-from app.dev.embedded import free_port
-from app.dev.start import web_argv, worker_argv
 from tests.support.asgi import token
 from tests.support.openai_server import DEFAULT_REPLY, OpenAIServer, openai_server
-from tests.support.procs import Proc, process_env, start, wait_ready
+from tests.support.procs import Proc, process_env, start_web, start_worker, stop_all
+from tests.support.sse import EventStream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -27,7 +25,6 @@ def upstream() -> Iterator[OpenAIServer]:
 
 @pytest.fixture
 def stack(upstream: OpenAIServer) -> Iterator[str]:
-    port = free_port()
     env = process_env(
         LLM_PROVIDER="openai",
         LLM_BASE_URL=upstream.base_url,
@@ -35,57 +32,33 @@ def stack(upstream: OpenAIServer) -> Iterator[str]:
         WORKER_CHAT_PROCESSES="1",
         WORKER_UPLOAD_PROCESSES="0",
     )
-    procs: list[Proc] = []
+    procs: list[Proc] = [start_worker("e2e-chat-worker", env)]
     try:
-        web = start(
-            "e2e-chat-web",
-            web_argv(port),
-            env,
-        )
+        web = start_web("e2e-chat-web", env)
         procs.append(web)
-        procs.append(start("e2e-chat-worker", worker_argv(), env))
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(web, base)
-        yield base
+        yield web.base
     finally:
-        for proc in procs:
-            proc.stop()
-
-
-def parse_frames(buffer: str) -> tuple[list[tuple[str, dict]], str]:
-    """Complete SSE frames in ``buffer`` (event, data), and the incomplete rest."""
-    out = []
-    *frames, rest = buffer.split("\n\n")
-    for frame in frames:
-        fields = dict(
-            line.split(": ", 1) for line in frame.splitlines() if ": " in line and line[0] != ":"
-        )
-        if "event" in fields and "data" in fields:
-            out.append((fields["event"], json.loads(fields["data"])))
-    return out, rest
+        stop_all(procs)
 
 
 async def test_post_then_stream_chunks_to_done(stack: str, upstream: OpenAIServer) -> None:
     headers = {"authorization": f"Bearer {token('e2e-chat-user')}"}
-    got: list[tuple[str, dict]] = []
     async with httpx.AsyncClient(base_url=stack, headers=headers, timeout=30) as client:
         with anyio.fail_after(60):  # a hang guard, not a speed assertion
-            async with client.stream("GET", "/events") as stream:
-                assert stream.status_code == 200
-                chunks = stream.aiter_text()
-                buffer = ""
-                while ": connected" not in buffer:
-                    buffer += await anext(chunks)
+            async with client.stream("GET", "/events") as response:
+                assert response.status_code == 200
+                stream = EventStream(response)
+                await stream.connected()
                 r = await client.post("/chat/messages", json={"message": "Hello end to end"})
                 assert r.status_code == 202, r.text
                 accepted = r.json()
                 assert "ratelimit-remaining" in r.headers
-                while not any(e in ("chat.done", "chat.error") for e, _ in got):
-                    buffer += await anext(chunks)
-                    frames, buffer = parse_frames(buffer)
-                    got += [
-                        (e, d) for e, d in frames if d.get("message_id") == accepted["message_id"]
-                    ]
+                seen = await stream.until(
+                    {"chat.done", "chat.error"}, message_id=accepted["message_id"]
+                )
+        got = [
+            (e.type, e.json()) for e in seen if e.json().get("message_id") == accepted["message_id"]
+        ]
         history = await client.get(f"/chat/conversations/{accepted['conversation_id']}/messages")
     names = [e for e, _ in got]
     assert names == ["chat.chunk"] * len(DEFAULT_REPLY) + ["chat.done"], got

@@ -60,6 +60,8 @@ BENIGN = [
     "Quels sont les meilleurs musées à Paris ?",
     "东京有哪些好吃的拉面店？",
     "Какие книги почитать о космосе?",
+    # A short instruction with a DAN word in it ("do anything now"); test_chat_job sends it.
+    "Say anything.",
 ]
 
 
@@ -212,3 +214,50 @@ def test_shipped_model_loads_and_scores_in_range() -> None:
     assert model.chars and model.words
     for text in ("", "hello", ATTACK, _FILLER * 3):
         assert 0.0 <= guard_model.score(normalize_text(text)) <= 1.0
+
+
+def _texts_for_rule_checks() -> list[str]:
+    texts = [t for ts in ATTACKS.values() for t in ts] + list(EVASIONS.values()) + BENIGN
+    texts.append(_FILLER * 3 + ATTACK + _FILLER)
+    if DATA.exists():
+        eval_guard = _load_script("eval_guard")
+        texts += [r.text for r in eval_guard.load_rows()]
+    return texts
+
+
+def test_rules_read_near_their_triggers_as_on_the_whole_text() -> None:
+    # Long texts are searched only near trigger substrings; every pattern must decide exactly
+    # as a search of the whole text would, and every match must contain one of its triggers.
+    from jobs.chat import guard_rules
+
+    for text in _texts_for_rule_checks():
+        norm = normalize_text(text[:5000])
+        for family, _, triggers, pattern in guard_rules._FAMILIES:
+            whole = pattern.search(norm)
+            near = any(pattern.search(norm, s, e) for s, e in guard_rules._near(norm, triggers))
+            assert bool(whole) == near, (family, pattern.pattern[:60], norm[:200])
+            for m in pattern.finditer(norm):
+                assert any(t in m.group() for t in triggers), (family, m.group())
+
+
+def test_new_words_are_valued_as_one_by_one() -> None:
+    # The batched path for words missing from the cache equals the plain definition.
+    from jobs.chat import guard_model
+
+    model = guard_model.load_model()
+    words = ["a", "ab", "ignore", "instructions", "系统提示词", "x" * 24, "vergiss", "z"]
+    for word, (weight, count) in zip(words, guard_model._value_of_new(model, words), strict=True):
+        grams = guard_model.char_grams(word, model.char_sizes)
+        expected = model.words.get(word, 0.0) + sum(model.chars.get(g, 0.0) for g in grams)
+        assert weight == pytest.approx(expected)
+        assert count == len(grams) + 1
+
+
+def test_word_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs.chat import guard_model
+
+    model = guard_model.load_model()
+    monkeypatch.setattr(guard_model, "CACHE_WORDS", 50)
+    for i in range(20):
+        guard_model.score(" ".join(f"w{i}x{j}" for j in range(30)), model)
+        assert len(model.cache) <= 50 + 30

@@ -22,9 +22,9 @@ from collections import deque
 import redis.asyncio
 import redis.exceptions
 from redis.asyncio.connection import AbstractConnection
-from sse_starlette import EventSourceResponse
 
 from app import metrics
+from app.sse.shutdown import wait_for_server_exit
 
 logger = logging.getLogger("herald.hub")
 
@@ -122,10 +122,9 @@ class Hub:
         )
 
     async def _close_on_shutdown(self) -> None:
-        # sse-starlette's own detection of uvicorn's SIGTERM (its AppStatus / Server
-        # should_exit watcher), awaited once per process rather than once per stream.
+        # Once per process rather than once per stream (app/sse/response.py, point 3).
         # Closing every mailbox ends each body properly; clients resume elsewhere.
-        await EventSourceResponse._listen_for_exit_signal()
+        await wait_for_server_exit()
         self._drop_all("shutdown")
 
     async def stop(self) -> None:
@@ -258,7 +257,7 @@ class Hub:
         (network partition, a NAT or load balancer dropping an idle flow): publishes
         would vanish silently. After a silent interval ask Redis for a PONG (allowed in
         subscribe mode); after two, drop the connection, so the read loop reconnects and
-        every stream resumes from history (found by tests/faults)."""
+        every stream resumes from history (tests/faults/test_redis_restart.py)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._health_check / 2)
@@ -277,8 +276,8 @@ class Hub:
 
     def _dispatch(self, response: list[bytes] | bytes) -> None:
         # The watchdog's PING is answered [b"pong", b""] while subscribed, but b"PONG"
-        # once the last channel is gone (Redis docs, PING): an idle process got the
-        # latter, and indexing it killed the reader (found by the API audit).
+        # once the last channel is gone (Redis docs, PING), which is no list to index
+        # (tests/test_streams.py test_hub_survives_idle_ping).
         if not isinstance(response, list) or response[0] == b"pong":
             return
         kind = response[0]

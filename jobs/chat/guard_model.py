@@ -1,38 +1,50 @@
-"""The learned half of the prompt-injection guard: a linear model over character and word n-grams.
+"""The learned half of the prompt-injection guard: a linear model over words and their pieces.
 
-A logistic regression over character 4-grams (which carry across languages, scripts without
-spaces and leftover obfuscation) plus word unigrams and bigrams, trained offline by
-``scripts/train_guard.py`` and shipped as ``guard_model.json``. It is read by window: a long
-message is scored in overlapping windows and the highest one counts, so harmless filler
-cannot dilute a payload. Pure stdlib: a dict lookup per n-gram, no ML framework at runtime.
+A logistic regression over word unigrams, pairs of neighbouring words, and the character
+n-grams inside each word (fastText's subword features, Bojanowski et al. 2017: they carry
+across inflections, compounds and leftover obfuscation), trained offline by
+``scripts/train_guard.py`` and shipped as ``guard_model.json``.
+
+Cost is bounded per word, not per character (docs/guard.md "Cost"): a word's own weight and
+that of its n-grams depend on the word alone, so they are summed once and kept in a bounded
+per-model cache; a message is then one ``re.findall`` and a dict lookup per word and per pair.
+It is read by window: a long message is scored in half-overlapping windows of words and the
+highest one counts, so harmless filler cannot dilute a payload. Pure stdlib at runtime.
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 import json
 import math
+import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.settings import GUARD_CACHE_WORDS
+
 MODEL_PATH = Path(__file__).with_name("guard_model.json")
-FORMAT = 2
-# One size keeps scoring to one slice and one lookup per character (docs/guard.md "Cost").
-CHAR_SIZES = (4,)
-# A window is long enough to hold a whole attack and its context; half-overlapping windows
-# mean a text of up to half a window always lies wholly inside one. Scoring also reads short
-# windows, so a one-line payload after pages of filler is read nearly alone (issue 15).
-WINDOW_CHARS = 1024
-WINDOW_STRIDE = 512
-SHORT_WINDOW_CHARS = 256
-# Floor on the length used for scaling: a three-word message carries too little evidence to
-# push the score far from its prior either way.
-MIN_SCALE_CHARS = 64
-_WORDS = re.compile(r"\w+")
+FORMAT = 3
+# Word windows: a long one holds a whole attack and its context (about 1,000 characters); a
+# short one reads a one-line payload after pages of filler nearly alone (issue 15).
+WINDOW_WORDS = 160
+SHORT_WINDOW_WORDS = 40
+# Floor on the feature count used for scaling: a three-word message carries too little
+# evidence to push the score far from its prior either way. A word of n letters gives about
+# 2n features (its 3- and 5-grams), so this is the floor of about 64 characters that the
+# character-level model before it used.
+MIN_SCALE_FEATURES = 128
+# Scripts without spaces (Chinese, Japanese) come as one run per clause; longer runs are cut
+# so that windows still have words to slide over.
+_WORDS = re.compile(r"\w{1,24}")
 _ZEROES = itertools.repeat(0.0)
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+# Words whose summed weights are kept per process; past this the cache starts again, so
+# memory stays bounded whatever is sent.
+CACHE_WORDS = GUARD_CACHE_WORDS
 
 
 @dataclass(frozen=True)
@@ -40,36 +52,42 @@ class Model:
     bias: float
     chars: dict[str, float]
     words: dict[str, float]
+    pairs: dict[tuple[str, str], float]
+    char_sizes: tuple[int, ...] = (3, 5)
+    # word -> (its weight plus its n-grams' weights, its feature count)
+    cache: dict[str, tuple[float, int]] = field(default_factory=dict, compare=False, repr=False)
 
 
-def char_grams(padded: str) -> list[str]:
-    return [padded[i : i + n] for n in CHAR_SIZES for i in range(len(padded) - n + 1)]
+def words_of(normalized: str) -> list[str]:
+    return _WORDS.findall(normalized)
 
 
-def word_grams(text: str) -> list[tuple[int, str]]:
-    """(start offset, key) of each word and each pair of neighbouring words."""
-    found = [(m.start(), m.group()) for m in _WORDS.finditer(text)]
-    pairs = [(a[0], f"{a[1]} {b[1]}") for a, b in itertools.pairwise(found)]
-    return found + pairs
+def char_grams(word: str, sizes: tuple[int, ...]) -> list[str]:
+    padded = f" {word} "
+    return [padded[i : i + n] for n in sizes for i in range(len(padded) - n + 1)]
 
 
-def windows(length: int, size: int = WINDOW_CHARS) -> list[tuple[int, int]]:
-    """[start, end) of each half-overlapping window of ``size`` over ``length`` characters."""
-    if length <= size:
-        return [(0, length)]
+def features(words: list[str], sizes: tuple[int, ...]) -> list[str]:
+    """Every feature key of a run of words, as training fits them and ``score`` reads them:
+    "w" + word, "c" + n-gram of " word ", "p" + "first second" for each neighbouring pair."""
+    keys = [f"w{w}" for w in words]
+    keys += [f"c{g}" for w in words for g in char_grams(w, sizes)]
+    keys += [f"p{a} {b}" for a, b in itertools.pairwise(words)]
+    return keys
+
+
+def windows(count: int, size: int = WINDOW_WORDS) -> list[tuple[int, int]]:
+    """[start, end) of each half-overlapping window of ``size`` words over ``count`` words."""
+    if count <= size:
+        return [(0, count)]
     stride = size // 2
-    return [(s, min(s + size, length)) for s in range(0, length - size + stride, stride)]
+    return [(s, min(s + size, count)) for s in range(0, count - size + stride, stride)]
 
 
-def window_texts(normalized: str) -> list[str]:
-    """The windows as texts: what training fits, so it sees what scoring reads."""
-    return [normalized[s:e] for s, e in windows(len(normalized))]
-
-
-def scale(length: int) -> float:
-    # About len * len(CHAR_SIZES) features: dividing by sqrt(length) is an L2-normalised
-    # bag, so the score depends on what the text says rather than on how long it is.
-    return 1.0 / math.sqrt(max(length, MIN_SCALE_CHARS))
+def scale(feature_count: int) -> float:
+    # Dividing by sqrt(count) L2-normalises the bag, so the score depends on what the text
+    # says rather than on how long it is.
+    return 1.0 / math.sqrt(max(feature_count, MIN_SCALE_FEATURES))
 
 
 @functools.cache
@@ -78,39 +96,78 @@ def load_model(path: Path = MODEL_PATH) -> Model:
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("format") != FORMAT:
         raise ValueError(f"{path.name} has another format; rerun scripts/train_guard.py")
-    return Model(float(data["bias"]), data["chars"], data["words"])
+    return Model(
+        bias=float(data["bias"]),
+        chars=data["chars"],
+        words=data["words"],
+        pairs={pair_key(k): v for k, v in data["pairs"].items()},
+        char_sizes=tuple(data["char_sizes"]),
+    )
+
+
+def pair_key(key: str) -> tuple[str, str]:
+    first, _, second = key.partition(" ")
+    return first, second
+
+
+def _word_values(m: Model, words: list[str]) -> list[tuple[float, int]]:
+    cache = m.cache
+    if len(cache) > CACHE_WORDS:
+        cache.clear()
+    missing = list(set(words).difference(cache))
+    if missing:
+        cache.update(zip(missing, _value_of_new(m, missing), strict=True))
+    return list(map(cache.__getitem__, words))
+
+
+def _value_of_new(m: Model, words: list[str]) -> list[tuple[float, int]]:
+    """(weight, feature count) of each word, for many words at once: the padded words are
+    joined into one string, its n-grams are looked up in one pass and each word's share is a
+    difference of prefix sums (``map`` over C functions rather than a Python call per word).
+    N-grams that span the separator are in no model and weigh nothing."""
+    joined = "\0".join(f" {w} " for w in words) + "\0" * max(m.char_sizes, default=0)
+    # Each word occupies len + 2 characters plus a separator.
+    starts = [0, *itertools.accumulate(len(w) + 3 for w in words)][:-1]
+    totals = list(map(m.words.get, words, _ZEROES))
+    counts = [1] * len(words)
+    for n in m.char_sizes:
+        grams = [joined[i : i + n] for i in range(len(joined) - n + 1)]
+        prefix = [0.0, *itertools.accumulate(map(m.chars.get, grams, _ZEROES))]
+        # A padded word of len + 2 characters has len + 3 - n n-grams of size n.
+        ends = [s + max(0, len(w) + 3 - n) for s, w in zip(starts, words, strict=True)]
+        totals = list(
+            map(
+                operator.add,
+                totals,
+                map(operator.sub, map(prefix.__getitem__, ends), map(prefix.__getitem__, starts)),
+            )
+        )
+        counts = [c + max(0, len(w) + 3 - n) for c, w in zip(counts, words, strict=True)]
+    return list(zip(totals, counts, strict=True))
 
 
 def score(normalized: str, model: Model | None = None) -> float:
     """Learned probability that a normalised text is an injection: its highest window."""
     m = model or load_model()
-    padded = f" {normalized} "
-    # Prefix sums of n-gram weights by start offset, one list per size (map and accumulate
-    # run in C), so any window's total is a few subtractions.
-    prefixes = []
-    for n in CHAR_SIZES:
-        grams = [padded[i : i + n] for i in range(len(padded) - n + 1)]
-        prefixes.append([0.0, *itertools.accumulate(map(m.chars.get, grams, _ZEROES))])
-    found = word_grams(normalized)
-    found.sort()
-    word_starts = [start + 1 for start, _ in found]
-    word_prefix = [0.0, *itertools.accumulate(map(m.words.get, (k for _, k in found), _ZEROES))]
+    words = words_of(normalized)
+    if not words:
+        return _sigmoid(m.bias)
+    values = _word_values(m, words)
+    # A pair's weight belongs to its second word; a window that starts at word s leaves out
+    # the pair that reaches back to s - 1 (training sees windows the same way).
+    pair_w = [0.0, *map(m.pairs.get, itertools.pairwise(words), _ZEROES)]
+    weight = [0.0, *itertools.accumulate(map(operator.add, map(_FIRST, values), pair_w))]
+    count = [0, *itertools.accumulate(map(_SECOND, values))]
+    spans = windows(len(words))
+    if len(words) > SHORT_WINDOW_WORDS:
+        spans += windows(len(words), SHORT_WINDOW_WORDS)
     best = -math.inf
-    spans = windows(len(padded))
-    if len(padded) > SHORT_WINDOW_CHARS:
-        spans += windows(len(padded), SHORT_WINDOW_CHARS)
     for s, e in spans:
-        total = sum(p[min(e, len(p) - 1)] - p[min(s, len(p) - 1)] for p in prefixes)
-        total += word_prefix[bisect.bisect_left(word_starts, e)]
-        total -= word_prefix[bisect.bisect_left(word_starts, s)]
-        best = max(best, total * scale(e - s))
+        total = weight[e] - weight[s] - pair_w[s]
+        # Each word's own features, and one pair per neighbouring two inside the window.
+        n = count[e] - count[s] + e - s - 1
+        best = max(best, total * scale(n))
     return _sigmoid(m.bias + best)
-
-
-def features(normalized: str) -> list[tuple[str, str]]:
-    """Every (kind, key) that ``score`` reads for a text short enough to be one window."""
-    padded = f" {normalized} "
-    return [("c", g) for g in char_grams(padded)] + [("w", k) for _, k in word_grams(normalized)]
 
 
 def _sigmoid(z: float) -> float:

@@ -28,19 +28,9 @@ _TAG_FIRST, _TAG_LAST = 0xE0000, 0xE007F
 # Zero-width, joiners, soft hyphen, word joiner, BOM, bidi overrides/isolates, variation
 # selectors and tag characters: invisible characters used to split trigger words
 # ("ig\u200bnore") or hide text.
-_INVISIBLE = dict.fromkeys(
-    [
-        0x00AD,
-        0x034F,
-        0x180E,
-        0xFEFF,
-        *range(0x200B, 0x2010),
-        *range(0x202A, 0x202F),
-        *range(0x2060, 0x206A),
-        *range(0xFE00, 0xFE10),
-        *range(_TAG_FIRST, _TAG_LAST + 1),
-        *range(0xE0100, 0xE01F0),
-    ]
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u180e\ufeff\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufe00-\ufe0f"
+    "\U000e0000-\U000e007f\U000e0100-\U000e01ef]"
 )
 # Cyrillic and Greek letters that render like Latin ones (subset of Unicode TR39
 # confusables.txt); NFKC leaves these alone because they are distinct letters.
@@ -48,6 +38,7 @@ _CONFUSABLES = str.maketrans(
     "асеһіјорԛѕухԝүѵԁАВСЕНІЈКМОРЅТХУαοριβκνυΑΒΕΗΙΚΜΝΟΡΤΥΧΖ",
     "acehijopqsyxwyvdABCEHIJKMOPSTXYaopiBkvuABEHIKMNOPTYXZ",
 )
+_UNTAG = {c: c - _TAG_FIRST for c in range(0xE0020, 0xE007F)}
 _LEET = str.maketrans("103457@$", "ioeastas")
 # Words that an English attack nearly always contains; a decoding is kept only when it brings
 # at least two of them into view that the plain text did not have.
@@ -110,13 +101,32 @@ _B64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=]
 # Base64 wrapped over lines (MIME wraps at 76): whitespace between base64-looking runs.
 _B64_WRAPPED = re.compile(r"[A-Za-z0-9+/]{8,}(?:[ \t]*\r?\n[ \t]*[A-Za-z0-9+/]{4,}={0,2})+")
 _HEX = re.compile(r"\b(?:[0-9a-fA-F]{2}[\s:]?){8,}\b")
+# Eight bytes of text written in hex carry at least eight decimal digits (printable ASCII
+# is 0x20-0x7e), so a text with fewer cannot hold one and the scan above is skipped.
+_HEX_MIN_DIGITS = 8
 _URLENC = re.compile(r"(?:%[0-9a-fA-F]{2}){3,}")
 _LEET_WORD = re.compile(r"(?<![\w@$])(?=[\w@$]*[a-z])(?=[\w@$]*[013457@$])[\w@$]{3,}(?![\w@$])")
+# A leet character next to a letter: a cheap scan (it starts with a character set) that most
+# texts fail, so the costlier word pattern above runs only on those that pass.
+_LEET_HINT = re.compile(r"[013457@$](?:(?<=[a-z][013457@$])|(?=[a-z]))")
 # "i g n o r e" / "S a y  t h a t": runs of at least four single letters.
 _SPACED = re.compile(r"\b\w(?:(?: {1,2}|[.\-_])\w\b){3,}")
-_WS = re.compile(r"[^\S\n]+")
-_NEWLINES = re.compile(r"\s*\n\s*")
+# Two single characters in a row between separators; read on " " + text, so it starts with a
+# literal-like set and skips fast. Texts without it have no spaced-out words.
+_SPACED_HINT = re.compile(r"[ .\-_]\w[ .\-_]{1,2}\w[ .\-_]")
+# Runs of two or more blanks, or one blank other than a space: a lone space is left alone, so
+# ordinary prose has nothing to replace.
+_WS = re.compile(r"[^\S\n]{2,}|[^\S \n]")
+# Read after blanks are collapsed, so at most one space precedes a newline; starting with a
+# literal keeps the scan fast.
+_NEWLINES = re.compile(r"\n\s*")
 _NON_ASCII_WORD = re.compile(r"\w*[^\x00-\x7f]\w*")
+# Character-set scans (fast in the regex engine) that tell whether a text has anything to fold
+# or strip at all; most texts do not, and then the per-word and per-character work is skipped.
+_HAS_CONFUSABLE = re.compile(
+    "[" + re.escape("асеһіјорԛѕухԝүѵԁАВСЕНІЈКМОРЅТХУαοριβκνυΑΒΕΗΙΚΜΝΟΡΤΥΧΖ") + "]"
+)
+_TAG_ASCII = re.compile("[\U000e0020-\U000e007e]+")
 _WORD = re.compile(r"[a-z]+")
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
 _SHIFTS = [
@@ -137,7 +147,11 @@ def _printable(raw: bytes) -> str | None:
 
 
 def _attack_words(text: str) -> frozenset[str]:
-    return _ATTACK_WORDS.intersection(_WORD.findall(text.lower()))
+    low = text.lower()
+    # Substring tests run in C; most candidate decodings hold fewer than two and stop here.
+    if sum(w in low for w in _ATTACK_WORDS) < 2:
+        return frozenset()
+    return _ATTACK_WORDS.intersection(_WORD.findall(low))
 
 
 def _looks_enciphered(text: str) -> bool:
@@ -161,7 +175,8 @@ def _base64_views(text: str) -> list[str]:
 
 def _cipher_views(text: str) -> list[str]:
     """Reversed text and Caesar shifts that reveal attack words the plain text lacks."""
-    if not _looks_enciphered(text):
+    # The opening is enough to tell prose from cipher text, and bounds the cost.
+    if not _looks_enciphered(text[:CAESAR_ALL_SHIFTS_CHARS]):
         return []
     plain = _attack_words(text)
     found: list[str] = []
@@ -177,22 +192,24 @@ def _caesar_candidates(text: str) -> list[str]:
     # that map its commonest letters onto "e" suffice.
     if len(text) <= CAESAR_ALL_SHIFTS_CHARS:
         return [text.translate(_SHIFTS[k]) for k in range(1, 26)]
-    letters = Counter(c for c in text.lower() if "a" <= c <= "z")
-    shifts = {(ord("e") - ord(c)) % 26 for c, _ in letters.most_common(4)}
+    counts = Counter(text.lower())  # counted in C; the letters are picked out after
+    letters = sorted(_LOWER, key=lambda c: counts[c], reverse=True)[:4]
+    shifts = {(ord("e") - ord(c)) % 26 for c in letters if counts[c]}
     return [text.translate(_SHIFTS[k]) for k in sorted(shifts) if k]
 
 
 def decoded_views(text: str) -> list[str]:
     """Readable texts hidden in ``text`` by a cheap, reversible encoding."""
     found = _base64_views(text)
-    for m in _HEX.finditer(text):
+    hex_digits = sum(map(text.count, "0123456789")) >= _HEX_MIN_DIGITS
+    for m in _HEX.finditer(text) if hex_digits else ():
         try:
             raw = bytes.fromhex(re.sub(r"[\s:]", "", m.group()))
         except ValueError:
             continue
         if (dec := _printable(raw)) is not None:
             found.append(dec)
-    if _URLENC.search(text):
+    if "%" in text and _URLENC.search(text):
         found.append(urllib.parse.unquote(text))
     found.extend(_cipher_views(text))
     return found
@@ -214,30 +231,36 @@ def _fold_word(m: re.Match[str]) -> str:
 def fold(text: str) -> str:
     """One spelling: lookalikes to Latin, casefolded, spaced letters and leetspeak undone,
     whitespace collapsed (newlines kept once: a fake "SYSTEM:" line matters at a line start)."""
-    if not text.isascii():
+    if not text.isascii() and _HAS_CONFUSABLE.search(text):
         text = _NON_ASCII_WORD.sub(_fold_word, text)
     text = text.casefold()
     # Word gaps inside spaced-out text are usually wider ("s a y  t h a t"): keep those.
-    text = _SPACED.sub(_unspace, text)
-    text = _LEET_WORD.sub(lambda m: m.group().translate(_LEET), text)
-    return _WS.sub(" ", _NEWLINES.sub("\n", text)).strip()
+    if _SPACED_HINT.search(" " + text):
+        text = _SPACED.sub(_unspace, text)
+    if _LEET_HINT.search(text):
+        text = _LEET_WORD.sub(lambda m: m.group().translate(_LEET), text)
+    return _NEWLINES.sub("\n", _WS.sub(" ", text).replace(" \n", "\n")).strip()
 
 
 def normalize_text(text: str) -> str:
     """The folded message, followed by each readable view decoded from it, folded alike."""
     text = unicodedata.normalize("NFKC", text[:MAX_SCAN_CHARS])
     smuggled = _tag_payload(text)
-    text = text.translate(_INVISIBLE)
+    text = _strip_invisible(text)
     views = decoded_views(text)
     if smuggled:
         views.append(smuggled)
-    return " \n ".join(fold(p) for p in [text, *(v.translate(_INVISIBLE) for v in views)])
+    return " \n ".join(fold(p) for p in [text, *map(_strip_invisible, views)])
+
+
+def _strip_invisible(text: str) -> str:
+    return text if text.isascii() else _INVISIBLE.sub("", text)
 
 
 def _tag_payload(text: str) -> str:
     if text.isascii():
         return ""
-    return "".join(chr(ord(c) - _TAG_FIRST) for c in text if 0xE0020 <= ord(c) <= 0xE007E)
+    return "".join(_TAG_ASCII.findall(text)).translate(_UNTAG)
 
 
 _COMPACT_DROP = re.compile(r"[^a-z]+")

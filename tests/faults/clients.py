@@ -7,7 +7,7 @@ import asyncio
 import random
 from collections.abc import Callable
 
-from tests.faults.sse import Event, HTTPError, SSEParser, chunks, open_sse
+from tests.support.sse import Event, HTTPError, SSEParser, open_sse, read_events
 
 RETRY_SECONDS = 0.1
 
@@ -54,12 +54,11 @@ class Client:
                 continue
             self.connects += 1
             self.connected = True
-            parser = SSEParser()
+            parser = SSEParser(keep=False)
             try:
-                async for chunk in chunks(reader):
-                    for event in parser.feed(chunk):
-                        self.events.append(event)
-                        self.last_id = event.last_event_id
+                async for event in read_events(reader, parser):
+                    self.events.append(event)
+                    self.last_id = event.last_event_id
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 pass
             finally:

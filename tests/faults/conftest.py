@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.faults.procs import Stack, private_stack
+from tests.faults.stack import Stack, private_stack
 
 
 @pytest.fixture(scope="session")

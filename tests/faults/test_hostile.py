@@ -24,8 +24,8 @@ from core import settings as herald
 from jobs.csvimport.celltypes import ColumnSpec
 from jobs.csvimport.columntypes import parse_cell
 from jobs.csvimport.inference import infer_column
-from tests.faults.sse import SSEParser
 from tests.support.asgi import running_app
+from tests.support.sse import SSEParser
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 

@@ -23,8 +23,9 @@ from app.dev.embedded import free_port
 from app.security.auth import mint_token
 from core import settings
 from tests.faults.clients import Client, wait_for
-from tests.faults.procs import Stack, Web
+from tests.faults.stack import Stack
 from tests.support.openai_server import Fault, openai_server
+from tests.support.procs import Web
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 

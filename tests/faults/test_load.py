@@ -22,7 +22,8 @@ from app.security.auth import mint_token
 from core import settings
 from core.events import publish_event, user_stream
 from tests.faults.clients import Client, wait_for
-from tests.faults.procs import Stack, wait_until
+from tests.faults.stack import Stack
+from tests.support.procs import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
@@ -72,7 +73,9 @@ def stream_ids(stack: Stack, users: list[str]) -> dict[str, list[str]]:
 def our_channels(stack: Stack) -> tuple[list[bytes], int]:
     client = stack.redis.client()
     try:
-        channels = client.pubsub_channels(f"{settings.REDIS_PREFIX}:*")
+        # The event channels only: RQ's own (worker command channels, under the same
+        # prefix through RQ_KEY_PREFIX) stay subscribed while the workers live.
+        channels = client.pubsub_channels(f"{settings.REDIS_PREFIX}:events:*")
         numsub = client.pubsub_numsub(*channels) if channels else []
         return channels, sum(n for _, n in numsub)
     finally:

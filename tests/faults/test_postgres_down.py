@@ -21,7 +21,7 @@ from app.security.auth import mint_token
 from core import settings
 from core.events import publish_event
 from tests.faults.clients import Client, wait_for
-from tests.faults.procs import Stack
+from tests.faults.stack import Stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 

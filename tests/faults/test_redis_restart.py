@@ -16,8 +16,8 @@ import pytest
 from app.security.auth import mint_token
 from core.events import publish_event
 from tests.faults.clients import Client, wait_for
-from tests.faults.procs import Stack
 from tests.faults.proxy import BlackholeProxy
+from tests.faults.stack import Stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
@@ -108,7 +108,7 @@ async def test_redis_restart_while_streaming(stack: Stack) -> None:
     assert lost == 0 and duplicates == 0
     for web in webs:
         # The same processes, reconnected: no restart of the web tier was needed.
-        assert web.proc.poll() is None
+        assert web.running()
         assert web.metric("herald_hub_reconnects_total") >= 1
     print(
         f"\nredis restart: down {FIGURES['redis_down_s']:.2f} s, all {CLIENTS} clients "

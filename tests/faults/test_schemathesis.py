@@ -16,7 +16,8 @@ import time
 import pytest
 
 from app.security.auth import mint_token
-from tests.faults.procs import ROOT, Stack
+from tests.faults.stack import Stack
+from tests.support.procs import ROOT
 
 pytestmark = [pytest.mark.faults]
 

@@ -24,7 +24,8 @@ from rq.job import Job, JobStatus
 from app.security.auth import mint_token
 from core import settings
 from tests.faults.clients import Client, wait_for
-from tests.faults.procs import Stack, wait_until
+from tests.faults.stack import Stack
+from tests.support.procs import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 

