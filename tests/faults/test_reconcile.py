@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import anyio.to_thread
 import httpx
@@ -30,7 +29,8 @@ from rq.job import Job
 from app.security.auth import mint_token
 from core.jobkinds import chat_job_id
 from tests.faults.clients import Client, wait_for
-from tests.faults.procs import Stack, kill
+from tests.faults.stack import Stack
+from tests.support.procs import Proc
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
@@ -206,7 +206,7 @@ class Load:
 
 
 async def under_load(
-    stack: Stack, fault: Callable[[Load, Any], Awaitable[float]], name: str
+    stack: Stack, fault: Callable[[Load, Proc], Awaitable[float]], name: str
 ) -> dict[str, int]:
     """Start web + worker, submit the load, run ``fault`` once work is under way (it returns
     the moment recovery is measured from), then wait for everything to be done."""
@@ -256,7 +256,7 @@ async def under_load(
 
 
 async def test_redis_flushed_mid_load(stack: Stack) -> None:
-    async def flush(load: Load, worker: Any) -> float:
+    async def flush(load: Load, worker: Proc) -> float:
         stack.redis.flushall_private()
         return time.monotonic()
 
@@ -265,7 +265,7 @@ async def test_redis_flushed_mid_load(stack: Stack) -> None:
 
 
 async def test_redis_restarted_without_persistence_mid_load(stack: Stack) -> None:
-    async def restart(load: Load, worker: Any) -> float:
+    async def restart(load: Load, worker: Proc) -> float:
         await anyio.to_thread.run_sync(stack.redis.stop)
         await anyio.sleep(1)
         await anyio.to_thread.run_sync(stack.redis.start)
@@ -284,10 +284,10 @@ def descendants(pid: int) -> list[int]:
 
 
 async def test_every_worker_and_the_supervisor_killed_mid_load(stack: Stack) -> None:
-    async def machine_lost(load: Load, worker: Any) -> float:
+    async def machine_lost(load: Load, worker: Proc) -> float:
         # Everything at once, work horses too (RQ spawns each in its own process group).
         tree = descendants(worker.pid)
-        kill(worker)
+        worker.kill()
         for pid in tree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -399,7 +399,7 @@ async def test_web_killed_mid_upload_body_leaves_nothing(stack: Stack) -> None:
         while (await anyio.to_thread.run_sync(receiving))[1] < 3:
             assert time.monotonic() < deadline, "no chunks were stored"
             await anyio.sleep(0.05)
-        kill(web.proc)
+        web.kill()
         killed = time.monotonic()
         with pytest.raises(httpx.TransportError):
             await task
