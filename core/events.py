@@ -1,5 +1,8 @@
 """The event bus: publish an event for a user (and an upload), read history back.
 
+A user's stream is keyed by ``Identity.key`` (core/principal.py): the pair (tenant,
+user), never ``sub`` alone, which another tenant's user may share.
+
 Each stream (a user's, an upload's) is a Redis Stream holding the last
 ``EVENT_HISTORY_MAX`` events for ``EVENT_HISTORY_TTL_SECONDS`` after its last event,
 and a pub/sub channel of the same name announces each event, already framed as SSE
@@ -35,18 +38,18 @@ return ids
 """
 
 
-def user_stream(user_id: str) -> str:
-    return f"{settings.REDIS_PREFIX}:events:user:{user_id}"
+def user_stream(owner: str) -> str:
+    return f"{settings.REDIS_PREFIX}:events:user:{owner}"
 
 
 def upload_stream(upload_id: str) -> str:
     return f"{settings.REDIS_PREFIX}:events:upload:{upload_id}"
 
 
-def stream_keys(user_id: str | None, upload_id: str | None) -> list[str]:
+def stream_keys(owner: str | None, upload_id: str | None) -> list[str]:
     keys = []
-    if user_id:
-        keys.append(user_stream(user_id))
+    if owner:
+        keys.append(user_stream(owner))
     if upload_id:
         keys.append(upload_stream(upload_id))
     return keys
@@ -105,16 +108,17 @@ def publish_event(
     event: EventKind,
     data: dict[str, Any],
     *,
-    user_id: str | None = None,
+    owner: str | None = None,
     upload_id: str | None = None,
 ) -> list[str]:
-    """Append ``event`` to the user's and/or the upload's stream and announce it.
+    """Append ``event`` to the owner's (``Identity.key``) and/or the upload's stream
+    and announce it.
 
     Called by workers (synchronous Redis client). Returns the new ids, one per stream.
     """
-    keys = stream_keys(user_id, upload_id)
+    keys = stream_keys(owner, upload_id)
     if not keys:
-        raise ValueError("publish_event needs a user_id or an upload_id")
+        raise ValueError("publish_event needs an owner or an upload_id")
     script = client.register_script(_PUBLISH_LUA)
     return _ids(script(keys=keys, args=_args(event, data)))
 
@@ -124,14 +128,14 @@ def queue_event(
     event: EventKind,
     data: dict[str, Any],
     *,
-    user_id: str | None = None,
+    owner: str | None = None,
     upload_id: str | None = None,
 ) -> None:
     """``publish_event`` queued on a pipeline, to go out in one round trip with the
     caller's own commands (and after those queued before it)."""
-    keys = stream_keys(user_id, upload_id)
+    keys = stream_keys(owner, upload_id)
     if not keys:
-        raise ValueError("queue_event needs a user_id or an upload_id")
+        raise ValueError("queue_event needs an owner or an upload_id")
     script = pipe.register_script(_PUBLISH_LUA)
     script(keys=keys, args=_args(event, data), client=pipe)
 
@@ -141,13 +145,13 @@ async def apublish_event(
     event: EventKind,
     data: dict[str, Any],
     *,
-    user_id: str | None = None,
+    owner: str | None = None,
     upload_id: str | None = None,
 ) -> list[str]:
     """``publish_event`` for the web process's asyncio Redis client."""
-    keys = stream_keys(user_id, upload_id)
+    keys = stream_keys(owner, upload_id)
     if not keys:
-        raise ValueError("apublish_event needs a user_id or an upload_id")
+        raise ValueError("apublish_event needs an owner or an upload_id")
     script = client.register_script(_PUBLISH_LUA)
     return _ids(await script(keys=keys, args=_args(event, data)))
 

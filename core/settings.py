@@ -46,6 +46,37 @@ JWT_ISSUER = config("JWT_ISSUER", default="")
 JWT_LEEWAY_SECONDS = config("JWT_LEEWAY_SECONDS", cast=int, default=0)
 JWT_MAX_BYTES = config("JWT_MAX_BYTES", cast=int, default=8192)
 AUTH_FAILURE_LIMIT = config("AUTH_FAILURE_LIMIT", default="100/minute")
+# A token living longer than this (exp - iat, or exp - now without iat) is refused, so a
+# leaked long-lived token cannot outlive a key rotation by years. 0: no maximum. The
+# default fits the longest token Herald mints itself (the 7-day dev token).
+JWT_MAX_LIFETIME_SECONDS = config("JWT_MAX_LIFETIME_SECONDS", cast=int, default=7 * 86400)
+# `sub` and `org` longer than this are refused: they key PostgreSQL b-tree indexes, whose
+# entries must stay under ~2,700 bytes (PostgreSQL docs, "B-Tree Implementation").
+JWT_MAX_ID_CHARS = config("JWT_MAX_ID_CHARS", cast=int, default=255)
+# A member whose token lists JWT_ADMIN_ROLE in the claim JWT_ROLES_CLAIM may cancel and
+# delete any upload of the org; others only their own (docs/security.md).
+JWT_ROLES_CLAIM = config("JWT_ROLES_CLAIM", default="roles")
+JWT_ADMIN_ROLE = config("JWT_ADMIN_ROLE", default="admin")
+
+# --- Proxies and connections (docs/security.md) -------------------------------------------
+# Proxies in front of the web process that append to X-Forwarded-For: the client is the
+# entry this many places from the right (Heroku's router appends the peer it saw: 1).
+# Entries further left are written by the client and never trusted. 0: no proxy.
+TRUSTED_PROXY_HOPS = config("TRUSTED_PROXY_HOPS", cast=int, default=1)
+# Request line plus headers; over it: 431 (RFC 6585 section 5) and the connection closes.
+HTTP_MAX_HEADER_BYTES = config("HTTP_MAX_HEADER_BYTES", cast=int, default=32 * 1024)
+# From a request's first byte to the end of its headers; over it: 408 and close.
+HTTP_HEADER_TIMEOUT_SECONDS = config("HTTP_HEADER_TIMEOUT_SECONDS", cast=float, default=10.0)
+# A body may take this long plus one second per HTTP_BODY_MIN_BYTES_PER_SECOND received
+# (Apache mod_reqtimeout's body=...,MinRate=... rule): a slow drip is cut, a big upload
+# over a slow link is not. Time the server itself stops reading does not count.
+HTTP_BODY_TIMEOUT_SECONDS = config("HTTP_BODY_TIMEOUT_SECONDS", cast=float, default=30.0)
+HTTP_BODY_MIN_BYTES_PER_SECOND = config("HTTP_BODY_MIN_BYTES_PER_SECOND", cast=int, default=500)
+# Connections still sending their request headers, per process; one more gets 503 at
+# once. Connections past their headers (SSE streams, uploads) are not counted.
+HTTP_MAX_PENDING_REQUESTS = config("HTTP_MAX_PENDING_REQUESTS", cast=int, default=1000)
+# When set, GET /metrics wants `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_TOKEN = config("METRICS_TOKEN", cast=Secret, default="")
 
 # --- Event streams (API.md "Event streams") -------------------------------------------
 SSE_HEARTBEAT_SECONDS = config("SSE_HEARTBEAT_SECONDS", cast=float, default=15.0)

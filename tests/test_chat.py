@@ -177,3 +177,15 @@ async def test_rate_limit_is_shared_by_web_processes(monkeypatch: pytest.MonkeyP
             for c in clients:
                 await c.aclose()
     assert statuses == [202, 202, 202, 429]
+
+
+async def test_other_spellings_of_a_conversation_id_name_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    user = user_id()
+    conv = (await send(client, user, message="mine")).json()["conversation_id"]
+    for alias in (f"urn:uuid:{conv}", conv.upper(), conv.replace("-", ""), f"{{{conv}}}"):
+        read = await client.get(f"/chat/conversations/{alias}/messages", headers=auth(user))
+        assert read.status_code == 404, alias
+        write = await send(client, user, message="again", conversation_id=alias)
+        assert write.status_code == 404, alias

@@ -18,6 +18,7 @@ from rq import Queue, SimpleWorker
 
 from core import events, jobkinds, settings
 from core.drafts import reply_id
+from core.principal import Identity
 from jobs.chat.llm import Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
 
@@ -50,7 +51,7 @@ def post(
     if conversation_id is None:
         conversation_id = str(uuid.uuid4())
         db.execute(
-            "INSERT INTO conversations (id, user_id, org_id) VALUES (%s, %s, %s)",
+            "INSERT INTO conversations (id, user_id, tenant) VALUES (%s, %s, %s)",
             (conversation_id, user, f"user:{user}"),
         )
     message_id = str(uuid.uuid4())
@@ -71,7 +72,7 @@ def run_jobs(redis_client: redis.Redis, *message_ids: str) -> None:
 
 def chat_events(redis_client: redis.Redis, user: str, message_id: str) -> list[tuple[str, dict]]:
     out = []
-    for _, fields in redis_client.xrange(events.user_stream(user), "-", "+"):
+    for _, fields in redis_client.xrange(events.user_stream(Identity(user).key), "-", "+"):
         data = json.loads(fields[b"d"])
         if data.get("message_id") == message_id:
             out.append((fields[b"e"].decode(), data))

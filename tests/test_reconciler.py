@@ -24,6 +24,7 @@ from rq.registry import FailedJobRegistry
 from core import events, settings
 from core.drafts import reply_id
 from core.jobkinds import chat_job_id
+from core.principal import Identity
 from jobs.csvimport.job import lock_key
 from jobs.worker import liveness
 from jobs.worker.reconciler import CHAT, UPLOAD, Reconciler, enqueue, queued_ids
@@ -101,8 +102,8 @@ def make_message(
         str(uuid.uuid4()),
     )
     db.execute(
-        "INSERT INTO conversations (id, user_id, org_id) VALUES (%s, %s, %s)",
-        (conversation, user, user),
+        "INSERT INTO conversations (id, user_id, tenant) VALUES (%s, %s, %s)",
+        (conversation, user, f"user:{user}"),
     )
     db.execute(
         "INSERT INTO messages (id, conversation_id, role, text, status, attempts, created_at)"
@@ -123,9 +124,9 @@ def make_upload(
 ) -> tuple[str, str]:
     upload, user = str(uuid.uuid4()), f"rec-{uuid.uuid4().hex[:8]}"
     db.execute(
-        "INSERT INTO uploads (id, org_id, user_id, filename, status, job_id, attempts, updated_at)"
+        "INSERT INTO uploads (id, tenant, user_id, filename, status, job_id, attempts, updated_at)"
         " VALUES (%s, %s, %s, 'a.csv', %s, %s, %s, now() - make_interval(secs => %s))",
-        (upload, user, user, status, upload, attempts, age_seconds),
+        (upload, f"user:{user}", user, status, upload, attempts, age_seconds),
     )
     db.execute(
         "INSERT INTO upload_chunks (upload_id, seq, data) VALUES (%s, 0, 'a\n1\n')", (upload,)
@@ -143,7 +144,7 @@ def attempts(db: psycopg.Connection[Any], table: str, work_id: str) -> int:
 def user_events(client: redis.Redis, user: str) -> list[tuple[str, dict[str, Any]]]:
     return [
         (fields[b"e"].decode(), orjson.loads(fields[b"d"]))
-        for _, fields in client.xrange(events.user_stream(user))
+        for _, fields in client.xrange(events.user_stream(Identity(user).key))
     ]
 
 

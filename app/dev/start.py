@@ -31,10 +31,13 @@ DEV_LIMITS = {
 
 def web_argv(port: int | str, *extra: str, host: str = "127.0.0.1") -> list[str]:
     """The web process for local runs, tests and benchmarks: uvicorn on this
-    interpreter, without uvicorn's access log (ours redacts query tokens)."""
+    interpreter as the Procfile runs it (request bounds, proxy headers read by
+    app/proxy.py, no uvicorn access log: ours redacts query tokens)."""
     return [
         sys.executable, "-m", "uvicorn", "app.main:app",
-        "--host", host, "--port", str(port), "--no-access-log", *extra,
+        "--host", host, "--port", str(port),
+        "--http", "app.connections:BoundedHttpToolsProtocol", "--no-proxy-headers",
+        "--no-access-log", *extra,
     ]  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import Any
 
 from starlette.requests import Request
@@ -10,9 +11,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app import metrics
-from app.errors import error_body
+from app.errors import Unauthorized, error_body
 from app.openapi import PUBLIC, STRING, content, errors, json_body, obj, operation
-from core import redispolicy
+from core import redispolicy, settings
 
 _STATUS = obj(["status"], {"status": STRING})
 
@@ -72,17 +73,30 @@ async def readyz(request: Request) -> JSONResponse:
             },
         )
         return JSONResponse(body, status_code=503)
-    return JSONResponse(
-        {"status": "ready", "checks": {k: "ok" for k in checks}, "redis": policy, **warnings}
-    )
+    return JSONResponse({"status": "ready", "checks": {k: "ok" for k in checks}, **warnings})
+
+
+def check_metrics_token(request: Request) -> None:
+    """With METRICS_TOKEN set, only a scraper holding it reads /metrics: the metrics
+    name routes, queues and failure rates, which an attacker would like to watch."""
+    expected = str(settings.METRICS_TOKEN)
+    if not expected:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # Constant-time, so the token cannot be guessed byte by byte from response times.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
+        raise Unauthorized("GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'.")
 
 
 @operation(
-    "Prometheus metrics",
-    {"200": content("text/plain", STRING, "Prometheus text")},
+    "Prometheus metrics (a bearer METRICS_TOKEN when one is configured)",
+    {"200": content("text/plain", STRING, "Prometheus text")} | errors(401),
     security=PUBLIC,
 )
 async def metrics_endpoint(request: Request) -> Response:
+    check_metrics_token(request)
     queue_keys = request.app.state.jobs.keys()
     body = await metrics.render_metrics(request.app.state.redis, queue_keys)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

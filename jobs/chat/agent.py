@@ -30,6 +30,7 @@ from psycopg import AsyncConnection
 from core import settings
 from core.drafts import reply_id
 from core.history import invalidate_history
+from core.principal import Identity
 from core.statuses import MessageStatus
 from jobs.chat.breaker import Breaker, BreakerOpen
 from jobs.chat.guard import check_message, explain
@@ -60,7 +61,7 @@ class AgentContext:
     redis: redis.Redis
     provider: Provider
     breaker: Breaker
-    user_id: str
+    owner: Identity
     # Publishes one piece of the reply ({"index", "text"}) at once, from the node.
     on_chunk: Callable[[dict[str, Any]], None]
     labels: dict[str, str] = field(default_factory=dict)
@@ -118,7 +119,8 @@ def _log_blocked(
     security_log.warning(
         f"chat message {action}",
         extra={
-            "user_id": ctx.user_id,
+            "user_id": ctx.owner.user_id,
+            "tenant": ctx.owner.tenant,
             "conversation_id": state["conversation_id"],
             "message_id": state["message_id"],
             "action": action,
@@ -225,7 +227,7 @@ async def persist(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
             error_code=state.get("error_code", ""),
             flagged=state.get("flagged", False),
         )
-    invalidate_history(ctx.redis, ctx.user_id, state["conversation_id"])
+    invalidate_history(ctx.redis, ctx.owner.key, state["conversation_id"])
     return {}
 
 

@@ -27,6 +27,7 @@ from core.eventkinds import EventKind
 from core.events import publish_event, queue_event
 from core.history import invalidate_history
 from core.jobmetrics import record_job_metric
+from core.principal import Identity
 from core.statuses import MessageStatus
 from jobs.chat import runtime
 from jobs.chat.agent import GRAPH, AgentContext, ChatState, save_turn
@@ -75,30 +76,32 @@ async def _run(rt: ProcessRuntime, client: redis.Redis, message_id: str) -> dict
     if row is None:
         logger.warning("chat message %s no longer exists; nothing to do", message_id)
         return {"outcome": "missing"}
-    user_id, conversation_id = row["user_id"], str(row["conversation_id"])
-    base = {"conversation_id": conversation_id, "message_id": message_id}
+    # The owner is the pair (tenant, user) stored with the conversation: events and
+    # caches are keyed by it, never by the user id alone.
+    owner = Identity.from_tenant(row["tenant"], row["user_id"])
+    base = {"conversation_id": str(row["conversation_id"]), "message_id": message_id}
     if row["reply_status"] in (MessageStatus.COMPLETED, MessageStatus.FAILED):
         # A retry of a turn that already finished: say how it ended, once more.
-        _announce_end(client, user_id, base, row, labels)
+        _announce_end(client, owner, base, row, labels)
         return {"outcome": "replayed"}
     try:
-        return await _turn(client, conn, await rt.provider(), row, base, labels, started)
+        return await _turn(client, conn, await rt.provider(), owner, row, base, labels, started)
     except BaseException:
         job = get_current_job()
         if job is None or not job.retries_left:
             _publish(
                 client,
-                user_id,
+                owner,
                 EventKind.CHAT_ERROR,
                 {**base, "code": "internal_error", "message": ERROR_MESSAGES["internal_error"]},
             )
             _metric(client, "herald_chat_jobs_total", labels, outcome="internal_error")
-            await _mark_failed(conn, client, user_id, base)
+            await _mark_failed(conn, client, owner, base)
         raise
 
 
 async def _mark_failed(
-    conn: psycopg.AsyncConnection[Any], client: redis.Redis, user_id: str, base: dict[str, Any]
+    conn: psycopg.AsyncConnection[Any], client: redis.Redis, owner: Identity, base: dict[str, Any]
 ) -> None:
     # Best effort: the failure may be PostgreSQL itself. History then shows the turn as
     # failed instead of waiting for ever.
@@ -112,14 +115,14 @@ async def _mark_failed(
                 model=None,
                 error_code="internal_error",
             )
-        invalidate_history(client, user_id, base["conversation_id"])
+        invalidate_history(client, owner.key, base["conversation_id"])
     except Exception:
         logger.warning("could not mark chat message %s failed", base["message_id"], exc_info=True)
 
 
 async def _load(conn: psycopg.AsyncConnection[Any], message_id: str) -> dict[str, Any] | None:
     cur = await conn.execute(
-        "SELECT m.text, m.conversation_id, c.user_id, r.status AS reply_status,"
+        "SELECT m.text, m.conversation_id, c.tenant, c.user_id, r.status AS reply_status,"
         " r.text AS reply_text, r.model AS reply_model, r.error_code AS reply_error"
         " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
         " LEFT JOIN messages r ON r.id = %s"
@@ -133,12 +136,12 @@ async def _turn(
     client: redis.Redis,
     conn: psycopg.AsyncConnection[Any],
     handle: ProviderHandle,
+    owner: Identity,
     row: dict[str, Any],
     base: dict[str, Any],
     labels: dict[str, str],
     started: float,
 ) -> dict[str, Any]:
-    user_id = row["user_id"]
     saver = AsyncPostgresSaver(conn)
     graph = compiled_graph().copy(update={"checkpointer": saver})
     chunks = 0
@@ -149,7 +152,7 @@ async def _turn(
         # reloads finds the chunk in the draft (core/drafts.py).
         with client.pipeline(transaction=False) as pipe:
             add_chunk(pipe, base["message_id"], data["index"], data["text"])
-            queue_event(pipe, EventKind.CHAT_CHUNK, {**base, **data}, user_id=user_id)
+            queue_event(pipe, EventKind.CHAT_CHUNK, {**base, **data}, owner=owner.key)
             pipe.execute()
         chunks += 1
         if chunks == 1:  # recorded after the chunk is out, not before it
@@ -166,7 +169,7 @@ async def _turn(
         redis=client,
         provider=handle.provider,
         breaker=Breaker.for_llm(client, handle.provider.name, configured_model()),
-        user_id=user_id,
+        owner=owner,
         on_chunk=on_chunk,
         labels=labels,
     )
@@ -198,14 +201,14 @@ async def _turn(
             _metric(client, "herald_chat_blocked_total", labels)
         _publish(
             client,
-            user_id,
+            owner,
             EventKind.CHAT_ERROR,
             {**base, "code": code, "message": state["error_message"]},
         )
     else:
         _publish(
             client,
-            user_id,
+            owner,
             EventKind.CHAT_DONE,
             {**base, "text": state.get("reply", ""), "model": handle.provider.model},
         )
@@ -216,18 +219,18 @@ async def _turn(
 
 def _announce_end(
     client: redis.Redis,
-    user_id: str,
+    owner: Identity,
     base: dict[str, Any],
     row: dict[str, Any],
     labels: dict[str, str],
 ) -> None:
     if row["reply_status"] == MessageStatus.COMPLETED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"]}
-        _publish(client, user_id, EventKind.CHAT_DONE, data)
+        _publish(client, owner, EventKind.CHAT_DONE, data)
     else:
         code = row["reply_error"] or "internal_error"
         message = ERROR_MESSAGES.get(code, "The reply failed.")
-        _publish(client, user_id, EventKind.CHAT_ERROR, {**base, "code": code, "message": message})
+        _publish(client, owner, EventKind.CHAT_ERROR, {**base, "code": code, "message": message})
 
 
 def _metric(
@@ -236,8 +239,8 @@ def _metric(
     record_job_metric(client, name, amount, **{**labels, **extra})
 
 
-def _publish(client: redis.Redis, user_id: str, event: EventKind, data: dict[str, Any]) -> None:
-    publish_event(client, event, data, user_id=user_id)
+def _publish(client: redis.Redis, owner: Identity, event: EventKind, data: dict[str, Any]) -> None:
+    publish_event(client, event, data, owner=owner.key)
 
 
 def _enqueued_at() -> float:

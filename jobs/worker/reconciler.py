@@ -54,6 +54,7 @@ from core.eventkinds import EventKind
 from core.history import invalidate_history
 from core.jobkinds import FAILURE_TTL_SECONDS, RESULT_TTL_SECONDS, JobKind, chat_job_id
 from core.logs import configure_logging
+from core.principal import Identity
 from core.statuses import ACTIVE_UPLOAD_STATUSES, MessageStatus, UploadStatus
 from jobs.worker import liveness
 
@@ -240,7 +241,7 @@ def unfinished_chats(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """User messages still waiting for their reply, past the grace period, oldest first."""
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         cur.execute(
-            "SELECT m.id, m.conversation_id, c.user_id FROM messages m"
+            "SELECT m.id, m.conversation_id, c.tenant, c.user_id FROM messages m"
             " JOIN conversations c ON c.id = m.conversation_id"
             " WHERE m.role = 'user' AND m.status = %s"
             " AND m.created_at < now() - make_interval(secs => %s)"
@@ -253,7 +254,7 @@ def unfinished_chats(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 def unfinished_uploads(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         cur.execute(
-            "SELECT id, user_id FROM uploads WHERE status = ANY(%s)"
+            "SELECT id, tenant, user_id FROM uploads WHERE status = ANY(%s)"
             " AND updated_at < now() - make_interval(secs => %s)"
             " ORDER BY updated_at LIMIT %s",
             (UPLOAD_ACTIVE, settings.RECONCILE_GRACE_SECONDS, settings.RECONCILE_BATCH),
@@ -374,6 +375,8 @@ def give_up(
     finished meanwhile."""
     work_id = str(row["id"])
     data = {"code": WORK_LOST, "message": WORK_LOST_MESSAGE}
+    # Events and caches are keyed by the pair (tenant, user), as the jobs key them.
+    owner = Identity.from_tenant(row["tenant"], row["user_id"]).key
     if kind is CHAT:
         with conn.transaction():
             ended = conn.execute(
@@ -399,11 +402,9 @@ def give_up(
             )
         conversation_id = str(row["conversation_id"])
         discard_draft(connection, work_id)  # a cut reply's text so far (core/drafts.py)
-        invalidate_history(connection, row["user_id"], conversation_id)
+        invalidate_history(connection, owner, conversation_id)
         base = {"conversation_id": conversation_id, "message_id": work_id}
-        events.publish_event(
-            connection, EventKind.CHAT_ERROR, {**base, **data}, user_id=row["user_id"]
-        )
+        events.publish_event(connection, EventKind.CHAT_ERROR, {**base, **data}, owner=owner)
     else:
         ended = conn.execute(
             "UPDATE uploads SET status = %s, error = %s, updated_at = now()"
@@ -413,7 +414,7 @@ def give_up(
         if ended is None:
             return False
         conn.execute("DELETE FROM upload_chunks WHERE upload_id = %s", (work_id,))
-        where = {"user_id": row["user_id"], "upload_id": work_id}
+        where = {"owner": owner, "upload_id": work_id}
         upload = {"upload_id": work_id}
         status = {**upload, "status": UploadStatus.FAILED}
         events.publish_event(connection, EventKind.UPLOAD_STATUS, status, **where)

@@ -380,7 +380,7 @@ async def test_web_killed_mid_upload_body_leaves_nothing(stack: Stack) -> None:
             row = conn.execute(
                 "SELECT count(DISTINCT u.id), count(c.seq) FROM uploads u"
                 " LEFT JOIN upload_chunks c ON c.upload_id = u.id"
-                " WHERE u.org_id = 'org-orphan'"
+                " WHERE u.tenant = 'org:org-orphan'"
             ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
