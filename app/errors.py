@@ -80,6 +80,12 @@ class Conflict(HeraldError):
     message = "The resource is not in a state that allows this."
 
 
+class RequestTimeout(HeraldError):
+    status_code = 408
+    code = "request_timeout"
+    message = "The request body stopped arriving."
+
+
 class PayloadTooLarge(HeraldError):
     status_code = 413
     code = "payload_too_large"

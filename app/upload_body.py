@@ -21,7 +21,13 @@ from psycopg_pool import AsyncConnectionPool
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from app.errors import BadRequest, HeraldError, PayloadTooLarge, UnsupportedMediaType
+from app.errors import (
+    BadRequest,
+    HeraldError,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from app.security.auth import Principal
 from core import settings
 from core.statuses import UploadStatus
@@ -99,10 +105,21 @@ class ChunkWriter:
         data = bytes(self.buffer[:size])
         del self.buffer[:size]
         # A connection per chunk, not per upload: a slow client must not hold a pool slot.
+        # Each chunk also marks the upload as still arriving: the reconciler deletes one
+        # idle for UPLOAD_RECEIVE_TIMEOUT_SECONDS (its web process died mid-body).
         async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO upload_chunks (upload_id, seq, data) VALUES (%s, %s, %b)",
+            cur = await conn.execute(
+                "WITH upload AS (UPDATE uploads SET updated_at = now()"
+                " WHERE id = %s AND status = 'receiving' RETURNING id)"
+                " INSERT INTO upload_chunks (upload_id, seq, data)"
+                " SELECT id, %s, %b FROM upload",
                 (self.upload_id, self.seq, data),
+            )
+        if cur.rowcount != 1:
+            raise RequestTimeout(
+                f"The upload was dropped after {settings.UPLOAD_RECEIVE_TIMEOUT_SECONDS:g} s"
+                " without data.",
+                code="upload_timeout",
             )
         self.seq += 1
 

@@ -89,8 +89,8 @@ JOB_KINDS: Final = (CHAT, CSV_IMPORT)
 
 def chat_job_id(message_id: str) -> str:
     """A chat job's id is derived from its message: a duplicate enqueue (the web's, or
-    the worker's recovery after a restart, jobs/chat/recovery.py) cannot make two
-    replies."""
+    the reconciler's after Redis lost the job, jobs/worker/reconciler.py) cannot make
+    two replies."""
     return f"chat-{message_id}"
 
 

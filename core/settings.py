@@ -113,9 +113,6 @@ CHAT_HISTORY_MAX_MESSAGES = config("CHAT_HISTORY_MAX_MESSAGES", cast=int, defaul
 # Earlier turns sent to the model with each message (the checkpointer keeps them all).
 CHAT_CONTEXT_MESSAGES = config("CHAT_CONTEXT_MESSAGES", cast=int, default=20)
 CHAT_JOB_RETRIES = config("CHAT_JOB_RETRIES", cast=int, default=1)
-# At worker start, a message still 'queued' this long after it was accepted, with no
-# live RQ job, was lost by a restart and is enqueued again (jobs/chat/recovery.py).
-CHAT_RECOVERY_GRACE_SECONDS = config("CHAT_RECOVERY_GRACE_SECONDS", cast=float, default=5.0)
 CHAT_SYSTEM_PROMPT = config(
     "CHAT_SYSTEM_PROMPT", default="You are Herald, a concise and helpful assistant."
 )
@@ -166,6 +163,9 @@ UPLOAD_BATCH_ROWS = config("UPLOAD_BATCH_ROWS", cast=int, default=5000)
 UPLOAD_CANCEL_CHECK_SECONDS = config("UPLOAD_CANCEL_CHECK_SECONDS", cast=float, default=0.2)
 # A re-run waits this long for a still-running (or just-killed) run of the same upload.
 UPLOAD_LOCK_WAIT_SECONDS = config("UPLOAD_LOCK_WAIT_SECONDS", cast=float, default=30.0)
+# An upload whose body stopped arriving this long ago (its web process died mid-body) is
+# deleted with its chunks by the reconciler.
+UPLOAD_RECEIVE_TIMEOUT_SECONDS = config("UPLOAD_RECEIVE_TIMEOUT_SECONDS", cast=float, default=600.0)
 
 # --- Queues ---------------------------------------------------------------------------------
 CHAT_QUEUE = config("CHAT_QUEUE", default="chat")
@@ -191,3 +191,18 @@ LLM_MAX_CONCURRENCY = config("LLM_MAX_CONCURRENCY", cast=int, default=200)
 # PostgreSQL connections per chat worker process; replies borrow one per statement.
 CHAT_DB_POOL_MAX = config("CHAT_DB_POOL_MAX", cast=int, default=10)
 CHAT_DB_POOL_TIMEOUT_SECONDS = config("CHAT_DB_POOL_TIMEOUT_SECONDS", cast=float, default=30.0)
+
+# --- Reconciliation (docs/design.md "Reconciliation") -------------------------------------------
+# PostgreSQL is the record of work: every this often the one leading reconciler (across all
+# worker machines) enqueues again the work whose RQ job is gone, ended, or on a dead worker.
+RECONCILE_INTERVAL_SECONDS = config("RECONCILE_INTERVAL_SECONDS", cast=float, default=5.0)
+# Work younger than this is left alone: the web process may be between its INSERT and its
+# enqueue.
+RECONCILE_GRACE_SECONDS = config("RECONCILE_GRACE_SECONDS", cast=float, default=5.0)
+# Enqueues by the reconciler per message or upload before it gives up with `work_lost`.
+RECONCILE_MAX_ATTEMPTS = config("RECONCILE_MAX_ATTEMPTS", cast=int, default=3)
+# Rows of each kind looked at per pass (oldest first); the rest wait for the next pass.
+RECONCILE_BATCH = config("RECONCILE_BATCH", cast=int, default=1000)
+# A supervisor vouches for its live worker processes in Redis with keys of this TTL,
+# renewed every third of it; a worker whose key lapsed (its machine died) is dead.
+WORKER_LIVENESS_SECONDS = config("WORKER_LIVENESS_SECONDS", cast=float, default=10.0)

@@ -52,7 +52,23 @@ def _worker(queue: Queue, client: redis.Redis, **kwargs: object) -> AsyncWorker:
 
 
 # Plain words: the injection guard must let every test message through.
-_PLAIN = "tell me about the river and the old bridge near the town square today please".split()
+_PLAIN = [
+    "tell",
+    "me",
+    "about",
+    "the",
+    "river",
+    "and",
+    "the",
+    "old",
+    "bridge",
+    "near",
+    "the",
+    "town",
+    "square",
+    "today",
+    "please",
+]
 
 
 def _words(tag: str, n: int = 8) -> str:

@@ -52,7 +52,7 @@ class Stack:
     worker get it directly as well as the SIGTERM sent here, which both treat as one
     request (uvicorn stops gracefully; RQ ignores a repeat within a second). A second
     Ctrl-C forces: uvicorn drops open connections, RQ stops the job in hand (its cold
-    shutdown; the job is retried at the next start, jobs/chat/recovery.py).
+    shutdown; the reconciler runs it again after the next start, jobs/worker/reconciler.py).
     """
 
     def __init__(self) -> None:

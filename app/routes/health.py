@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,7 +13,7 @@ from starlette.routing import Route
 from app import metrics
 from app.errors import Unauthorized, error_body
 from app.openapi import PUBLIC, STRING, content, errors, json_body, obj, operation
-from core import settings
+from core import redispolicy, settings
 
 _STATUS = obj(["status"], {"status": STRING})
 
@@ -41,23 +42,38 @@ async def _postgres_ok(request: Request) -> bool:
         return False
 
 
+async def _redis_policy(request: Request) -> dict[str, Any]:
+    try:
+        return await asyncio.wait_for(redispolicy.acheck(request.app.state.redis), timeout=2)
+    except Exception:
+        return {"checked": False}
+
+
 @operation(
     "Readiness of Redis and PostgreSQL",
     {"200": json_body(_STATUS)} | errors(503),
     security=PUBLIC,
 )
 async def readyz(request: Request) -> JSONResponse:
-    redis_ok, postgres_ok = await asyncio.gather(_redis_ok(request), _postgres_ok(request))
+    redis_ok, postgres_ok, policy = await asyncio.gather(
+        _redis_ok(request), _postgres_ok(request), _redis_policy(request)
+    )
     checks = {"redis": redis_ok, "postgresql": postgres_ok}
     down = [name for name, ok in checks.items() if not ok]
+    # A Redis that would evict queued jobs is ready, but says so (core/redispolicy.py).
+    warnings = {"warnings": [policy["warning"]]} if "warning" in policy else {}
     if down:
         body = error_body(
             "not_ready",
             f"Not ready: {', '.join(down)} unavailable.",
-            {"down": down, "checks": {k: "ok" if v else "down" for k, v in checks.items()}},
+            {
+                "down": down,
+                "checks": {k: "ok" if v else "down" for k, v in checks.items()},
+                **warnings,
+            },
         )
         return JSONResponse(body, status_code=503)
-    return JSONResponse({"status": "ready", "checks": {k: "ok" for k in checks}})
+    return JSONResponse({"status": "ready", "checks": {k: "ok" for k in checks}, **warnings})
 
 
 def check_metrics_token(request: Request) -> None:

@@ -324,6 +324,11 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
                 with contextlib.suppress(psycopg.Error):
                     run.fail("database_unavailable", "PostgreSQL was unavailable.")
             raise
+        except redis.RedisError:
+            # Redis went away (restart, failover) under a progress event: nothing was
+            # committed, so the upload stays unfinished for RQ's retry or, when Redis lost
+            # the job, the reconciler's re-run (jobs/worker/reconciler.py); no "failed".
+            raise
         except Exception:
             logger.exception("upload %s import crashed", upload_id)
             with contextlib.suppress(psycopg.Error):

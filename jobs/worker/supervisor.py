@@ -12,8 +12,11 @@ interval + 60 s) *and* a worker runs registry maintenance (every 10 minutes by d
 rq/worker/base.py ``should_run_maintenance_tasks``). So the supervisor, which sees the
 death at once, expires that worker's executions and runs RQ's own
 ``StartedJobRegistry.cleanup()``: the job is retried (or failed) within a second or
-two, with RQ's retry count and failure callbacks. For a crash of the whole machine,
-workers run maintenance every ``WORKER_MAINTENANCE_SECONDS`` instead of 10 minutes.
+two, with RQ's retry count and failure callbacks. For a crash of the whole machine, the
+supervisor vouches for its live workers in Redis (jobs/worker/liveness.py) and runs a
+reconciler process (jobs/worker/reconciler.py): the leading reconciler of another machine
+hands a dead machine's jobs back to RQ once its keys lapse, and enqueues again any work
+PostgreSQL records as unfinished that Redis lost.
 """
 
 from __future__ import annotations
@@ -29,17 +32,17 @@ import uuid
 from dataclasses import dataclass
 from types import FrameType
 
-import psycopg
 import redis
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.executions import Execution
 
-from core import settings
-from core.jobkinds import JOB_KINDS, JobKind, WorkerKind, queue_names
+from core import redispolicy, settings
+from core.jobkinds import JOB_KINDS, JobKind, WorkerKind
 from core.logs import configure_logging
-from jobs.chat.recovery import recover_chats
+from jobs.worker import liveness
 from jobs.worker.asyncworker import AsyncWorker
+from jobs.worker.reconciler import run_reconciler
 
 logger = logging.getLogger("herald.worker")
 
@@ -120,43 +123,6 @@ def reap_abandoned(connection: redis.Redis, worker_name: str, queues: list[str])
     return reaped
 
 
-def reap_orphans(connection: redis.Redis, queues: list[str]) -> list[str]:
-    """Retry (or fail) the jobs of every worker that is gone; returns their ids.
-
-    At start no worker of this supervisor exists yet, but a previous run's may have left
-    jobs ``started`` (a cold shutdown, a crash of the machine): their worker is no longer
-    in RQ's worker registry (RQ removes it on exit; a crashed one's key lapses).
-    """
-    gone: set[str] = set()
-    for name in queues:
-        registry = Queue(name, connection=connection).started_job_registry
-        for member in connection.zrange(registry.key, 0, -1):
-            key = member.decode() if isinstance(member, bytes) else str(member)
-            execution = Execution.from_composite_key(key, connection)
-            try:
-                execution.refresh()  # type: ignore[no-untyped-call]
-            except (ValueError, KeyError):
-                continue  # its hash lapsed: RQ's own cleanup finds it expired
-            worker_key = Worker.redis_worker_namespace_prefix + execution.worker_name
-            if not connection.exists(worker_key):
-                gone.add(execution.worker_name)
-    return [job for worker in sorted(gone) for job in reap_abandoned(connection, worker, queues)]
-
-
-def recover(connection: redis.Redis) -> None:
-    """Before the workers start: what a previous run left half done is run again."""
-    try:
-        reaped = reap_orphans(connection, queue_names())
-        recovered = recover_chats(connection, str(settings.DATABASE_URL))
-    except (redis.exceptions.RedisError, psycopg.Error, OSError) as exc:
-        logger.warning("could not recover jobs left by a previous run: %s", exc)
-        return
-    if reaped:
-        logger.warning("jobs of workers that are gone, re-queued or failed: %s", reaped)
-    if recovered:
-        logger.warning("chat messages left without a job, enqueued again: %s", recovered)
-
-
 def _worker_name() -> str:
     return f"{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
 
@@ -184,21 +150,29 @@ def process_plan() -> list[JobKind]:
 
 def main() -> int:
     configure_logging()
-    connection = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
-    recover(connection)
     workers = [WorkerProcess.spawn(kind) for kind in process_plan()]
+    # One reconciler per machine; a Redis lock makes one of them lead (jobs/worker/reconciler.py).
+    reconciler = _spawn_reconciler()
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
         # RQ's warm shutdown: each worker finishes its current job, then exits.
-        for worker in workers:
-            if worker.process.is_alive() and worker.process.pid is not None:
-                worker.process.terminate()
+        for process in [w.process for w in workers] + [reconciler]:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    connection = redis.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=2
+    )
+    vouched = 0.0
+    try:
+        redispolicy.log_assessment(redispolicy.check(connection))
+    except (redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("could not check Redis's eviction policy: %s", exc)
     try:
         while not stopping:
             for i, worker in enumerate(workers):
@@ -210,9 +184,19 @@ def main() -> int:
                     )
                     _reap_quietly(connection, worker.name, [worker.kind.queue])
                     workers[i] = WorkerProcess.spawn(worker.kind)
+                    vouched = 0.0
+            if not reconciler.is_alive() and not stopping:
+                logger.warning("reconciler exited (%s); restarting", reconciler.exitcode)
+                reconciler = _spawn_reconciler()
+            vouched = _vouch(connection, workers, vouched)
             time.sleep(0.5)
-        for worker in workers:
-            worker.process.join(timeout=60)
+        # Vouch on while the workers finish their jobs, or the reconciler of another
+        # machine would take them for dead.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(w.process.is_alive() for w in workers):
+            vouched = _vouch(connection, workers, vouched)
+            time.sleep(0.2)
+        reconciler.join(timeout=5)
     finally:
         connection.close()
     return 0
@@ -248,6 +232,25 @@ def rescue_dequeued(connection: redis.Redis, queues: list[str], settle: float = 
                 pipe.execute()
             rescued.append(job_id)
     return rescued
+
+
+def _spawn_reconciler() -> multiprocessing.Process:
+    proc = multiprocessing.Process(target=run_reconciler, args=(reap_abandoned,), daemon=False)
+    proc.start()
+    return proc
+
+
+def _vouch(connection: redis.Redis, workers: list[WorkerProcess], last: float) -> float:
+    """Renew the liveness keys of the live workers every third of their TTL; returns when
+    it last did."""
+    if time.monotonic() - last < settings.WORKER_LIVENESS_SECONDS / 3:
+        return last
+    try:
+        liveness.vouch(connection, [w.name for w in workers if w.process.is_alive()])
+    except (redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("could not renew worker liveness: %s", exc)
+        return last
+    return time.monotonic()
 
 
 def _reap_quietly(connection: redis.Redis, name: str, queues: list[str]) -> None:
