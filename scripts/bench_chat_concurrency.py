@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -79,12 +80,12 @@ os.environ.update(
 )
 
 import httpx  # noqa: E402
+import orjson  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from tests.support.procs import Proc, start, start_web, start_worker, stop_all  # noqa: E402
-from tests.support.procs import wait_until  # noqa: E402
-from tests.support.sse import ChunkedDecoder, SSEParser, open_sse  # noqa: E402
+from tests.support.procs import Proc, start, start_web, start_worker, stop_all, wait_until  # noqa: E402  # noqa: E402
+from tests.support.sse import ChunkedDecoder, SSEParser, open_sse, status_of  # noqa: E402
 
 NICE = ["nice", "-n", "10"]
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -134,16 +135,50 @@ def serve_baseline_worker() -> None:
 
 # --- the load client (--serve-load, niced) --------------------------------------------------
 class Reply:
-    __slots__ = ("sent", "first", "done", "events", "text", "final", "error")
+    __slots__ = ("answered", "done", "error", "events", "final", "first", "sent", "text", "wall")
 
-    def __init__(self, sent: float) -> None:
-        self.sent = sent
+    def __init__(self, sent: float, wall: float, answered: float) -> None:
+        self.sent, self.wall, self.answered = sent, wall, answered
         self.first: float | None = None
         self.done: float | None = None
         self.events = 0
         self.text: list[str] = []
         self.final: str | None = None
         self.error: str | None = None
+
+
+class Poster:
+    """One user's keep-alive connection for ``POST /chat/messages``, on a raw socket: an
+    httpx request costs the (niced) client about a millisecond of CPU, and K of them at
+    once would be the client's queue, not Herald's."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port, self.token = host, port, token
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        assert self.reader is not None and self.writer is not None
+        head = (
+            f"POST /chat/messages HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        response = await self.reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in response.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return status_of(response), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class Load:
@@ -188,32 +223,21 @@ class Load:
             self.ended += 1
             self.changed.set()
 
-    async def post(self, client: httpx.AsyncClient, token: str) -> str | None:
-        sent = time.perf_counter()
-        response = await client.post(
-            "/chat/messages",
-            json={"message": "hello there"},
-            headers={"authorization": f"Bearer {token}"},
-        )
-        if response.status_code != 202:
-            return f"HTTP {response.status_code}"
-        self.replies[response.json()["message_id"]] = Reply(sent)
+    async def post(self, user: Poster) -> str | None:
+        sent, wall = time.perf_counter(), time.time()
+        status, body = await user.post(b'{"message": "hello there"}')
+        if status != 202:
+            return f"HTTP {status}"
+        answered = time.perf_counter()
+        self.replies[orjson.loads(body)["message_id"]] = Reply(sent, wall, answered)
         return None
 
     async def wait_ended(self, n: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self.ended < n and time.monotonic() < deadline:
             self.changed.clear()
-            with _suppress_timeout():
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), deadline - time.monotonic())
-
-
-class _suppress_timeout:  # noqa: N801 - used as a context manager
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, *_: Any) -> bool:
-        return kind is TimeoutError
 
 
 def worker_pid() -> int:
@@ -232,6 +256,47 @@ def worker_pid() -> int:
 def rss_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(x for x in status.splitlines() if x.startswith("VmRSS:")).split()[1])
+
+
+def job_stamps(replies: dict[str, Reply]) -> dict[str, list[float]]:
+    """Where the time to the first chunk went, per reply (s): the POST answered, the job
+    enqueued and started by the worker (RQ's own job stamps; wall clock)."""
+    from rq.job import Job
+
+    from core import settings
+    from core.jobkinds import chat_job_id
+
+    connection = redis.Redis.from_url(settings.REDIS_URL)
+    ids = list(replies)
+    try:
+        jobs = Job.fetch_many([chat_job_id(m) for m in ids], connection=connection)
+    finally:
+        connection.close()
+    out: dict[str, list[float]] = {"answered": [], "enqueued": [], "started": []}
+    for message_id, job in zip(ids, jobs, strict=True):
+        reply = replies[message_id]
+        out["answered"].append(reply.answered - reply.sent)
+        if job is not None and job.enqueued_at and job.started_at:
+            out["enqueued"].append(job.enqueued_at.timestamp() - reply.wall)
+            out["started"].append(job.started_at.timestamp() - reply.wall)
+    return out
+
+
+def published_first() -> tuple[float, float]:
+    """The job's own first-chunk counters (from enqueue to the publish): sum, count."""
+    from core import settings
+    from core.jobmetrics import metric_field
+
+    labels = {"model": "loopback-bench", "provider": "openai"}
+    connection = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        values = connection.hmget(
+            *metric_field("herald_chat_first_chunk_seconds_sum_total", labels),
+            metric_field("herald_chat_first_chunk_seconds_count_total", labels)[1],
+        )
+    finally:
+        connection.close()
+    return float(values[0] or 0), float(values[1] or 0)
 
 
 def lag_buckets() -> dict[str, float]:
@@ -303,17 +368,22 @@ async def run_load(spec: dict[str, Any]) -> dict[str, Any]:
             return task
 
     streams = await asyncio.gather(*(open_one(t) for t in tokens))
-    limits = httpx.Limits(max_connections=k + 4, max_keepalive_connections=k + 4)
-    async with httpx.AsyncClient(base_url=load.base, limits=limits, timeout=120) as client:
+    users = [Poster(load.host, load.port, t) for t in tokens]
+    try:
+        await users[0].connect()
         for _ in range(5):  # warm-up: imports, pools, the first compile
-            await load.post(client, tokens[0])
+            await load.post(users[0])
             await load.wait_ended(len(load.replies), 30)
         load.replies.clear()
         load.ended = 0
+        # Keep-alive connections, as browsers that loaded the page have them (opened
+        # late: the web closes a connection idle for HTTP_HEADER_TIMEOUT_SECONDS).
+        await asyncio.gather(*(u.connect() for u in users[1:]))
         pid = worker_pid()
         idle = rss_kib(pid)
         await asyncio.sleep(0.6)  # the warm-up's lag samples reported before the start
         lag_before = lag_buckets()
+        published_before = published_first()
         post_errors: list[str] = []
         peak = idle
 
@@ -327,18 +397,22 @@ async def run_load(spec: dict[str, Any]) -> dict[str, Any]:
         began = time.perf_counter()
         if spec.get("sequential"):
             for _ in range(spec["sequential"]):
-                post_errors += [e for e in [await load.post(client, tokens[0])] if e]
+                post_errors += [e for e in [await load.post(users[0])] if e]
                 await load.wait_ended(len(load.replies), 30)
         else:
-            # Keep-alive connections first, as browsers that loaded the page have them.
-            await asyncio.gather(*(client.get("/healthz") for _ in range(k)))
-            got = await asyncio.gather(*(load.post(client, t) for t in tokens))
+            got = await asyncio.gather(*(load.post(u) for u in users))
             post_errors += [e for e in got if e]
             await load.wait_ended(len(load.replies), spec.get("timeout", 120))
         ended = max((r.done for r in load.replies.values() if r.done), default=began)
         sampler.cancel()
         await asyncio.sleep(0.6)  # the probe reports every 0.5 s
         lag = lag_summary(lag_before, lag_buckets())
+        stamps = job_stamps(load.replies)
+        total, count = (a - b for a, b in zip(published_first(), published_before, strict=True))
+        stamps["published (mean, from enqueue)"] = [total / count] if count else []
+    finally:
+        for user in users:
+            user.close()
     for task in streams:
         task.cancel()
     await asyncio.gather(*streams, return_exceptions=True)
@@ -347,7 +421,9 @@ async def run_load(spec: dict[str, Any]) -> dict[str, Any]:
     errors = [r.error for r in replies if r.error] + post_errors
     missing = sum(1 for r in replies if r.done is None)
     wrong = sum(
-        1 for r in replies if r.done and not r.error and ("".join(r.text) != expected or r.final != expected)
+        1
+        for r in replies
+        if r.done and not r.error and ("".join(r.text) != expected or r.final != expected)
     )
     first = [r.first - r.sent for r in replies if r.first]
     done = [r.done - r.sent for r in replies if r.done]
@@ -365,6 +441,7 @@ async def run_load(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_peak_kib": peak,
         "lag": lag,
         "direct_first": direct,
+        "stamps": stamps,
     }
 
 
@@ -444,6 +521,9 @@ def main() -> None:
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS))
     parser.add_argument("--baseline-k", type=int, default=20)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--coalesce", type=float, help="CHAT_CHUNK_COALESCE_SECONDS for the worker (s)"
+    )
     parser.add_argument("--serve-upstream", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--serve-baseline-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-load", help=argparse.SUPPRESS)
@@ -460,6 +540,8 @@ def main() -> None:
         Path(spec["out"]).write_text(json.dumps(asyncio.run(run_load(spec))))
         return
 
+    if args.coalesce is not None:
+        os.environ["CHAT_CHUNK_COALESCE_SECONDS"] = str(args.coalesce)
     with psycopg.connect(_base_db, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{SCHEMA}"')
     rows: list[str] = []
@@ -478,6 +560,15 @@ def main() -> None:
                 result = run_scenario(name, worker, kk)
                 rows.append(report(name, worker, result))
                 print(rows[-1], flush=True)
+                stamps = result["stamps"]
+                extra.append(
+                    f"{name}/{worker} since POST sent, p50 / max (ms): "
+                    + "; ".join(
+                        f"{hop} {statistics.median(v) * 1000:.0f} / {max(v) * 1000:.0f}"
+                        for hop, v in stamps.items()
+                        if v
+                    )
+                )
                 if result["errors"]:
                     extra.append(f"{name}/{worker} errors: {sorted(set(result['errors']))}")
                 if result["direct_first"]:
@@ -500,12 +591,16 @@ def main() -> None:
             client.close()
         with psycopg.connect(_base_db, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
-    print(f"\nmachine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release};"
-          f" load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("| scenario | worker | K | POST → first chunk p50 / p99 / max (ms) |"
-          " POST → done p50 / p99 / max (ms) | errors | chats/s |"
-          " RSS per reply in flight, KiB (idle→peak) | loop lag p99 / max (ms, bucket) |"
-          " chunk events per reply / upstream pieces |")
+    print(
+        f"\nmachine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release};"
+        f" load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    print(
+        "| scenario | worker | K | POST → first chunk p50 / p99 / max (ms) |"
+        " POST → done p50 / p99 / max (ms) | errors | chats/s |"
+        " RSS per reply in flight, KiB (idle→peak) | loop lag p99 / max (ms, bucket) |"
+        " chunk events per reply / upstream pieces |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(row)

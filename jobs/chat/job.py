@@ -26,12 +26,13 @@ from typing import Any
 import redis
 import redis.asyncio
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from redis.asyncio.client import Pipeline
 from rq import get_current_job
 
 from core import settings
 from core.drafts import add_chunk, draft_keys
 from core.eventkinds import EventKind
-from core.events import apublish_event, aqueue_event
+from core.events import aqueue_event
 from core.history import ainvalidate_history
 from core.jobmetrics import metric_field, record_job_metric
 from core.principal import Identity
@@ -40,6 +41,7 @@ from core.statuses import FINAL_REPLY_STATUSES, MessageStatus
 from jobs.chat.agent import GRAPH, AgentContext, ChatState
 from jobs.chat.breaker import Breaker
 from jobs.chat.llm import configured_model
+from jobs.chat.outbox import Outbox
 from jobs.chat.runtime import ChatRuntime, chat_runtime
 from jobs.worker.asyncworker import STOP, TIMEOUT, cancel_reason
 
@@ -79,7 +81,7 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
     base = {"conversation_id": str(row["conversation_id"]), "message_id": message_id}
     if row["reply_status"] in FINAL_REPLY_STATUSES:
         # A retry of a turn that already finished: say how it ended, once more.
-        await _announce_end(rt.redis, owner.key, base, row)
+        await _announce_end(rt.outbox, owner.key, base, row)
         return {"outcome": "replayed"}
     # One round trip: did an earlier run stream chunks (its draft is dropped: this run
     # streams from index 0), and was a stop asked for before this run started (the web
@@ -89,8 +91,8 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
         pipe.exists(_key("cancel", message_id))
         streamed, cancel_asked = await pipe.execute()
     if streamed:
-        await _publish(rt.redis, owner.key, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
-    chunks = ChunkPublisher(rt.redis, owner.key, base, started, labels)
+        await _publish(rt.outbox, owner.key, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
+    chunks = ChunkPublisher(rt.outbox, owner.key, base, started, labels)
     parts: list[str] = []  # the reply so far, filled by the agent's respond node
     if cancel_asked:
         await _stop(rt, owner.key, base, "")
@@ -118,7 +120,7 @@ async def _fail_if_last_try(
         return  # RQ runs it again; the client hears of the end from that run
     message = ERROR_MESSAGES.get(code, ERROR_MESSAGES["internal_error"])
     error = {**base, "code": code, "message": message}
-    await _publish(rt.redis, owner, EventKind.CHAT_ERROR, error)
+    await _publish(rt.outbox, owner, EventKind.CHAT_ERROR, error)
     _metric(rt.redis_sync, "herald_chat_jobs_total", labels, outcome=code)
     await _mark_failed(rt, owner, base, code)
 
@@ -136,7 +138,7 @@ async def _stop(rt: ChatRuntime, owner: str, base: dict[str, Any], partial: str)
     if stored:
         await ainvalidate_history(rt.redis, owner, base["conversation_id"])
         done = {**base, "text": partial, "model": rt.handle.provider.model, "cancelled": True}
-        await _publish(rt.redis, owner, EventKind.CHAT_DONE, done)
+        await _publish(rt.outbox, owner, EventKind.CHAT_DONE, done)
 
 
 async def _mark_failed(rt: ChatRuntime, owner: str, base: dict[str, Any], code: str) -> None:
@@ -178,13 +180,13 @@ class ChunkPublisher:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        outbox: Outbox,
         owner: str,
         base: dict[str, Any],
         started: float,
         labels: dict[str, str],
     ) -> None:
-        self.client, self.owner, self.base = client, owner, base
+        self.outbox, self.owner, self.base = outbox, owner, base
         self.started, self.labels = started, labels
         self.window = settings.CHAT_CHUNK_COALESCE_SECONDS
         self.events = 0
@@ -219,25 +221,25 @@ class ChunkPublisher:
             index = self.events
             self.events += 1
             data = {**self.base, "index": index, "text": text}
-            # The draft before the event, in one round trip: whoever saw the event and
-            # reloads finds the chunk in the draft (core/drafts.py).
-            async with self.client.pipeline(transaction=False) as pipe:
+
+            async def write(pipe: Pipeline) -> None:
+                # The draft before the event, in one round trip: whoever saw the event
+                # and reloads finds the chunk in the draft (core/drafts.py).
                 add_chunk(pipe, self.base["message_id"], index, text)
                 await aqueue_event(pipe, EventKind.CHAT_CHUNK, data, owner=self.owner)
-                await pipe.execute()
-            if index == 0:
-                await self._first()
+                if index == 0:
+                    self._first(pipe)
 
-    async def _first(self) -> None:
+            await self.outbox.send(write)
+
+    def _first(self, pipe: Pipeline) -> None:
         first = max(0.0, time.time() - self.started)
-        async with self.client.pipeline(transaction=False) as pipe:
-            for name, amount in (
-                ("herald_chat_first_chunk_seconds_sum_total", first),
-                ("herald_chat_first_chunk_seconds_count_total", 1.0),
-            ):
-                pipe.hincrbyfloat(*metric_field(name, self.labels), amount)
-            pipe.hset(*metric_field("herald_chat_first_chunk_seconds_last", self.labels), first)
-            await pipe.execute()
+        for name, amount in (
+            ("herald_chat_first_chunk_seconds_sum_total", first),
+            ("herald_chat_first_chunk_seconds_count_total", 1.0),
+        ):
+            pipe.hincrbyfloat(*metric_field(name, self.labels), amount)
+        pipe.hset(*metric_field("herald_chat_first_chunk_seconds_last", self.labels), first)
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -284,26 +286,27 @@ async def _turn(
     # token (a crashed turn is re-run whole by the RQ retry anyway).
     state: dict[str, Any] = await graph.ainvoke(turn, config, context=ctx, durability="exit")
     await chunks.close()
-    client = rt.redis
     code = state.get("error_code", "")
-    async with client.pipeline(transaction=False) as pipe:
+    outcome = code or "completed"
+    if code:
+        kind, end = EventKind.CHAT_ERROR, {**base, "code": code, "message": state["error_message"]}
+    else:
+        done = {**base, "text": state.get("reply", ""), "model": handle.provider.model}
+        kind, end = EventKind.CHAT_DONE, done
+
+    async def write(pipe: Pipeline) -> None:
         # The reply row is stored (the graph's persist node): the draft has served.
         pipe.delete(*draft_keys(base["message_id"]))
         if chunks.events:
             pipe.hincrbyfloat(*metric_field("herald_chat_tokens_total", labels), len(parts))
         if code == "message_blocked":
             pipe.hincrbyfloat(*metric_field("herald_chat_blocked_total", labels), 1)
-        outcome = code or "completed"
         pipe.hincrbyfloat(
             *metric_field("herald_chat_jobs_total", {**labels, "outcome": outcome}), 1
         )
-        await pipe.execute()
-    if code:
-        error = {**base, "code": code, "message": state["error_message"]}
-        await _publish(client, owner.key, EventKind.CHAT_ERROR, error)
-    else:
-        done = {**base, "text": state.get("reply", ""), "model": handle.provider.model}
-        await _publish(client, owner.key, EventKind.CHAT_DONE, done)
+        await aqueue_event(pipe, kind, end, owner=owner.key)
+
+    await rt.outbox.send(write)
     return {"outcome": outcome, "chunks": len(parts), "events": chunks.events}
 
 
@@ -311,19 +314,19 @@ GRAPH_COMPILED = GRAPH.compile()
 
 
 async def _announce_end(
-    client: redis.asyncio.Redis, owner: str, base: dict[str, Any], row: dict[str, Any]
+    outbox: Outbox, owner: str, base: dict[str, Any], row: dict[str, Any]
 ) -> None:
     if row["reply_status"] == MessageStatus.COMPLETED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"]}
-        await _publish(client, owner, EventKind.CHAT_DONE, data)
+        await _publish(outbox, owner, EventKind.CHAT_DONE, data)
     elif row["reply_status"] == MessageStatus.CANCELLED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"], "cancelled": True}
-        await _publish(client, owner, EventKind.CHAT_DONE, data)
+        await _publish(outbox, owner, EventKind.CHAT_DONE, data)
     else:
         code = row["reply_error"] or "internal_error"
         message = ERROR_MESSAGES.get(code, "The reply failed.")
         await _publish(
-            client, owner, EventKind.CHAT_ERROR, {**base, "code": code, "message": message}
+            outbox, owner, EventKind.CHAT_ERROR, {**base, "code": code, "message": message}
         )
 
 
@@ -333,10 +336,8 @@ def _metric(
     record_job_metric(client, name, amount, **{**labels, **extra})
 
 
-async def _publish(
-    client: redis.asyncio.Redis, owner: str, event: EventKind, data: dict[str, Any]
-) -> None:
-    await apublish_event(client, event, data, owner=owner)
+async def _publish(outbox: Outbox, owner: str, event: EventKind, data: dict[str, Any]) -> None:
+    await outbox.send(lambda pipe: aqueue_event(pipe, event, data, owner=owner))
 
 
 def _enqueued_at() -> float:

@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from core import settings
 from jobs.chat.llm import ProviderHandle, open_provider
+from jobs.chat.outbox import Outbox
 
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ChatRuntime] = (
     weakref.WeakKeyDictionary()
@@ -41,6 +42,8 @@ class ChatRuntime:
         self.pool = pool
         self.handle = handle
         self.redis = aredis
+        # Chunk and event writes of every reply on the loop, batched (jobs/chat/outbox.py).
+        self.outbox = Outbox(aredis)
         # The circuit breaker's Lua calls are synchronous (shared with the web's view of
         # it); one round trip each, twice per reply.
         self.redis_sync = redis_sync
