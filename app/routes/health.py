@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,9 +21,9 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-async def _redis_ok(request: Request) -> bool:
+async def _redis_ok(client: Any) -> bool:
     try:
-        return bool(await asyncio.wait_for(request.app.state.redis.ping(), timeout=2))
+        return bool(await asyncio.wait_for(client.ping(), timeout=2))
     except Exception:
         return False
 
@@ -45,8 +46,12 @@ async def _postgres_ok(request: Request) -> bool:
     security=PUBLIC,
 )
 async def readyz(request: Request) -> JSONResponse:
-    redis_ok, postgres_ok = await asyncio.gather(_redis_ok(request), _postgres_ok(request))
-    checks = {"redis": redis_ok, "postgresql": postgres_ok}
+    state = request.app.state
+    probes = [_redis_ok(state.redis), _postgres_ok(request)]
+    if state.events is not state.redis:  # EVENTS_REDIS_URL: the event bus's own Redis
+        probes.append(_redis_ok(state.events))
+    results = await asyncio.gather(*probes)
+    checks = dict(zip(["redis", "postgresql", "redis_events"], results, strict=False))
     down = [name for name, ok in checks.items() if not ok]
     if down:
         body = error_body(

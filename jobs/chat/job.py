@@ -23,6 +23,7 @@ from rq import get_current_job
 
 from core import settings
 from core.drafts import add_chunk, discard_draft, reply_id, start_draft
+from core.eventclients import EventsClient, open_events_client, separate
 from core.eventkinds import EventKind
 from core.events import publish_event, queue_event
 from core.history import invalidate_history
@@ -53,6 +54,17 @@ def redis_client() -> redis.Redis:
     version from package metadata per connection). redis-py's pool notices a fork and
     reconnects in the child, so a forking Worker's horse is safe too."""
     client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    atexit.register(client.close)
+    return client
+
+
+@functools.cache
+def events_client() -> EventsClient:
+    """The event bus's client: ``redis_client()`` itself unless EVENTS_REDIS_URL names
+    another Redis or a cluster (core/eventclients.py)."""
+    if not separate():
+        return redis_client()
+    client = open_events_client()
     atexit.register(client.close)
     return client
 
@@ -145,12 +157,16 @@ async def _turn(
 
     def on_chunk(data: dict[str, Any]) -> None:
         nonlocal chunks
-        # The draft before the event, in one round trip: whoever saw the event and
-        # reloads finds the chunk in the draft (core/drafts.py).
+        # The draft before the event, in one round trip where both share a Redis:
+        # whoever saw the event and reloads finds the chunk in the draft (core/drafts.py).
+        bus = events_client()
         with client.pipeline(transaction=False) as pipe:
             add_chunk(pipe, base["message_id"], data["index"], data["text"])
-            queue_event(pipe, EventKind.CHAT_CHUNK, {**base, **data}, user_id=user_id)
+            if bus is client:
+                queue_event(pipe, EventKind.CHAT_CHUNK, {**base, **data}, user_id=user_id)
             pipe.execute()
+        if bus is not client:
+            publish_event(bus, EventKind.CHAT_CHUNK, {**base, **data}, user_id=user_id)
         chunks += 1
         if chunks == 1:  # recorded after the chunk is out, not before it
             first = max(0.0, time.time() - started)
@@ -237,7 +253,8 @@ def _metric(
 
 
 def _publish(client: redis.Redis, user_id: str, event: EventKind, data: dict[str, Any]) -> None:
-    publish_event(client, event, data, user_id=user_id)
+    # ``client`` is the queue Redis the job was given; events go to the bus's own.
+    publish_event(events_client(), event, data, user_id=user_id)
 
 
 def _enqueued_at() -> float:
