@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -39,13 +40,42 @@ def is_cluster(client: object) -> bool:
     )
 
 
+def cluster_nodes(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """A cluster's ``EVENTS_REDIS_URL`` may list several nodes, comma-separated: a client
+    learns the cluster from the first that answers, so one node down at start-up (a
+    failover in progress) does not keep it from starting. The first URL's credentials
+    and TLS settings apply to every node. Returns that URL and the other nodes."""
+    first, *others = [part.strip() for part in url.split(",") if part.strip()]
+    nodes = []
+    for other in others:
+        parsed = urlsplit(other)
+        nodes.append((parsed.hostname or "127.0.0.1", parsed.port or 6379))
+    return first, nodes
+
+
 def open_events_client() -> EventsClient:
     """A synchronous client for the bus (workers)."""
     if settings.EVENTS_REDIS_CLUSTER:
+        first, others = cluster_nodes(settings.EVENTS_REDIS_URL)
         return redis.cluster.RedisCluster.from_url(
-            settings.EVENTS_REDIS_URL, socket_connect_timeout=5
+            first,
+            startup_nodes=[
+                redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                for host, port in others
+            ],
+            socket_connect_timeout=5,
         )
     return redis.Redis.from_url(settings.EVENTS_REDIS_URL, socket_connect_timeout=5)
+
+
+def open_async_cluster(url: str) -> redis.asyncio.cluster.RedisCluster:
+    """An asyncio cluster client from a (comma-separated) cluster URL; connects lazily."""
+    first, others = cluster_nodes(url)
+    return redis.asyncio.cluster.RedisCluster.from_url(
+        first,
+        startup_nodes=[redis.asyncio.cluster.ClusterNode(host, port) for host, port in others],
+        socket_connect_timeout=5,
+    )
 
 
 @contextmanager
@@ -66,9 +96,7 @@ def open_async_events_client(**pool: Any) -> AsyncEventsClient:
     """An asyncio client for the bus (the web process, async workers). ``pool`` holds
     the single-server pool's limits (``max_connections``, ``timeout``)."""
     if settings.EVENTS_REDIS_CLUSTER:
-        return redis.asyncio.cluster.RedisCluster.from_url(
-            settings.EVENTS_REDIS_URL, socket_connect_timeout=5
-        )
+        return open_async_cluster(settings.EVENTS_REDIS_URL)
     return redis.asyncio.Redis.from_pool(
         redis.asyncio.BlockingConnectionPool.from_url(
             settings.EVENTS_REDIS_URL,

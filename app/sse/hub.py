@@ -26,6 +26,7 @@ from redis.asyncio.connection import parse_url
 from app.sse.mailbox import Mailbox
 from app.sse.shard import PLAIN, SHARDED, Shard
 from app.sse.shutdown import wait_for_server_exit
+from core.eventclients import cluster_nodes, open_async_cluster
 
 logger = logging.getLogger("herald.hub")
 
@@ -48,20 +49,24 @@ class Hub:
         cluster: bool = False,
         subscribe_timeout: float = 10.0,
     ) -> None:
+        # A cluster URL may list several nodes (core/eventclients.py); connections to
+        # a node take the first one's credentials and TLS settings.
         self._url = url
+        self._node_url = cluster_nodes(url)[0] if cluster else url
         self._cluster = cluster
         self._queue_size = queue_size
         self._health_check = health_check_seconds
         self._subscribe_timeout = subscribe_timeout
         self._shards: dict[str, Shard] = {}  # by node address
-        single = parse_url(url)
+        single = parse_url(self._node_url)
         self._single_address = str(
             single.get("path") or f"{single.get('host')}:{single.get('port')}"
         )
         self._shard_lock = asyncio.Lock()
         # Only its slot map is used: redis-py keeps it (CLUSTER SLOTS) and refreshes it.
         self._topology: redis.asyncio.cluster.RedisCluster | None = None
-        self._stale = True
+        self._mapped = False
+        self._stale = False
         self._closing: set[asyncio.Task[None]] = set()
         self._shutdown_watch: asyncio.Task[None] | None = None
         self._stopping = False
@@ -69,9 +74,7 @@ class Hub:
     async def start(self) -> None:
         if self._cluster:
             # Not connected yet: the web process starts even while the cluster is down.
-            self._topology = redis.asyncio.cluster.RedisCluster.from_url(
-                self._url, socket_connect_timeout=5
-            )
+            self._topology = open_async_cluster(self._url)
         self._shutdown_watch = asyncio.create_task(
             self._close_on_shutdown(), name="herald-hub-shutdown"
         )
@@ -144,7 +147,11 @@ class Hub:
     async def _shard_for(self, channel: str) -> Shard:
         address, host, port = self._single_address, None, None
         if self._topology is not None:
-            if self._stale:
+            if not self._mapped:
+                # The client's own initialize, so that its aclose() closes what it opened.
+                await self._topology.initialize()
+                self._mapped, self._stale = True, False
+            elif self._stale:
                 self._stale = False
                 await self._topology.nodes_manager.initialize()
             node = self._topology.get_node_from_key(channel)
@@ -177,7 +184,7 @@ class Hub:
         # RESP2 on purpose: under RESP3 (redis-py's default from 8.0) pub/sub messages
         # arrive as push frames that a plain read_response does not return. The URL's
         # credentials and TLS settings apply to every node of a cluster.
-        kwargs = {**parse_url(self._url), "protocol": 2, "socket_connect_timeout": 5}
+        kwargs = {**parse_url(self._node_url), "protocol": 2, "socket_connect_timeout": 5}
         if host is not None:
             kwargs.update(host=host, port=port, db=0)
         return redis.asyncio.ConnectionPool(**kwargs)  # type: ignore[arg-type]
