@@ -144,19 +144,21 @@ def queue_event(
     *,
     user_id: str | None = None,
     upload_id: str | None = None,
+    sharded: bool = False,
 ) -> None:
     """``publish_event`` queued on a pipeline, to go out in one round trip with the
     caller's own commands (and after those queued before it).
 
-    Only where the bus is the pipeline's own single Redis (``eventclients.separate()``
-    is false): elsewhere execute the pipeline, then ``publish_event``."""
+    Only on a pipeline of one server: the bus's own single Redis, or (``sharded``) the
+    cluster node owning every stream named (scripts/bench_capacity.py batches per node
+    so). A cluster client: execute the pipeline, then ``publish_event``."""
     if is_cluster(pipe):
         raise TypeError("queue_event needs a single-server pipeline; use publish_event")
     keys = stream_keys(user_id, upload_id)
     if not keys:
         raise ValueError("queue_event needs a user_id or an upload_id")
     script = pipe.register_script(_PUBLISH_LUA)
-    script(keys=keys, args=_args(event, data, sharded=False), client=pipe)
+    script(keys=keys, args=_args(event, data, sharded=sharded), client=pipe)
 
 
 async def apublish_event(

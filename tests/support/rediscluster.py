@@ -87,25 +87,46 @@ class LocalCluster:
                 self._start_node(port)
             for port in self.ports:
                 wait_until(lambda p=port: self._ping(p), 30, f"redis-server on {port}")
-            subprocess.run(
-                [
-                    self.cli,
-                    "--cluster",
-                    "create",
-                    *[f"127.0.0.1:{port}" for port in self.ports],
-                    "--cluster-replicas",
-                    str(self.replicas),
-                    "--cluster-yes",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
+            if self.replicas == 0:
+                self._form_primaries()
+            else:
+                self._create_with_cli()
             wait_until(self.healthy, 60, "the cluster to settle")
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _form_primaries(self) -> None:
+        """Slots split evenly, then MEET (redis-cli --cluster create wants >= 3 primaries;
+        benchmarks also need 1 and 2)."""
+        step = 16384 // self.primaries
+        for i, port in enumerate(self.ports):
+            first, last = i * step, 16383 if i == self.primaries - 1 else (i + 1) * step - 1
+            client = redis.Redis(port=port)
+            try:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                for other in self.ports:
+                    if other != port:
+                        client.execute_command("CLUSTER", "MEET", "127.0.0.1", other)
+            finally:
+                client.close()
+
+    def _create_with_cli(self) -> None:
+        subprocess.run(
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{port}" for port in self.ports],
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
     def _start_node(self, port: int) -> None:
         workdir = self.dir / str(port)
