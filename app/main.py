@@ -15,7 +15,7 @@ from app.headers import SecurityHeadersMiddleware
 from app.openapi import openapi_document
 from app.proxy import TrustedProxyMiddleware
 from app.resources import lifespan
-from app.routes import chat, events, health, page, uploads
+from app.routes import chat, events, health, page, replies, uploads
 from core import settings
 from core.logs import configure_logging
 
@@ -23,7 +23,13 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def create_app() -> Starlette:
-    routes: list[BaseRoute] = [*health.routes, *events.routes, *chat.routes, *uploads.routes]
+    routes: list[BaseRoute] = [
+        *health.routes,
+        *events.routes,
+        *chat.routes,
+        *replies.routes,
+        *uploads.routes,
+    ]
     if settings.DEV_MODE:  # a token for anyone who asks: never outside local development
         # Imported here only: a production process never loads app.dev.
         from app.dev import token as devtoken

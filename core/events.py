@@ -140,6 +140,22 @@ def queue_event(
     script(keys=keys, args=_args(event, data), client=pipe)
 
 
+async def aqueue_event(
+    pipe: redis.asyncio.client.Pipeline,
+    event: EventKind,
+    data: dict[str, Any],
+    *,
+    owner: str | None = None,
+    upload_id: str | None = None,
+) -> None:
+    """``queue_event`` for an asyncio pipeline."""
+    keys = stream_keys(owner, upload_id)
+    if not keys:
+        raise ValueError("aqueue_event needs an owner or an upload_id")
+    script = pipe.register_script(_PUBLISH_LUA)
+    await script(keys=keys, args=_args(event, data), client=pipe)
+
+
 async def apublish_event(
     client: redis.asyncio.Redis,
     event: EventKind,

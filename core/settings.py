@@ -175,6 +175,23 @@ WORKER_UPLOAD_PROCESSES = config("WORKER_UPLOAD_PROCESSES", cast=int, default=1)
 # RQ registry maintenance (abandoned jobs of a crashed machine); RQ's default is 600 s.
 WORKER_MAINTENANCE_SECONDS = config("WORKER_MAINTENANCE_SECONDS", cast=int, default=60)
 
+# --- Chat workers (jobs/worker/asyncworker.py) ---------------------------------------------
+# Replies in flight at once per chat worker process (one event loop); a full worker
+# stops dequeuing, so the next message goes to a worker with room.
+CHAT_WORKER_CONCURRENCY = config("CHAT_WORKER_CONCURRENCY", cast=int, default=200)
+# Replies in flight at once per user across all workers (RQ RateLimit); more wait queued.
+CHAT_USER_CONCURRENCY = config("CHAT_USER_CONCURRENCY", cast=int, default=3)
+# On SIGTERM, replies get this long to finish before they are handed back to the queue
+# (Heroku sends SIGKILL 30 s after SIGTERM).
+CHAT_WORKER_GRACE_SECONDS = config("CHAT_WORKER_GRACE_SECONDS", cast=float, default=20.0)
+# Reply pieces arriving within this long of the last chat.chunk leave as one event.
+CHAT_CHUNK_COALESCE_SECONDS = config("CHAT_CHUNK_COALESCE_SECONDS", cast=float, default=0.02)
+# Concurrent upstream requests per chat worker process (provider rate limits).
+LLM_MAX_CONCURRENCY = config("LLM_MAX_CONCURRENCY", cast=int, default=200)
+# PostgreSQL connections per chat worker process; replies borrow one per statement.
+CHAT_DB_POOL_MAX = config("CHAT_DB_POOL_MAX", cast=int, default=10)
+CHAT_DB_POOL_TIMEOUT_SECONDS = config("CHAT_DB_POOL_TIMEOUT_SECONDS", cast=float, default=30.0)
+
 # --- Reconciliation (docs/design.md "Reconciliation") -------------------------------------------
 # PostgreSQL is the record of work: every this often the one leading reconciler (across all
 # worker machines) enqueues again the work whose RQ job is gone, ended, or on a dead worker.

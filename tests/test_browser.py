@@ -26,7 +26,7 @@ import redis
 
 from app.dev.embedded import free_port
 from app.security.auth import mint_token
-from core import drafts, events
+from core import drafts, events, replies
 from core.history import invalidate_history
 from core.principal import Identity
 from tests.support.freezeproxy import FreezableProxy
@@ -471,7 +471,7 @@ def test_reload_mid_reply_shows_the_whole_reply_so_far(
     db.execute(
         "INSERT INTO messages (id, conversation_id, role, text, status, model, reply_to)"
         " VALUES (%s, %s, 'assistant', %s, 'completed', 'herald-demo-1', %s)",
-        (drafts.reply_id(message), conversation, "".join(words), message),
+        (replies.reply_id(message), conversation, "".join(words), message),
     )
     db.execute("UPDATE messages SET status = 'answered' WHERE id = %s", (message,))
     invalidate_history(redis_client, DEV_OWNER, conversation)

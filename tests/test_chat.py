@@ -6,7 +6,6 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
-import anyio.to_thread
 import httpx
 import pytest
 
@@ -145,10 +144,9 @@ async def test_history_order_and_cache_invalidation(
     assert [(m["role"], m["text"], m["status"]) for m in before] == [
         ("user", "first conversation", "queued")
     ]
-    # The worker answers: the cached history must not hide the reply. (The job is sync
-    # and runs its own event loop, so it runs in a thread here; tests/test_chat_job.py
-    # runs it through an RQ worker.)
-    await anyio.to_thread.run_sync(run_chat, first["message_id"])
+    # The worker answers (the job is a coroutine; tests/test_chat_job.py runs it through
+    # an RQ worker): the cached history must not hide the reply.
+    await run_chat(first["message_id"])
     after = (await client.get(url, headers=auth(user))).json()["messages"]
     assert [(m["role"], m["status"]) for m in after] == [
         ("user", "answered"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -17,8 +18,8 @@ import redis
 from rq import Queue, SimpleWorker
 
 from core import events, jobkinds, settings
-from core.drafts import reply_id
 from core.principal import Identity
+from core.replies import reply_id
 from jobs.chat.llm import Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
 
@@ -34,6 +35,9 @@ def upstream(monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis) -> Iter
         monkeypatch.setattr(settings, "LLM_IDLE_TIMEOUT_SECONDS", 0.3)
         monkeypatch.setattr(settings, "LLM_TIMEOUT_SECONDS", 5.0)
         monkeypatch.setattr(settings, "LLM_BREAKER_FAILURES", 3)
+        # One chat.chunk per upstream piece, so tests can count them (coalescing has
+        # its own tests in tests/test_chat_concurrency.py).
+        monkeypatch.setattr(settings, "CHAT_CHUNK_COALESCE_SECONDS", 0.0)
         redis_client.delete(*_breaker_keys())
         yield server
         redis_client.delete(*_breaker_keys())
@@ -124,7 +128,7 @@ def test_retry_of_finished_turn_does_not_duplicate(
     run_jobs(redis_client, msg)
     from jobs.chat.job import run_chat
 
-    assert run_chat(msg)["outcome"] == "replayed"
+    assert asyncio.run(run_chat(msg))["outcome"] == "replayed"
     count = db.execute(
         "SELECT count(*) FROM messages WHERE conversation_id = %s AND role = 'assistant'", (conv,)
     ).fetchone()
@@ -282,6 +286,7 @@ def test_symbol_heavy_message_blocked(upstream: OpenAIServer, redis_client, db) 
 
 def test_demo_provider(redis_client, db, monkeypatch) -> None:
     monkeypatch.setattr(settings, "LLM_PROVIDER", "demo")
+    monkeypatch.setattr(settings, "CHAT_CHUNK_COALESCE_SECONDS", 0.0)
     user = "job-demo"
     _, msg = post(db, user, "Hello demo")
     run_jobs(redis_client, msg)
@@ -358,7 +363,7 @@ def test_crash_without_retries_left_is_internal_error(
     user = "job-crash"
     _, msg = post(db, user, "crash please")
     with pytest.raises(RuntimeError):
-        jobs.chat.job.run_chat(msg)  # outside RQ: no retry left
+        asyncio.run(jobs.chat.job.run_chat(msg))  # outside RQ: no retry left
     got = chat_events(redis_client, user, msg)
     assert [(e, d["code"]) for e, d in got] == [("chat.error", "internal_error")]
     assert reply_row(db, msg) == ("", "failed", "internal_error")

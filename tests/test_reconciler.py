@@ -22,9 +22,9 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
 from core import events, settings
-from core.drafts import reply_id
 from core.jobkinds import chat_job_id
 from core.principal import Identity
+from core.replies import reply_id
 from jobs.csvimport.job import lock_key
 from jobs.worker import liveness
 from jobs.worker.reconciler import CHAT, UPLOAD, Reconciler, enqueue, queued_ids

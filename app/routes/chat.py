@@ -26,7 +26,7 @@ from app.ids import parse_id
 from app.openapi import INTEGER, STRING, TIME, Schema, enum, errors, json_body, obj, operation
 from app.security import ratelimit
 from app.security.auth import Principal, authenticate
-from core import drafts, history, jobkinds, settings
+from core import drafts, history, jobkinds, replies, settings
 from core.statuses import MessageStatus
 from core.timestamps import rfc3339
 
@@ -203,7 +203,11 @@ async def post_message(request: Request) -> Response:
     # enqueue rather than before it (both are done before the 202).
     job_id, _ = await asyncio.gather(
         request.app.state.jobs.enqueue(
-            jobkinds.CHAT, message_id, job_id=jobkinds.chat_job_id(message_id)
+            jobkinds.CHAT,
+            message_id,
+            job_id=jobkinds.chat_job_id(message_id),
+            # Fairness: one user's replies in flight are capped; the rest wait their turn.
+            limit=(f"chat-user:{principal.identity.key}", settings.CHAT_USER_CONCURRENCY),
         ),
         history.ainvalidate_history(request.app.state.redis, principal.key, conversation_id),
     )
@@ -342,7 +346,7 @@ async def with_drafts(request: Request, body: bytes) -> bytes:
         if draft is not None:
             merged.append(
                 {
-                    "message_id": drafts.reply_id(m["message_id"]),
+                    "message_id": replies.reply_id(m["message_id"]),
                     "role": "assistant",
                     "text": draft.text,
                     "status": MessageStatus.STREAMING,

@@ -49,12 +49,13 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from core import events, jobkinds, jobmetrics, settings
-from core.drafts import discard_draft, reply_id
+from core.drafts import discard_draft
 from core.eventkinds import EventKind
 from core.history import invalidate_history
 from core.jobkinds import FAILURE_TTL_SECONDS, RESULT_TTL_SECONDS, JobKind, chat_job_id
 from core.logs import configure_logging
 from core.principal import Identity
+from core.replies import reply_id
 from core.statuses import ACTIVE_UPLOAD_STATUSES, MessageStatus, UploadStatus
 from jobs.worker import liveness
 

@@ -1,11 +1,10 @@
 """The Procfile's ``worker``: a small supervisor of RQ worker processes.
 
 Its process plan comes from the job registry (core/jobkinds.py): each job kind gets
-its own processes on its own queue. ``SIMPLE`` kinds (chat) run on ``ChatWorker``
-processes (a ``SimpleWorker`` with fewer Redis round trips), so they never wait behind
-a long CSV import, and without a fork per job (forking costs milliseconds before the
-first token; README "Chat: figures"). ``FORKING`` kinds (imports) run on forking
-``Worker``s: a crash or a leak in one import dies with its work horse.
+its own processes on its own queue. ``ASYNC`` kinds (chat) run on ``AsyncWorker``
+processes: many jobs at once on one event loop, without a fork per job, and never
+behind a long CSV import. ``FORKING`` kinds (imports) run on forking ``Worker``s: a
+crash or a leak in one import dies with its work horse.
 
 A worker that dies mid-job (SIGKILL, OOM) leaves its job in RQ's StartedJobRegistry,
 where RQ itself only notices it once the execution's heartbeat lapses (job monitoring
@@ -23,7 +22,6 @@ PostgreSQL records as unfinished that Redis lost.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import importlib
 import logging
 import multiprocessing
@@ -35,57 +33,18 @@ from dataclasses import dataclass
 from types import FrameType
 
 import redis
-from redis.client import Pipeline
-from rq import Queue, SimpleWorker, Worker
+from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.executions import Execution
-from rq.utils import now
 
 from core import redispolicy, settings
 from core.jobkinds import JOB_KINDS, JobKind, WorkerKind
 from core.logs import configure_logging
 from jobs.worker import liveness
+from jobs.worker.asyncworker import AsyncWorker
 from jobs.worker.reconciler import run_reconciler
 
 logger = logging.getLogger("herald.worker")
-
-
-class ChatWorker(SimpleWorker):
-    """``SimpleWorker`` with fewer Redis round trips around each job.
-
-    rq 3.0 sends the worker heartbeat as three separate commands (HSET, EXPIRE, EXPIRE)
-    and sends it, with ``set_state(IDLE)``, twice between the end of one job and the
-    next BLMOVE, and once more between dequeue and the job's start (rq/worker/base.py
-    ``work``, ``dequeue_job_and_maintain_ttl``). Measured with ``bench_chat.py --hops``:
-    ~3 ms from a reply's end until the worker listens again, which a chat sent right
-    after the previous one waits for. Here that heartbeat is one pipelined round trip,
-    and is skipped when a heartbeat with the same default TTL (``worker_ttl`` + 60 s,
-    480 s) went out under ``_HEARTBEAT_GAP`` ago: the worker key cannot lapse meanwhile.
-    A heartbeat with another TTL (RQ sends the job's own, shorter one on a pipeline at
-    job start) voids the skip, so the next default one is always sent before a long
-    BLMOVE. Setting the state the worker already has is skipped too.
-    """
-
-    _HEARTBEAT_GAP = dt.timedelta(seconds=1)
-    _default_beat_at: dt.datetime | None = None
-
-    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
-        if pipeline is not None:
-            super().heartbeat(timeout, pipeline=pipeline)
-            self._default_beat_at = now() if timeout is None else None
-            return
-        last = self._default_beat_at
-        if timeout is None and last is not None and now() - last < self._HEARTBEAT_GAP:
-            return
-        with self.connection.pipeline(transaction=False) as pipe:
-            super().heartbeat(timeout, pipeline=pipe)
-            pipe.execute()
-        self._default_beat_at = now() if timeout is None else None
-
-    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
-        if pipeline is None and state == self._state:
-            return
-        super().set_state(state, pipeline=pipeline)
 
 
 def run_worker(kind: JobKind, name: str | None = None) -> None:
@@ -97,13 +56,29 @@ def run_worker(kind: JobKind, name: str | None = None) -> None:
     # Imported before the first job, not by it (JobKind.module).
     importlib.import_module(kind.module)
     connection = redis.Redis.from_url(settings.REDIS_URL)
-    worker_class = ChatWorker if kind.worker is WorkerKind.SIMPLE else Worker
-    worker = worker_class(
-        [kind.queue],
-        connection=connection,
-        name=name,
-        maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
-    )
+    worker: Worker | AsyncWorker
+    if kind.worker is WorkerKind.ASYNC:
+        lifespan_module, _, lifespan_name = (kind.lifespan or "").rpartition(".")
+        worker = AsyncWorker(
+            [kind.queue],
+            connection=connection,
+            name=name,
+            maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
+            concurrency=kind.concurrency,
+            grace_seconds=settings.CHAT_WORKER_GRACE_SECONDS,
+            lifespan=(
+                getattr(importlib.import_module(lifespan_module), lifespan_name)
+                if kind.lifespan
+                else None
+            ),
+        )
+    else:
+        worker = Worker(
+            [kind.queue],
+            connection=connection,
+            name=name,
+            maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
+        )
     worker.work(with_scheduler=True, logging_level=settings.LOG_LEVEL)
 
 
@@ -227,6 +202,38 @@ def main() -> int:
     return 0
 
 
+def rescue_dequeued(connection: redis.Redis, queues: list[str], settle: float = 0.5) -> list[str]:
+    """Put back jobs left in RQ's intermediate queue by a worker that died between its
+    BLMOVE and the StartedJobRegistry; returns their ids.
+
+    A dead worker's blocked BLMOVE can still be served by Redis until it notices the
+    closed socket, so a job re-queued at that moment lands in the intermediate list with
+    no live worker behind it; RQ itself only finds it at its next maintenance (minutes).
+    A live worker moves a job from that list to the registry within milliseconds, so a
+    job still there, unregistered, after ``settle`` seconds is stuck.
+    """
+    suspects = {
+        name: set(Queue(name, connection=connection).intermediate_queue.get_job_ids())
+        for name in queues
+    }
+    if not any(suspects.values()):
+        return []
+    time.sleep(settle)
+    rescued: list[str] = []
+    for name, job_ids in suspects.items():
+        queue = Queue(name, connection=connection)
+        still = set(queue.intermediate_queue.get_job_ids())
+        for job_id in sorted(job_ids & still):
+            if job_id in queue.started_job_registry:
+                continue
+            with connection.pipeline() as pipe:
+                pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                pipe.lpush(queue.key, job_id)
+                pipe.execute()
+            rescued.append(job_id)
+    return rescued
+
+
 def _spawn_reconciler() -> multiprocessing.Process:
     proc = multiprocessing.Process(target=run_reconciler, args=(reap_abandoned,), daemon=False)
     proc.start()
@@ -249,6 +256,9 @@ def _vouch(connection: redis.Redis, workers: list[WorkerProcess], last: float) -
 def _reap_quietly(connection: redis.Redis, name: str, queues: list[str]) -> None:
     try:
         reaped = reap_abandoned(connection, name, queues)
+        rescued = rescue_dequeued(connection, queues)
+        if rescued:
+            logger.warning("re-queued %s left mid-dequeue by dead worker %s", rescued, name)
     except (redis.exceptions.RedisError, OSError) as exc:
         # Redis down: RQ's periodic maintenance picks the job up later instead.
         logger.warning("could not reap jobs of dead worker %s: %s", name, exc)
