@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import redis.exceptions
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -62,6 +62,12 @@ class Unauthorized(HeraldError):
         self.headers.setdefault("WWW-Authenticate", 'Bearer realm="herald"')
 
 
+class Forbidden(HeraldError):
+    status_code = 403
+    code = "forbidden"
+    message = "You may see this resource but not do this to it."
+
+
 class NotFound(HeraldError):
     status_code = 404
     code = "not_found"
@@ -72,6 +78,12 @@ class Conflict(HeraldError):
     status_code = 409
     code = "conflict"
     message = "The resource is not in a state that allows this."
+
+
+class RequestTimeout(HeraldError):
+    status_code = 408
+    code = "request_timeout"
+    message = "The request body stopped arriving."
 
 
 class PayloadTooLarge(HeraldError):
@@ -171,6 +183,14 @@ async def handle_redis_down(request: Request, exc: Exception) -> Response:
     )
 
 
+async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
+    # The client hung up mid-request (closed tab, lost network, a body cut by the
+    # server's read timeout): not our fault, so one line, no traceback. Nobody reads
+    # the answer; 499 is nginx's "client closed request", for the access log.
+    logger.info("client disconnected before the request was read")
+    return Response(status_code=499)
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error", exc_info=exc)
     return render_error(HeraldError())
@@ -180,6 +200,7 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 exception_handlers = {
     HeraldError: handle_herald_error,
     HTTPException: handle_http_exception,
+    ClientDisconnect: handle_client_disconnect,
     psycopg.OperationalError: handle_database_down,
     redis.exceptions.ConnectionError: handle_redis_down,
     redis.exceptions.TimeoutError: handle_redis_down,

@@ -10,12 +10,12 @@ from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
 from app.accesslog import AccessLogMiddleware
-from app.dev import token as devtoken
 from app.errors import exception_handlers
 from app.headers import SecurityHeadersMiddleware
 from app.openapi import openapi_document
+from app.proxy import TrustedProxyMiddleware
 from app.resources import lifespan
-from app.routes import chat, events, health, uploads
+from app.routes import chat, events, health, page, replies, uploads
 from core import settings
 from core.logs import configure_logging
 
@@ -23,14 +23,28 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def create_app() -> Starlette:
-    routes: list[BaseRoute] = [*health.routes, *events.routes, *chat.routes, *uploads.routes]
+    routes: list[BaseRoute] = [
+        *health.routes,
+        *events.routes,
+        *chat.routes,
+        *replies.routes,
+        *uploads.routes,
+    ]
     if settings.DEV_MODE:  # a token for anyone who asks: never outside local development
+        # Imported here only: a production process never loads app.dev.
+        from app.dev import token as devtoken
+
         routes.extend(devtoken.routes)
     else:  # only the page's "is there a local token?" probe, answered no
-        routes.extend(devtoken.probe_routes)
+        routes.extend(page.routes)
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityHeadersMiddleware), Middleware(AccessLogMiddleware)],
+        # The proxy first: the access log and everything after see the real client.
+        middleware=[
+            Middleware(TrustedProxyMiddleware),
+            Middleware(SecurityHeadersMiddleware),
+            Middleware(AccessLogMiddleware),
+        ],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

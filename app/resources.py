@@ -17,7 +17,7 @@ from app.security.ratelimit import RateLimiter
 from app.security.throttle import AuthThrottle
 from app.sse.hub import Hub
 from app.sse.leases import StreamLeases
-from core import eventclients, settings
+from core import eventclients, redispolicy, settings
 
 logger = logging.getLogger("herald.resources")
 
@@ -81,6 +81,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ttl=settings.SSE_LEASE_SECONDS,
     )
     await state.leases.start()
+    await _warn_of_eviction(state.redis)
     try:
         yield
     finally:
@@ -93,3 +94,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await state.events.aclose()
         await state.redis.aclose()
         state.sync_redis.close()
+
+
+async def _warn_of_eviction(client: redis.asyncio.Redis) -> None:
+    """Say at start when Redis would silently evict queued jobs (core/redispolicy.py)."""
+    try:
+        redispolicy.log_assessment(await redispolicy.acheck(client))
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("could not check Redis's eviction policy: %s", exc)

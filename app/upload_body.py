@@ -21,7 +21,13 @@ from psycopg_pool import AsyncConnectionPool
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from app.errors import BadRequest, HeraldError, PayloadTooLarge, UnsupportedMediaType
+from app.errors import (
+    BadRequest,
+    HeraldError,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from app.security.auth import Principal
 from core import settings
 from core.statuses import UploadStatus
@@ -32,7 +38,10 @@ _FIELD_MAX_BYTES = 64 * 1024
 # Multipart framing (boundaries, part headers) on top of the file itself.
 _MULTIPART_SLACK = 64 * 1024
 _SNIFF_BYTES = 8192
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters, and the Unicode bidi controls (Unicode's Bidi_Control property:
+# ALM, LRM, RLM, LRE..RLO, LRI..PDI), which make "invoice\u202etxt.exe" display as
+# "invoiceexe.txt" (CVE-2021-42574, "Trojan Source").
+_UNSAFE_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass(slots=True)
@@ -96,10 +105,21 @@ class ChunkWriter:
         data = bytes(self.buffer[:size])
         del self.buffer[:size]
         # A connection per chunk, not per upload: a slow client must not hold a pool slot.
+        # Each chunk also marks the upload as still arriving: the reconciler deletes one
+        # idle for UPLOAD_RECEIVE_TIMEOUT_SECONDS (its web process died mid-body).
         async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO upload_chunks (upload_id, seq, data) VALUES (%s, %s, %b)",
+            cur = await conn.execute(
+                "WITH upload AS (UPDATE uploads SET updated_at = now()"
+                " WHERE id = %s AND status = 'receiving' RETURNING id)"
+                " INSERT INTO upload_chunks (upload_id, seq, data)"
+                " SELECT id, %s, %b FROM upload",
                 (self.upload_id, self.seq, data),
+            )
+        if cur.rowcount != 1:
+            raise RequestTimeout(
+                f"The upload was dropped after {settings.UPLOAD_RECEIVE_TIMEOUT_SECONDS:g} s"
+                " without data.",
+                code="upload_timeout",
             )
         self.seq += 1
 
@@ -164,7 +184,13 @@ async def read_multipart(request: Request, writer: ChunkWriter, boundary: bytes)
     seen_file = False
     fields: dict[str, bytearray] = {}
     field_bytes = 0
+    body_bytes = 0
     async for piece in request.stream():
+        # Every byte counts, not only the file's: framing, part headers and empty parts
+        # cost parsing as much as data (a chunked body declares no length up front).
+        body_bytes += len(piece)
+        if body_bytes > settings.UPLOAD_MAX_BYTES + _MULTIPART_SLACK:
+            raise too_large()
         for kind, data in reader.feed(piece):
             if kind == "part":
                 part = None
@@ -227,11 +253,11 @@ async def read_upload(
     filename = clean_filename(request.query_params.get("filename"))
     async with pool.connection() as conn:
         await conn.execute(
-            "INSERT INTO uploads (id, org_id, user_id, filename, content_type, status)"
+            "INSERT INTO uploads (id, tenant, user_id, filename, content_type, status)"
             " VALUES (%s, %s, %s, %s, %s, %s)",
             (
                 upload_id,
-                principal.org_id,
+                principal.tenant,
                 principal.user_id,
                 filename,
                 media,

@@ -14,7 +14,6 @@ on its own after a crashed turn.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,13 +22,6 @@ import redis.asyncio
 
 from core import settings
 from core.timestamps import rfc3339
-
-_REPLY_NAMESPACE = uuid.UUID("5b8f1f5e-4d7a-4b8e-9a51-6f0c7a1d2e3b")
-
-
-def reply_id(message_id: str) -> str:
-    """The assistant row's id: derived from the user's message, so a retry reuses it."""
-    return str(uuid.uuid5(_REPLY_NAMESPACE, message_id))
 
 
 def _chunks_key(message_id: str) -> str:
@@ -45,13 +37,20 @@ def _ttl() -> int:
     return max(1, settings.CHAT_JOB_TIMEOUT_SECONDS)
 
 
-# --- Worker side (synchronous Redis) ---------------------------------------------------
-def start_draft(client: redis.Redis, message_id: str) -> None:
-    """A (re-)run of a turn streams from index 0 again: forget an earlier attempt."""
-    client.delete(_chunks_key(message_id), _started_key(message_id))
+# --- Worker side ----------------------------------------------------------------------------
+def draft_keys(message_id: str) -> list[str]:
+    """Everything a draft holds: a (re-)run of a turn deletes them to stream from index 0
+    again (a non-zero count means an earlier run had streamed: a restart); the end of a
+    turn deletes them once the reply row is stored."""
+    return [_chunks_key(message_id), _started_key(message_id)]
 
 
-def add_chunk(pipe: redis.client.Pipeline, message_id: str, index: int, text: str) -> None:
+def add_chunk(
+    pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline,
+    message_id: str,
+    index: int,
+    text: str,
+) -> None:
     """Queue the chunk on ``pipe``; the caller sends it with the chunk's event, before
     it, so a draft read after a client saw chunk ``i`` holds chunk ``i`` too."""
     key = _chunks_key(message_id)
@@ -63,7 +62,7 @@ def add_chunk(pipe: redis.client.Pipeline, message_id: str, index: int, text: st
 
 def discard_draft(client: redis.Redis, message_id: str) -> None:
     """Called after the reply row is stored: from then on history has the whole text."""
-    client.delete(_chunks_key(message_id), _started_key(message_id))
+    client.delete(*draft_keys(message_id))
 
 
 # --- Web side (asyncio Redis) -----------------------------------------------------------

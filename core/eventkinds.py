@@ -15,6 +15,9 @@ class EventKind(StrEnum):
     CHAT_CHUNK = "chat.chunk"
     CHAT_DONE = "chat.done"
     CHAT_ERROR = "chat.error"
+    # A reply starts over (a retry after a crash, a job handed back at shutdown): drop
+    # the partial text shown so far; the chunks that follow start at index 0.
+    CHAT_RESTART = "chat.restart"
     UPLOAD_STATUS = "upload.status"
     UPLOAD_PROGRESS = "upload.progress"
     UPLOAD_DONE = "upload.done"

@@ -1,5 +1,8 @@
 """The event bus: publish an event for a user (and an upload), read history back.
 
+A user's stream is keyed by ``Identity.key`` (core/principal.py): the pair (tenant,
+user), never ``sub`` alone, which another tenant's user may share.
+
 Each stream (a user's, an upload's) is a Redis Stream holding the last
 ``EVENT_HISTORY_MAX`` events for ``EVENT_HISTORY_TTL_SECONDS`` after its last event,
 and a pub/sub channel of the same name announces each event, already framed as SSE
@@ -44,21 +47,21 @@ return ids
 """
 
 
-# The braces are a hash tag: on a cluster only "user:<id>" picks the slot (Redis cluster
-# spec, "Hash tags"), so the stream and its channel of one name, and anything later
-# keyed on the same user, share a node. An id holding "}" only shortens the tag.
-def user_stream(user_id: str) -> str:
-    return f"{settings.REDIS_PREFIX}:events:{{user:{user_id}}}"
+# The braces are a hash tag: on a cluster only "user:<owner>" picks the slot (Redis
+# cluster spec, "Hash tags"), so the stream and its channel of one name, and anything
+# later keyed on the same owner, share a node. A key holding "}" only shortens the tag.
+def user_stream(owner: str) -> str:
+    return f"{settings.REDIS_PREFIX}:events:{{user:{owner}}}"
 
 
 def upload_stream(upload_id: str) -> str:
     return f"{settings.REDIS_PREFIX}:events:{{upload:{upload_id}}}"
 
 
-def stream_keys(user_id: str | None, upload_id: str | None) -> list[str]:
+def stream_keys(owner: str | None, upload_id: str | None) -> list[str]:
     keys = []
-    if user_id:
-        keys.append(user_stream(user_id))
+    if owner:
+        keys.append(user_stream(owner))
     if upload_id:
         keys.append(upload_stream(upload_id))
     return keys
@@ -118,17 +121,18 @@ def publish_event(
     event: EventKind,
     data: dict[str, Any],
     *,
-    user_id: str | None = None,
+    owner: str | None = None,
     upload_id: str | None = None,
 ) -> list[str]:
-    """Append ``event`` to the user's and/or the upload's stream and announce it.
+    """Append ``event`` to the owner's (``Identity.key``) and/or the upload's stream
+    and announce it.
 
     Called by workers with the bus's synchronous client (core/eventclients.py).
     Returns the new ids, one per stream.
     """
-    keys = stream_keys(user_id, upload_id)
+    keys = stream_keys(owner, upload_id)
     if not keys:
-        raise ValueError("publish_event needs a user_id or an upload_id")
+        raise ValueError("publish_event needs an owner or an upload_id")
     script = client.register_script(_PUBLISH_LUA)
     if not is_cluster(client):
         return _ids(script(keys=keys, args=_args(event, data, sharded=False)))
@@ -142,7 +146,7 @@ def queue_event(
     event: EventKind,
     data: dict[str, Any],
     *,
-    user_id: str | None = None,
+    owner: str | None = None,
     upload_id: str | None = None,
     sharded: bool = False,
 ) -> None:
@@ -154,11 +158,29 @@ def queue_event(
     so). A cluster client: execute the pipeline, then ``publish_event``."""
     if is_cluster(pipe):
         raise TypeError("queue_event needs a single-server pipeline; use publish_event")
-    keys = stream_keys(user_id, upload_id)
+    keys = stream_keys(owner, upload_id)
     if not keys:
-        raise ValueError("queue_event needs a user_id or an upload_id")
+        raise ValueError("queue_event needs an owner or an upload_id")
     script = pipe.register_script(_PUBLISH_LUA)
     script(keys=keys, args=_args(event, data, sharded=sharded), client=pipe)
+
+
+async def aqueue_event(
+    pipe: redis.asyncio.client.Pipeline,
+    event: EventKind,
+    data: dict[str, Any],
+    *,
+    owner: str | None = None,
+    upload_id: str | None = None,
+) -> None:
+    """``queue_event`` for an asyncio pipeline (the same single-server rule)."""
+    if is_cluster(pipe):
+        raise TypeError("aqueue_event needs a single-server pipeline; use apublish_event")
+    keys = stream_keys(owner, upload_id)
+    if not keys:
+        raise ValueError("aqueue_event needs an owner or an upload_id")
+    script = pipe.register_script(_PUBLISH_LUA)
+    await script(keys=keys, args=_args(event, data, sharded=False), client=pipe)
 
 
 async def apublish_event(
@@ -166,13 +188,13 @@ async def apublish_event(
     event: EventKind,
     data: dict[str, Any],
     *,
-    user_id: str | None = None,
+    owner: str | None = None,
     upload_id: str | None = None,
 ) -> list[str]:
     """``publish_event`` for an asyncio client of the bus."""
-    keys = stream_keys(user_id, upload_id)
+    keys = stream_keys(owner, upload_id)
     if not keys:
-        raise ValueError("apublish_event needs a user_id or an upload_id")
+        raise ValueError("apublish_event needs an owner or an upload_id")
     script = client.register_script(_PUBLISH_LUA)
     if not is_cluster(client):
         return _ids(await script(keys=keys, args=_args(event, data, sharded=False)))

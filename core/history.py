@@ -23,20 +23,21 @@ def cache_key(kind: str, owner: str, generation: bytes | str | None) -> str:
     return f"{settings.REDIS_PREFIX}:chat:cache:{kind}:{owner}:{gen}"
 
 
-def invalidate_history(client: redis.Redis, user_id: str, conversation_id: str) -> None:
-    """Make cached history of this conversation and user's list unreadable (worker side)."""
+def invalidate_history(client: redis.Redis, owner: str, conversation_id: str) -> None:
+    """Make cached history of this conversation and its owner's list unreadable (worker
+    side). ``owner`` is ``Identity.key`` (core/principal.py), never ``sub`` alone."""
     pipe = client.pipeline(transaction=False)
-    for kind, owner in (("messages", conversation_id), ("conversations", user_id)):
-        pipe.incr(generation_key(kind, owner))
-        pipe.expire(generation_key(kind, owner), 86400)
+    for kind, part in (("messages", conversation_id), ("conversations", owner)):
+        pipe.incr(generation_key(kind, part))
+        pipe.expire(generation_key(kind, part), 86400)
     pipe.execute()
 
 
 async def ainvalidate_history(
-    client: redis.asyncio.Redis, user_id: str, conversation_id: str
+    client: redis.asyncio.Redis, owner: str, conversation_id: str
 ) -> None:
     pipe = client.pipeline(transaction=False)
-    for kind, owner in (("messages", conversation_id), ("conversations", user_id)):
-        pipe.incr(generation_key(kind, owner))
-        pipe.expire(generation_key(kind, owner), 86400)
+    for kind, part in (("messages", conversation_id), ("conversations", owner)):
+        pipe.incr(generation_key(kind, part))
+        pipe.expire(generation_key(kind, part), 86400)
     await pipe.execute()

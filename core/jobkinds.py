@@ -24,9 +24,9 @@ FAILURE_TTL_SECONDS: Final = 7 * 86400
 
 
 class WorkerKind(StrEnum):
-    # The job runs in the worker process itself: no fork before the first token
-    # (README "Chat: figures"), at the price of sharing the process with later jobs.
-    SIMPLE = "simple"
+    # The job is a coroutine; many run at once as tasks on the worker process's event
+    # loop (jobs/worker/asyncworker.py): I/O-bound work such as streaming LLM replies.
+    ASYNC = "async"
     # A work horse is forked per job (RQ's default): a crash or a leak dies with it.
     FORKING = "forking"
 
@@ -44,6 +44,10 @@ class JobKind:
     processes: int
     # Seconds between RQ retries; the first `retries` of them are used.
     retry_intervals: tuple[int, ...] = (1, 5, 15)
+    # ASYNC workers: jobs in flight at once per process, and a dotted path to an async
+    # context manager opened once on the process's loop (what its jobs share).
+    concurrency: int = 1
+    lifespan: str | None = None
 
     def retry(self) -> Retry | None:
         """RQ's retry policy for this kind: ``retries`` more runs, spaced as configured."""
@@ -64,8 +68,10 @@ CHAT: Final = JobKind(
     target="jobs.chat.job.run_chat",
     timeout_seconds=settings.CHAT_JOB_TIMEOUT_SECONDS,
     retries=settings.CHAT_JOB_RETRIES,
-    worker=WorkerKind.SIMPLE,
+    worker=WorkerKind.ASYNC,
     processes=settings.WORKER_CHAT_PROCESSES,
+    concurrency=settings.CHAT_WORKER_CONCURRENCY,
+    lifespan="jobs.chat.runtime.open_runtime",
 )
 CSV_IMPORT: Final = JobKind(
     name="csv_import",
@@ -83,8 +89,8 @@ JOB_KINDS: Final = (CHAT, CSV_IMPORT)
 
 def chat_job_id(message_id: str) -> str:
     """A chat job's id is derived from its message: a duplicate enqueue (the web's, or
-    the worker's recovery after a restart, jobs/chat/recovery.py) cannot make two
-    replies."""
+    the reconciler's after Redis lost the job, jobs/worker/reconciler.py) cannot make
+    two replies."""
     return f"chat-{message_id}"
 
 

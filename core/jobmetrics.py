@@ -21,10 +21,16 @@ def record_job_metric(client: redis.Redis, name: str, amount: float = 1, **label
 
     ``name`` ending in ``_total`` is a counter; anything else is a gauge set to amount.
     """
-    # Labels as JSON: a value may hold any character (a model name with a comma broke
-    # the old "k=v,k=v" form and with it every /metrics scrape; found by tests/faults).
-    field = name + "|" + orjson.dumps(dict(sorted(labels.items()))).decode()
+    key, field = metric_field(name, labels)
     if name.endswith("_total"):
-        client.hincrbyfloat(worker_metrics_key(), field, amount)
+        client.hincrbyfloat(key, field, amount)
     else:
-        client.hset(worker_metrics_key(), field, amount)
+        client.hset(key, field, amount)
+
+
+def metric_field(name: str, labels: dict[str, str]) -> tuple[str, str]:
+    """The Redis hash and field of one worker metric, for callers that batch their
+    writes (HINCRBYFLOAT for ``*_total`` counters, HSET for gauges)."""
+    # Labels as JSON: a value may hold any character (a model name with a comma would
+    # break a "k=v,k=v" form and with it every /metrics scrape).
+    return worker_metrics_key(), name + "|" + orjson.dumps(dict(sorted(labels.items()))).decode()

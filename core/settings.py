@@ -59,6 +59,37 @@ JWT_ISSUER = config("JWT_ISSUER", default="")
 JWT_LEEWAY_SECONDS = config("JWT_LEEWAY_SECONDS", cast=int, default=0)
 JWT_MAX_BYTES = config("JWT_MAX_BYTES", cast=int, default=8192)
 AUTH_FAILURE_LIMIT = config("AUTH_FAILURE_LIMIT", default="100/minute")
+# A token living longer than this (exp - iat, or exp - now without iat) is refused, so a
+# leaked long-lived token cannot outlive a key rotation by years. 0: no maximum. The
+# default fits the longest token Herald mints itself (the 7-day dev token).
+JWT_MAX_LIFETIME_SECONDS = config("JWT_MAX_LIFETIME_SECONDS", cast=int, default=7 * 86400)
+# `sub` and `org` longer than this are refused: they key PostgreSQL b-tree indexes, whose
+# entries must stay under ~2,700 bytes (PostgreSQL docs, "B-Tree Implementation").
+JWT_MAX_ID_CHARS = config("JWT_MAX_ID_CHARS", cast=int, default=255)
+# A member whose token lists JWT_ADMIN_ROLE in the claim JWT_ROLES_CLAIM may cancel and
+# delete any upload of the org; others only their own (docs/security.md).
+JWT_ROLES_CLAIM = config("JWT_ROLES_CLAIM", default="roles")
+JWT_ADMIN_ROLE = config("JWT_ADMIN_ROLE", default="admin")
+
+# --- Proxies and connections (docs/security.md) -------------------------------------------
+# Proxies in front of the web process that append to X-Forwarded-For: the client is the
+# entry this many places from the right (Heroku's router appends the peer it saw: 1).
+# Entries further left are written by the client and never trusted. 0: no proxy.
+TRUSTED_PROXY_HOPS = config("TRUSTED_PROXY_HOPS", cast=int, default=1)
+# Request line plus headers; over it: 431 (RFC 6585 section 5) and the connection closes.
+HTTP_MAX_HEADER_BYTES = config("HTTP_MAX_HEADER_BYTES", cast=int, default=32 * 1024)
+# From a request's first byte to the end of its headers; over it: 408 and close.
+HTTP_HEADER_TIMEOUT_SECONDS = config("HTTP_HEADER_TIMEOUT_SECONDS", cast=float, default=10.0)
+# A body may take this long plus one second per HTTP_BODY_MIN_BYTES_PER_SECOND received
+# (Apache mod_reqtimeout's body=...,MinRate=... rule): a slow drip is cut, a big upload
+# over a slow link is not. Time the server itself stops reading does not count.
+HTTP_BODY_TIMEOUT_SECONDS = config("HTTP_BODY_TIMEOUT_SECONDS", cast=float, default=30.0)
+HTTP_BODY_MIN_BYTES_PER_SECOND = config("HTTP_BODY_MIN_BYTES_PER_SECOND", cast=int, default=500)
+# Connections still sending their request headers, per process; one more gets 503 at
+# once. Connections past their headers (SSE streams, uploads) are not counted.
+HTTP_MAX_PENDING_REQUESTS = config("HTTP_MAX_PENDING_REQUESTS", cast=int, default=1000)
+# When set, GET /metrics wants `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_TOKEN = config("METRICS_TOKEN", cast=Secret, default="")
 
 # --- Event streams (API.md "Event streams") -------------------------------------------
 SSE_HEARTBEAT_SECONDS = config("SSE_HEARTBEAT_SECONDS", cast=float, default=15.0)
@@ -99,9 +130,6 @@ CHAT_HISTORY_MAX_MESSAGES = config("CHAT_HISTORY_MAX_MESSAGES", cast=int, defaul
 # Earlier turns sent to the model with each message (the checkpointer keeps them all).
 CHAT_CONTEXT_MESSAGES = config("CHAT_CONTEXT_MESSAGES", cast=int, default=20)
 CHAT_JOB_RETRIES = config("CHAT_JOB_RETRIES", cast=int, default=1)
-# At worker start, a message still 'queued' this long after it was accepted, with no
-# live RQ job, was lost by a restart and is enqueued again (jobs/chat/recovery.py).
-CHAT_RECOVERY_GRACE_SECONDS = config("CHAT_RECOVERY_GRACE_SECONDS", cast=float, default=5.0)
 CHAT_SYSTEM_PROMPT = config(
     "CHAT_SYSTEM_PROMPT", default="You are Herald, a concise and helpful assistant."
 )
@@ -152,6 +180,9 @@ UPLOAD_BATCH_ROWS = config("UPLOAD_BATCH_ROWS", cast=int, default=5000)
 UPLOAD_CANCEL_CHECK_SECONDS = config("UPLOAD_CANCEL_CHECK_SECONDS", cast=float, default=0.2)
 # A re-run waits this long for a still-running (or just-killed) run of the same upload.
 UPLOAD_LOCK_WAIT_SECONDS = config("UPLOAD_LOCK_WAIT_SECONDS", cast=float, default=30.0)
+# An upload whose body stopped arriving this long ago (its web process died mid-body) is
+# deleted with its chunks by the reconciler.
+UPLOAD_RECEIVE_TIMEOUT_SECONDS = config("UPLOAD_RECEIVE_TIMEOUT_SECONDS", cast=float, default=600.0)
 
 # --- Queues ---------------------------------------------------------------------------------
 CHAT_QUEUE = config("CHAT_QUEUE", default="chat")
@@ -160,3 +191,35 @@ WORKER_CHAT_PROCESSES = config("WORKER_CHAT_PROCESSES", cast=int, default=2)
 WORKER_UPLOAD_PROCESSES = config("WORKER_UPLOAD_PROCESSES", cast=int, default=1)
 # RQ registry maintenance (abandoned jobs of a crashed machine); RQ's default is 600 s.
 WORKER_MAINTENANCE_SECONDS = config("WORKER_MAINTENANCE_SECONDS", cast=int, default=60)
+
+# --- Chat workers (jobs/worker/asyncworker.py) ---------------------------------------------
+# Replies in flight at once per chat worker process (one event loop); a full worker
+# stops dequeuing, so the next message goes to a worker with room.
+CHAT_WORKER_CONCURRENCY = config("CHAT_WORKER_CONCURRENCY", cast=int, default=200)
+# Replies in flight at once per user across all workers (RQ RateLimit); more wait queued.
+CHAT_USER_CONCURRENCY = config("CHAT_USER_CONCURRENCY", cast=int, default=3)
+# On SIGTERM, replies get this long to finish before they are handed back to the queue
+# (Heroku sends SIGKILL 30 s after SIGTERM).
+CHAT_WORKER_GRACE_SECONDS = config("CHAT_WORKER_GRACE_SECONDS", cast=float, default=20.0)
+# Reply pieces arriving within this long of the last chat.chunk leave as one event.
+CHAT_CHUNK_COALESCE_SECONDS = config("CHAT_CHUNK_COALESCE_SECONDS", cast=float, default=0.02)
+# Concurrent upstream requests per chat worker process (provider rate limits).
+LLM_MAX_CONCURRENCY = config("LLM_MAX_CONCURRENCY", cast=int, default=200)
+# PostgreSQL connections per chat worker process; replies borrow one per statement.
+CHAT_DB_POOL_MAX = config("CHAT_DB_POOL_MAX", cast=int, default=10)
+CHAT_DB_POOL_TIMEOUT_SECONDS = config("CHAT_DB_POOL_TIMEOUT_SECONDS", cast=float, default=30.0)
+
+# --- Reconciliation (docs/design.md "Reconciliation") -------------------------------------------
+# PostgreSQL is the record of work: every this often the one leading reconciler (across all
+# worker machines) enqueues again the work whose RQ job is gone, ended, or on a dead worker.
+RECONCILE_INTERVAL_SECONDS = config("RECONCILE_INTERVAL_SECONDS", cast=float, default=5.0)
+# Work younger than this is left alone: the web process may be between its INSERT and its
+# enqueue.
+RECONCILE_GRACE_SECONDS = config("RECONCILE_GRACE_SECONDS", cast=float, default=5.0)
+# Enqueues by the reconciler per message or upload before it gives up with `work_lost`.
+RECONCILE_MAX_ATTEMPTS = config("RECONCILE_MAX_ATTEMPTS", cast=int, default=3)
+# Rows of each kind looked at per pass (oldest first); the rest wait for the next pass.
+RECONCILE_BATCH = config("RECONCILE_BATCH", cast=int, default=1000)
+# A supervisor vouches for its live worker processes in Redis with keys of this TTL,
+# renewed every third of it; a worker whose key lapsed (its machine died) is dead.
+WORKER_LIVENESS_SECONDS = config("WORKER_LIVENESS_SECONDS", cast=float, default=10.0)

@@ -38,9 +38,20 @@ class MessageStatus(StrEnum):
     ANSWERED = "answered"
     BLOCKED = "blocked"
     FLAGGED = "flagged"
-    # An assistant's reply: stored whole, or ended in an error (either side may fail).
+    # An assistant's reply: stored whole, or ended in an error (either side may fail),
+    # or stopped on request (POST /chat/messages/{id}/cancel) with what it had; the user's
+    # message of a stopped reply is CANCELLED too.
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
     # An assistant's reply still streaming: never stored, only shown in the message
     # read-back with its text so far (core/drafts.py).
     STREAMING = "streaming"
+
+
+# A reply in one of these has ended: it is stored, and nothing will change it.
+FINAL_REPLY_STATUSES: Final = (
+    MessageStatus.COMPLETED,
+    MessageStatus.FAILED,
+    MessageStatus.CANCELLED,
+)

@@ -18,6 +18,7 @@ reads web.json and bus.json from there, predicts its own run from them, and comp
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import multiprocessing as mp
@@ -88,8 +89,15 @@ def by_node(cluster: LocalCluster, users: list[str]) -> dict[int, list[str]]:
     ranges = owners(cluster)
     grouped: dict[int, list[str]] = {}
     for user in users:
-        grouped.setdefault(owner(ranges, events.user_stream(user)), []).append(user)
+        grouped.setdefault(owner(ranges, events.user_stream(owner_key(user))), []).append(user)
     return grouped
+
+
+def owner_key(user: str) -> str:
+    """The stream owner of a token for ``user`` (no org claim): core.principal.Identity."""
+    from core.principal import Identity
+
+    return Identity(user).key
 
 
 # --- Bus: publishers pipelining the event script per node, a subscriber per shard -----------
@@ -156,7 +164,7 @@ def publish_bus(
                         cursors[port] += 1
                         data = {"t": time.time(), "i": cursors[port], "text": "lorem ipsum dolor "}
                         events.queue_event(
-                            pipe, EventKind.CHAT_CHUNK, data, user_id=user, sharded=True
+                            pipe, EventKind.CHAT_CHUNK, data, owner=owner_key(user), sharded=True
                         )
                     pipe.execute()
                 sent += batch
@@ -195,7 +203,7 @@ def bus(args: argparse.Namespace) -> dict[str, Any]:
             users = [f"bus-{i}" for i in range(args.users)]
             groups = by_node(cluster, users)
             readers = [
-                ShardReader(port, [events.user_stream(u) for u in members])
+                ShardReader(port, [events.user_stream(owner_key(u)) for u in members])
                 for port, members in groups.items()
             ]
             for reader in readers:
@@ -222,7 +230,7 @@ def bus(args: argparse.Namespace) -> dict[str, Any]:
             received = sum(r.received for r in readers)
             for reader in readers:
                 reader.stopping = True
-            key = events.user_stream(users[0])
+            key = events.user_stream(owner_key(users[0]))
             probe = redis.Redis(port=owner(owners(cluster), key))
             history = int(probe.xlen(key))
             stream_bytes = int(probe.memory_usage(key, samples=0) or 0)
@@ -443,7 +451,7 @@ def pg_child(phase: str, count: int) -> None:
             conversation, message = str(uuid.uuid4()), str(uuid.uuid4())
             with psycopg.connect(dsn, autocommit=True) as conn:  # what POST /chat/messages writes
                 conn.execute(
-                    "INSERT INTO conversations (id, user_id, org_id) VALUES (%s, 'pg', 'user:pg')",
+                    "INSERT INTO conversations (id, user_id, tenant) VALUES (%s, 'pg', 'user:pg')",
                     (conversation,),
                 )
                 conn.execute(
@@ -451,7 +459,7 @@ def pg_child(phase: str, count: int) -> None:
                     " VALUES (%s, %s, 'user', 'How big is the sea?', 'queued')",
                     (message, conversation),
                 )
-            run_chat(message)
+            asyncio.run(run_chat(message))
     else:
         from bench_csv import generate, stage
 

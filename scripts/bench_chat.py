@@ -145,7 +145,7 @@ def job_in_process(n: int) -> list[float]:
             for _ in range(n):
                 conv, msg = str(uuid.uuid4()), str(uuid.uuid4())
                 db.execute(
-                    "INSERT INTO conversations (id, user_id, org_id) VALUES (%s, 'bench', 'b')",
+                    "INSERT INTO conversations (id, user_id, tenant) VALUES (%s, 'bench', 'org:b')",
                     (conv,),
                 )
                 db.execute(
@@ -377,11 +377,13 @@ def serve_web_hops(port: int) -> None:
 async def first_publishes(user: str, marks: dict[str, float], ready: asyncio.Event) -> None:
     """When each message's first chat.chunk is published: the user's channel, read here."""
     from core import settings
+    from core.principal import Identity
 
     client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
     try:
         async with client.pubsub() as pubsub:
-            await pubsub.subscribe(event_streams.user_stream(user))
+            # The user's token has no org: a tenant of one (core/principal.py).
+            await pubsub.subscribe(event_streams.user_stream(Identity(user).key))
             ready.set()
             async for message in pubsub.listen():
                 if message["type"] != "message":

@@ -60,8 +60,8 @@ def stage(dsn: str, path: Path, chunk: int) -> tuple[str, float]:
     started = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn, path.open("rb") as f:
         conn.execute(
-            "INSERT INTO uploads (id, org_id, user_id, filename, status, size_bytes)"
-            " VALUES (%s, 'bench', 'bench', %s, 'queued', %s)",
+            "INSERT INTO uploads (id, tenant, user_id, filename, status, size_bytes)"
+            " VALUES (%s, 'user:bench', 'bench', %s, 'queued', %s)",
             (upload_id, path.name, path.stat().st_size),
         )
         seq = 0

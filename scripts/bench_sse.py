@@ -263,6 +263,7 @@ def publish_main(
 
     from core import events
     from core.eventkinds import EventKind
+    from core.principal import Identity
 
     client = redis.Redis.from_url(redis_url)
     batch = 100 if rate == 0 else max(1, int(rate / 200))  # 200 batches/s when paced
@@ -282,7 +283,7 @@ def publish_main(
             now = time.time()
             for user, i in plan[start : start + batch]:
                 data = {"t": now, "i": i, "text": "lorem ipsum "}
-                events.queue_event(pipe, EventKind.CHAT_CHUNK, data, user_id=user)
+                events.queue_event(pipe, EventKind.CHAT_CHUNK, data, owner=Identity(user).key)
             pipe.execute()
             sent += len(plan[start : start + batch])
     finally:
@@ -327,7 +328,7 @@ def baseline_app() -> Any:
     async def stream(request: Request) -> StreamingResponse:
         principal = await authenticate(request, allow_query=True)
         pubsub = state["redis"].pubsub()
-        await pubsub.subscribe(events.user_stream(principal.user_id))
+        await pubsub.subscribe(events.user_stream(principal.key))
 
         async def body() -> Any:
             try:

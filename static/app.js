@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 // The server's vocabularies (core/eventkinds.py, core/statuses.py), written out because
 // the page has no build step; tests/test_vocabulary.py checks they match exactly.
-const EVENT_TYPES = ["chat.chunk", "chat.done", "chat.error", "upload.status",
+const EVENT_TYPES = ["chat.chunk", "chat.done", "chat.error", "chat.restart", "upload.status",
   "upload.progress", "upload.done", "upload.error", "resync", "token_expired", "heartbeat"];
 const UPLOAD_STATUS = {
   QUEUED: "queued", VALIDATING: "validating", PROCESSING: "processing",
@@ -13,7 +13,7 @@ const UPLOAD_STATUS = {
 };
 const MESSAGE_STATUS = {
   QUEUED: "queued", ANSWERED: "answered", BLOCKED: "blocked", FLAGGED: "flagged",
-  COMPLETED: "completed", FAILED: "failed", STREAMING: "streaming",
+  COMPLETED: "completed", FAILED: "failed", CANCELLED: "cancelled", STREAMING: "streaming",
 };
 const TERMINAL = new Set([UPLOAD_STATUS.COMPLETED, UPLOAD_STATUS.FAILED, UPLOAD_STATUS.CANCELLED]);
 // A stream that sends nothing for two heartbeat periods (plus this) is presumed dead.
@@ -258,9 +258,20 @@ const HANDLERS = {
     reply.done = true;
     reply.el.querySelector(".text").textContent = d.text; // the whole reply wins
     reply.el.classList.remove("streaming");
-    addMeta(reply.el, d.model ? `answered by ${d.model}` : "");
+    if (d.cancelled) addMeta(reply.el, "stopped");
+    else addMeta(reply.el, d.model ? `answered by ${d.model}` : "");
+    endActive(d.message_id);
     setTyping(false);
     scrollChat();
+  },
+  // The reply starts over (a retry after a crash, a worker shutting down): the text so
+  // far goes, and the chunks that follow count from index 0 again (docs/api.md).
+  "chat.restart": (d) => {
+    if (!ownsConversation(d.conversation_id)) return;
+    const reply = replyFor(d.message_id);
+    if (reply.done) return;
+    Object.assign(reply, { base: "", from: 0, parts: [] });
+    render(reply);
   },
   "chat.error": (d) => {
     if (!ownsConversation(d.conversation_id)) return;
@@ -269,6 +280,7 @@ const HANDLERS = {
     reply.el.classList.remove("streaming");
     reply.el.classList.add("failed");
     reply.el.querySelector(".text").textContent = CHAT_ERRORS[d.code] || d.message;
+    endActive(d.message_id);
     setTyping(false);
   },
   "upload.status": (d) => updateUpload(d.upload_id, { status: d.status }),
@@ -433,6 +445,27 @@ function newConversation() {
   setTyping(false);
 }
 
+// The stop button belongs to the reply being written; it goes when that reply ends.
+function endActive(messageId) {
+  if (state.activeMessage !== messageId) return;
+  state.activeMessage = null;
+  $("chat-stop").hidden = true;
+}
+
+async function stopReply() {
+  const messageId = state.activeMessage;
+  if (!messageId) return;
+  $("chat-stop").disabled = true;
+  try {
+    await api("POST", `/chat/messages/${encodeURIComponent(messageId)}/cancel`);
+  } catch (error) {
+    // 409: it ended meanwhile; its chat.done or chat.error says how.
+    if (error.status !== 409) $("chat-error").textContent = describe(error);
+  } finally {
+    $("chat-stop").disabled = false;
+  }
+}
+
 async function sendMessage(event) {
   event.preventDefault();
   const input = $("chat-input");
@@ -451,6 +484,8 @@ async function sendMessage(event) {
     const body = { message };
     if (state.conversationId) body.conversation_id = state.conversationId;
     const accepted = await api("POST", "/chat/messages", body);
+    state.activeMessage = accepted.message_id;
+    $("chat-stop").hidden = false;
     state.conversationId = accepted.conversation_id;
     sessionStorage.setItem("herald_conversation", accepted.conversation_id);
     input.value = "";
@@ -626,6 +661,7 @@ function wire() {
     askForToken("Signed out.");
   });
   $("chat-form").addEventListener("submit", sendMessage);
+  $("chat-stop").addEventListener("click", stopReply);
   $("chat-input").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) {
       e.preventDefault(); // Enter sends, Shift+Enter starts a new line

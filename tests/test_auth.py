@@ -103,7 +103,30 @@ BAD_TOKENS = {
     "hs256_signed_with_rsa_public_pem": lambda: hand_signed(
         {"alg": "HS256", "typ": "JWT"}, claims(), RSA_PUBLIC_PEM
     ),
+    # Validly signed, but nothing Herald can key data by (issue 11 item 6).
+    "exp_2_pow_1024": lambda: jwt.encode(claims(exp=2**1024), SECRET, algorithm="HS256"),
+    "exp_1e400": lambda: hand_signed_raw(b'{"sub":"m","exp":1e400}'),
+    "iat_minus_2_pow_1024": lambda: jwt.encode(claims(iat=-(2**1024)), SECRET, "HS256"),
+    "nul_in_sub": lambda: jwt.encode(claims(sub="a\x00b"), SECRET, algorithm="HS256"),
+    "newline_in_org": lambda: jwt.encode(claims(org="acme\nx"), SECRET, algorithm="HS256"),
+    "sub_too_long": lambda: jwt.encode(claims(sub="s" * 256), SECRET, algorithm="HS256"),
+    "org_too_long": lambda: jwt.encode(claims(org="o" * 256), SECRET, algorithm="HS256"),
+    "roles_not_a_list": lambda: jwt.encode(claims(roles={"admin": 1}), SECRET, "HS256"),
+    # Over JWT_MAX_LIFETIME_SECONDS (7 days), with and without iat.
+    "lives_too_long": lambda: jwt.encode(
+        claims(exp=int(time.time()) + 8 * 86400), SECRET, algorithm="HS256"
+    ),
+    "lives_too_long_no_iat": lambda: jwt.encode(
+        claims(exp=int(time.time()) + 8 * 86400, iat=None), SECRET, algorithm="HS256"
+    ),
 }
+
+
+def hand_signed_raw(payload: bytes) -> str:
+    """HS256 over a payload given as raw JSON text (e.g. numbers json.dumps cannot write)."""
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(payload)
+    sig = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(sig)
 
 
 def StreamCall(app: Starlette, path: str, headers: dict[str, str] | None = None) -> _StreamCall:
@@ -325,9 +348,9 @@ async def test_query_token_never_logged(caplog: pytest.LogCaptureFixture) -> Non
 def insert_upload(db: psycopg.Connection, org: str) -> str:
     upload_id = str(uuid.uuid4())
     db.execute(
-        "INSERT INTO uploads (id, org_id, user_id, filename, status)"
+        "INSERT INTO uploads (id, tenant, user_id, filename, status)"
         " VALUES (%s, %s, %s, %s, 'queued')",
-        (upload_id, org, "owner", "data.csv"),
+        (upload_id, f"org:{org}", "owner", "data.csv"),
     )
     return upload_id
 
@@ -367,10 +390,17 @@ def test_mint_token_round_trip() -> None:
     ("headers", "accepted"),
     [
         ({"sec-fetch-site": "cross-site"}, False),
+        # A sibling subdomain shares the cookie jar but is another origin.
+        ({"sec-fetch-site": "same-site"}, False),
         ({"origin": "https://evil.example"}, False),
         ({"origin": "null"}, False),
+        ({"origin": "https://t"}, False),  # the scheme is part of the origin
+        ({"origin": "http://t:8080"}, False),  # and the port
+        ({"origin": "http://t:99999"}, False),  # not a port at all
         ({"sec-fetch-site": "same-origin", "origin": "http://t"}, True),
+        ({"sec-fetch-site": "none"}, True),  # typed in the address bar, a bookmark
         ({"origin": "http://t"}, True),
+        ({"origin": "http://T:80"}, True),  # default port, any case
         ({}, True),  # not a browser: nothing to forge
     ],
 )
@@ -390,3 +420,40 @@ async def test_cookie_refused_on_cross_site_post(headers: dict[str, str], accept
             safe = await client.get("/chat/conversations", headers=headers)
     assert response.status_code == (404 if accepted else 401)  # 404: unknown conversation
     assert safe.status_code == 200
+
+
+async def test_https_origin_behind_the_proxy_is_same_origin() -> None:
+    # Behind Heroku the app speaks http; the router says the client used https.
+    import httpx
+
+    async with running_app() as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            client.cookies.set("herald_token", token("csrf-proxy"))
+            response = await client.post(
+                "/chat/messages",
+                content=b'{"message": "x", "conversation_id": "nope"}',
+                headers={
+                    "content-type": "text/plain",
+                    "origin": "https://t",
+                    "x-forwarded-proto": "https",
+                    "x-forwarded-for": "203.0.113.9",
+                },
+            )
+    assert response.status_code == 404  # past the CSRF check: the conversation is unknown
+
+
+async def test_huge_exp_without_a_lifetime_limit() -> None:
+    # JWT_MAX_LIFETIME_SECONDS=0 turns the limit off; exp >= 2**1024 must still not
+    # overflow float() (it was a 500).
+    verifier = TokenVerifier(secret=SECRET, algorithms=["HS256"], max_lifetime=0)
+    principal = await verifier.verify(jwt.encode(claims(exp=2**1024), SECRET, "HS256"))
+    assert principal.seconds_left() > 10 * 365 * 86400
+
+
+async def test_roles_claim() -> None:
+    verifier = TokenVerifier.from_settings()
+    admin = await verifier.verify(mint_token("r", org_id="o", roles=["viewer", "admin"]))
+    scoped = await verifier.verify(jwt.encode(claims(roles="admin viewer"), SECRET, "HS256"))
+    plain = await verifier.verify(mint_token("r", org_id="o"))
+    assert admin.is_admin and scoped.is_admin and not plain.is_admin

@@ -26,8 +26,9 @@ import redis
 
 from app.dev.embedded import free_port
 from app.security.auth import mint_token
-from core import drafts, events
+from core import drafts, events, replies
 from core.history import invalidate_history
+from core.principal import Identity
 from tests.support.freezeproxy import FreezableProxy
 from tests.support.procs import ARTIFACTS, Proc, process_env, start, wait_ready
 
@@ -58,6 +59,9 @@ pytestmark = [
         "(apt-get install chromium chromium-driver) to run the browser tests",
     ),
 ]
+
+# The page signs in with the dev token: user dev-user of org dev-org (app/dev/token.py).
+DEV_OWNER = Identity("dev-user", "dev-org").key
 
 WAIT_SECONDS = 60
 # 40 rows, one bad price: the column is still inferred as float (95% rule), so that
@@ -328,7 +332,7 @@ def test_page_resumes_without_loss_or_doubles(
         redis_client,
         "chat.done",
         {"conversation_id": "other", "message_id": "m0", "text": "elsewhere", "model": "x"},
-        user_id="dev-user",
+        owner=DEV_OWNER,
     )[0]
     # seen, not lastEventId: replies to earlier tests' messages may still be streaming.
     wait_until(
@@ -350,7 +354,7 @@ def test_page_resumes_without_loss_or_doubles(
             redis_client,
             "chat.chunk",
             {"conversation_id": conversation, "message_id": message, "index": i, "text": word},
-            user_id="dev-user",
+            owner=DEV_OWNER,
         )
     # The page recreates its EventSource, passing ?last_event_id= itself.
     browser.execute_script("connect();")
@@ -375,7 +379,7 @@ def test_page_resumes_without_loss_or_doubles(
             "text": "Resumed without loss.",
             "model": "herald-demo-1",
         },
-        user_id="dev-user",
+        owner=DEV_OWNER,
     )
     wait_until(
         browser,
@@ -398,8 +402,8 @@ def test_reload_mid_reply_shows_the_whole_reply_so_far(
     sign_in(browser, stack)
     conversation, message = str(uuid.uuid4()), str(uuid.uuid4())
     db.execute(
-        "INSERT INTO conversations (id, user_id, org_id, title) VALUES (%s, %s, %s, %s)",
-        (conversation, "dev-user", "dev-org", "Reload test"),
+        "INSERT INTO conversations (id, user_id, tenant, title) VALUES (%s, %s, %s, %s)",
+        (conversation, "dev-user", "org:dev-org", "Reload test"),
     )
     db.execute(
         "INSERT INTO messages (id, conversation_id, role, text, status)"
@@ -416,7 +420,7 @@ def test_reload_mid_reply_shows_the_whole_reply_so_far(
                 pipe,
                 "chat.chunk",
                 {**base, "index": index, "text": words[index]},
-                user_id="dev-user",
+                owner=DEV_OWNER,
             )
             new_id = pipe.execute()[-1][0]
             return str(new_id.decode() if isinstance(new_id, bytes) else new_id)
@@ -467,13 +471,13 @@ def test_reload_mid_reply_shows_the_whole_reply_so_far(
     db.execute(
         "INSERT INTO messages (id, conversation_id, role, text, status, model, reply_to)"
         " VALUES (%s, %s, 'assistant', %s, 'completed', 'herald-demo-1', %s)",
-        (drafts.reply_id(message), conversation, "".join(words), message),
+        (replies.reply_id(message), conversation, "".join(words), message),
     )
     db.execute("UPDATE messages SET status = 'answered' WHERE id = %s", (message,))
-    invalidate_history(redis_client, "dev-user", conversation)
+    invalidate_history(redis_client, DEV_OWNER, conversation)
     drafts.discard_draft(redis_client, message)
     done = {**base, "text": "".join(words), "model": "herald-demo-1"}
-    events.publish_event(redis_client, "chat.done", done, user_id="dev-user")
+    events.publish_event(redis_client, "chat.done", done, owner=DEV_OWNER)
     wait_until(
         browser,
         lambda d: (
@@ -499,7 +503,7 @@ def test_page_notices_a_silently_dead_stream(
             redis_client,
             "upload.status",
             {"upload_id": str(uuid.uuid4()), "status": "queued"},
-            user_id="dev-user",
+            owner=DEV_OWNER,
         )[0]
         wait_until(
             browser,
@@ -512,7 +516,7 @@ def test_page_notices_a_silently_dead_stream(
             redis_client,
             "upload.status",
             {"upload_id": str(uuid.uuid4()), "status": "queued"},
-            user_id="dev-user",
+            owner=DEV_OWNER,
         )[0]
         # Heartbeats stop; the page reconnects and resumes from its Last-Event-ID.
         wait_until(
@@ -720,13 +724,22 @@ def test_page_reconnects_by_itself_after_a_web_restart(
     try:
         wait_ready(web, base)
         sign_in(browser, base)
+        # The sign-in's own refresh reloads the open conversation (404 for a made-up one,
+        # which closes it): let it finish before the test picks a conversation.
+        wait_until(
+            browser,
+            lambda d: d.execute_script(
+                "return (window.heraldLog || []).some(l => l.includes('refreshed'))"
+            ),
+            "the sign-in refresh",
+        )
         conversation = str(uuid.uuid4())
         browser.execute_script("state.conversationId = arguments[0];", conversation)
         marker = events.publish_event(
             redis_client,
             "upload.status",
             {"upload_id": "u-x", "status": "queued"},
-            user_id="dev-user",
+            owner=DEV_OWNER,
         )[0]
         wait_until(
             browser,
@@ -744,7 +757,7 @@ def test_page_reconnects_by_itself_after_a_web_restart(
                 "index": i,
                 "text": word,
             }
-            events.publish_event(redis_client, "chat.chunk", data, user_id="dev-user")
+            events.publish_event(redis_client, "chat.chunk", data, owner=DEV_OWNER)
         web = start("browser-web-restart-2", argv, env)
         wait_ready(web, base)
         # The browser's own retry sends Last-Event-ID: the missed chunks arrive once.

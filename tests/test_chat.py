@@ -6,7 +6,6 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
-import anyio.to_thread
 import httpx
 import pytest
 
@@ -145,10 +144,9 @@ async def test_history_order_and_cache_invalidation(
     assert [(m["role"], m["text"], m["status"]) for m in before] == [
         ("user", "first conversation", "queued")
     ]
-    # The worker answers: the cached history must not hide the reply. (The job is sync
-    # and runs its own event loop, so it runs in a thread here; tests/test_chat_job.py
-    # runs it through an RQ worker.)
-    await anyio.to_thread.run_sync(run_chat, first["message_id"])
+    # The worker answers (the job is a coroutine; tests/test_chat_job.py runs it through
+    # an RQ worker): the cached history must not hide the reply.
+    await run_chat(first["message_id"])
     after = (await client.get(url, headers=auth(user))).json()["messages"]
     assert [(m["role"], m["status"]) for m in after] == [
         ("user", "answered"),
@@ -177,3 +175,15 @@ async def test_rate_limit_is_shared_by_web_processes(monkeypatch: pytest.MonkeyP
             for c in clients:
                 await c.aclose()
     assert statuses == [202, 202, 202, 429]
+
+
+async def test_other_spellings_of_a_conversation_id_name_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    user = user_id()
+    conv = (await send(client, user, message="mine")).json()["conversation_id"]
+    for alias in (f"urn:uuid:{conv}", conv.upper(), conv.replace("-", ""), f"{{{conv}}}"):
+        read = await client.get(f"/chat/conversations/{alias}/messages", headers=auth(user))
+        assert read.status_code == 404, alias
+        write = await send(client, user, message="again", conversation_id=alias)
+        assert write.status_code == 404, alias

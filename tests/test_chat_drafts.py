@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import httpx
 import psycopg
 import pytest
 import redis
 
-from core import drafts, settings
+from core import drafts, replies, settings
 from jobs.chat.job import run_chat
 from tests.support.asgi import running_app, token
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer
@@ -58,7 +57,7 @@ async def test_streaming_reply_is_read_back_with_its_text_so_far(
     conversation, message = post(db, user, "Tell me something long.")
     streaming: dict[str, Any] = {}
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(anyio.to_thread.run_sync, run_chat, message)
+        tasks.start_soon(run_chat, message)
         with anyio.fail_after(30):
             while not streaming:
                 listed = await messages(web, user, conversation)
@@ -69,7 +68,7 @@ async def test_streaming_reply_is_read_back_with_its_text_so_far(
                 await anyio.sleep(0.02)
     assert streaming["text"] == "".join(DEFAULT_REPLY[:3])
     assert streaming["reply_to"] == message
-    assert streaming["message_id"] == drafts.reply_id(message)
+    assert streaming["message_id"] == replies.reply_id(message)
     assert streaming["created_at"].endswith("Z")
     # The draft holds exactly the chunks published so far: index 0..chunks-1.
     published = [d for e, d in chat_events(redis_client, user, message) if e == "chat.chunk"]
@@ -92,7 +91,7 @@ async def test_finished_reply_is_not_shown_twice(
 ) -> None:
     user = "draft-finished"
     conversation, message = post(db, user, "Say hello.")
-    await anyio.to_thread.run_sync(run_chat, message)
+    await run_chat(message)
     assert not redis_client.keys(f"{settings.REDIS_PREFIX}:chat:draft*:{message}")
     # Between storing the row and deleting the draft, both exist: the row wins.
     with redis_client.pipeline() as pipe:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -17,7 +18,8 @@ import redis
 from rq import Queue, SimpleWorker
 
 from core import events, jobkinds, settings
-from core.drafts import reply_id
+from core.principal import Identity
+from core.replies import reply_id
 from jobs.chat.llm import Sanitizer
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer, openai_server
 
@@ -33,6 +35,9 @@ def upstream(monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis) -> Iter
         monkeypatch.setattr(settings, "LLM_IDLE_TIMEOUT_SECONDS", 0.3)
         monkeypatch.setattr(settings, "LLM_TIMEOUT_SECONDS", 5.0)
         monkeypatch.setattr(settings, "LLM_BREAKER_FAILURES", 3)
+        # One chat.chunk per upstream piece, so tests can count them (coalescing has
+        # its own tests in tests/test_chat_concurrency.py).
+        monkeypatch.setattr(settings, "CHAT_CHUNK_COALESCE_SECONDS", 0.0)
         redis_client.delete(*_breaker_keys())
         yield server
         redis_client.delete(*_breaker_keys())
@@ -50,7 +55,7 @@ def post(
     if conversation_id is None:
         conversation_id = str(uuid.uuid4())
         db.execute(
-            "INSERT INTO conversations (id, user_id, org_id) VALUES (%s, %s, %s)",
+            "INSERT INTO conversations (id, user_id, tenant) VALUES (%s, %s, %s)",
             (conversation_id, user, f"user:{user}"),
         )
     message_id = str(uuid.uuid4())
@@ -71,7 +76,7 @@ def run_jobs(redis_client: redis.Redis, *message_ids: str) -> None:
 
 def chat_events(redis_client: redis.Redis, user: str, message_id: str) -> list[tuple[str, dict]]:
     out = []
-    for _, fields in redis_client.xrange(events.user_stream(user), "-", "+"):
+    for _, fields in redis_client.xrange(events.user_stream(Identity(user).key), "-", "+"):
         data = json.loads(fields[b"d"])
         if data.get("message_id") == message_id:
             out.append((fields[b"e"].decode(), data))
@@ -123,7 +128,7 @@ def test_retry_of_finished_turn_does_not_duplicate(
     run_jobs(redis_client, msg)
     from jobs.chat.job import run_chat
 
-    assert run_chat(msg)["outcome"] == "replayed"
+    assert asyncio.run(run_chat(msg))["outcome"] == "replayed"
     count = db.execute(
         "SELECT count(*) FROM messages WHERE conversation_id = %s AND role = 'assistant'", (conv,)
     ).fetchone()
@@ -281,6 +286,7 @@ def test_symbol_heavy_message_blocked(upstream: OpenAIServer, redis_client, db) 
 
 def test_demo_provider(redis_client, db, monkeypatch) -> None:
     monkeypatch.setattr(settings, "LLM_PROVIDER", "demo")
+    monkeypatch.setattr(settings, "CHAT_CHUNK_COALESCE_SECONDS", 0.0)
     user = "job-demo"
     _, msg = post(db, user, "Hello demo")
     run_jobs(redis_client, msg)
@@ -357,7 +363,7 @@ def test_crash_without_retries_left_is_internal_error(
     user = "job-crash"
     _, msg = post(db, user, "crash please")
     with pytest.raises(RuntimeError):
-        jobs.chat.job.run_chat(msg)  # outside RQ: no retry left
+        asyncio.run(jobs.chat.job.run_chat(msg))  # outside RQ: no retry left
     got = chat_events(redis_client, user, msg)
     assert [(e, d["code"]) for e, d in got] == [("chat.error", "internal_error")]
     assert reply_row(db, msg) == ("", "failed", "internal_error")

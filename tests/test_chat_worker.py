@@ -1,4 +1,4 @@
-"""ChatWorker (jobs/worker/supervisor.py): rq's SimpleWorker with fewer round trips around a job.
+"""AsyncWorker (jobs/worker/asyncworker.py): its heartbeat takes fewer round trips.
 
 The jobs run the RQ way (burst); what is checked is what the skipped heartbeats must
 not break: the job's outcome and events, the worker's Redis record (state, a TTL long
@@ -13,12 +13,13 @@ from rq import Queue
 from rq.job import Job
 
 from core import jobkinds, settings
-from jobs.worker.supervisor import ChatWorker
+from jobs.chat.runtime import open_runtime
+from jobs.worker.asyncworker import AsyncWorker
 from tests.support.openai_server import DEFAULT_REPLY
 from tests.test_chat_job import chat_events, post, upstream  # noqa: F401 - a fixture
 
 
-def test_chat_jobs_run_on_chat_worker(
+def test_chat_jobs_run_on_async_worker(
     redis_client: redis.Redis,
     db: psycopg.Connection,
     upstream: object,  # noqa: F811 - the loopback OpenAI server fixture
@@ -27,13 +28,14 @@ def test_chat_jobs_run_on_chat_worker(
     ids = [post(db, "cw-user", f"hello {i}")[1] for i in range(3)]
     for message_id in ids:
         queue.enqueue(jobkinds.CHAT.target, message_id, job_id=f"chat-{message_id}")
-    worker = ChatWorker([queue], connection=redis_client)
+    worker = AsyncWorker([queue], connection=redis_client, lifespan=open_runtime)
     assert worker.work(burst=True)
 
     for message_id in ids:
         job = Job.fetch(f"chat-{message_id}", connection=redis_client)
         assert job.get_status() == "finished"
-        assert job.return_value() == {"outcome": "completed", "chunks": len(DEFAULT_REPLY)}
+        assert job.return_value()["outcome"] == "completed"
+        assert job.return_value()["chunks"] == len(DEFAULT_REPLY)
         kinds = [kind for kind, _ in chat_events(redis_client, "cw-user", message_id)]
         assert kinds == ["chat.chunk"] * len(DEFAULT_REPLY) + ["chat.done"]
     assert queue.started_job_registry.get_job_ids() == []
@@ -45,7 +47,7 @@ def test_heartbeat_is_one_round_trip_and_skipped_only_after_a_default_one(
     redis_client: redis.Redis,
 ) -> None:
     queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
-    worker = ChatWorker([queue], connection=redis_client)
+    worker = AsyncWorker([queue], connection=redis_client)
     worker.register_birth()
     try:
         default_ttl = worker.worker_ttl + 60
@@ -73,7 +75,7 @@ def test_heartbeat_is_one_round_trip_and_skipped_only_after_a_default_one(
 
 def test_state_changes_are_written(redis_client: redis.Redis) -> None:
     queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
-    worker = ChatWorker([queue], connection=redis_client)
+    worker = AsyncWorker([queue], connection=redis_client)
     worker.register_birth()
     try:
         worker.set_state("busy")

@@ -20,12 +20,18 @@ import redis.cluster
 from starlette.applications import Starlette
 
 from core import eventclients, events, settings
-from jobs.chat import job as chat_job
+from core.principal import Identity
 from tests.support.asgi import StreamCall, running_app, token
 from tests.support.rediscluster import LocalCluster, redis_binaries, skip_reason
 from tests.support.servers import RedisServer
 from tests.support.sse import Event, SSEParser
 from tests.test_chat_job import post, run_jobs
+
+
+def owned(user: str) -> str:
+    """The owner key a token for ``user`` (no org) streams under."""
+    return Identity(user).key
+
 
 pytestmark = [
     pytest.mark.anyio,
@@ -43,15 +49,11 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 @pytest.fixture
-def on_cluster(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCluster]:
+def on_cluster(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> LocalCluster:
     """Settings that put the event bus on ``cluster``; queues stay on REDIS_URL."""
     monkeypatch.setattr(settings, "EVENTS_REDIS_URL", cluster.url)
     monkeypatch.setattr(settings, "EVENTS_REDIS_CLUSTER", True)
-    chat_job.events_client.cache_clear()
-    yield cluster
-    if chat_job.events_client.cache_info().currsize:
-        chat_job.events_client().close()
-    chat_job.events_client.cache_clear()
+    return cluster
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def users_on(cluster: LocalCluster, per_primary: int, tag: str) -> dict[int, lis
     found: dict[int, list[str]] = {port: [] for port in cluster.primary_ports()}
     for i in itertools.count():
         user = f"{tag}-{i}"
-        owner = found.get(cluster.owner_of(events.user_stream(user)))
+        owner = found.get(cluster.owner_of(events.user_stream(owned(user))))
         if owner is not None and len(owner) < per_primary:
             owner.append(user)
         if all(len(users) == per_primary for users in found.values()):
@@ -120,7 +122,7 @@ async def test_streams_on_every_shard_one_hub_connection_each(
         for user in users:
             # A user's and an upload's stream: two slots, one script call each.
             sent[user] = events.publish_event(
-                bus, "upload.progress", {"percent": 5}, user_id=user, upload_id=f"up-{user}"
+                bus, "upload.progress", {"percent": 5}, owner=owned(user), upload_id=f"up-{user}"
             )
             assert len(sent[user]) == 2
         for user, call in calls.items():
@@ -128,7 +130,7 @@ async def test_streams_on_every_shard_one_hub_connection_each(
             assert bytes(call.body).count(b"event: upload.progress") == 1
             call.disconnect()
     for user, (user_id, upload_id) in sent.items():
-        assert [e[0].decode() for e in bus.xrange(events.user_stream(user))] == [user_id]
+        assert [e[0].decode() for e in bus.xrange(events.user_stream(owned(user)))] == [user_id]
         upload_key = events.upload_stream(f"up-{user}")
         assert [e[0].decode() for e in bus.xrange(upload_key)] == [upload_id]
 
@@ -137,13 +139,15 @@ async def test_resume_on_a_cluster_replays_exactly_once(
     on_cluster: LocalCluster, bus: redis.cluster.RedisCluster
 ) -> None:
     user = "resume-cluster"
-    ids = [events.publish_event(bus, "chat.chunk", {"n": n}, user_id=user)[0] for n in range(4)]
+    ids = [
+        events.publish_event(bus, "chat.chunk", {"n": n}, owner=owned(user))[0] for n in range(4)
+    ]
     async with running_app() as app, anyio.create_task_group() as tg:
         call = stream_call(app, user, ids[1])
         tg.start_soon(call.run)
         await call.wait_for(lambda c: ids[3].encode() in c.body)
         [live] = await anyio.to_thread.run_sync(
-            lambda: events.publish_event(bus, "chat.chunk", {"n": 4}, user_id=user)
+            lambda: events.publish_event(bus, "chat.chunk", {"n": 4}, owner=owned(user))
         )
         await call.wait_for(lambda c: live.encode() in c.body)
         call.disconnect()
@@ -159,11 +163,11 @@ async def test_async_publish_on_a_cluster(
     client = redis.asyncio.cluster.RedisCluster.from_url(on_cluster.url)
     try:
         ids = await events.apublish_event(
-            client, "upload.status", {"status": "queued"}, user_id="apub", upload_id="apub-up"
+            client, "upload.status", {"status": "queued"}, owner=owned("apub"), upload_id="apub-up"
         )
     finally:
         await client.aclose()
-    assert bus.xrange(events.user_stream("apub"))[0][0].decode() == ids[0]
+    assert bus.xrange(events.user_stream(owned("apub")))[0][0].decode() == ids[0]
     assert bus.xrange(events.upload_stream("apub-up"))[0][0].decode() == ids[1]
 
 
@@ -175,8 +179,8 @@ async def test_moved_slot_reroutes_and_streams_resume(
     before anyone subscribed gets MOVED, and the hub asks the slot map again."""
     by_owner = users_on(on_cluster, 1, "moved")
     (first, [user_a]), (second, [user_b]), *_ = by_owner.items()
-    key_a, key_b = events.user_stream(user_a), events.user_stream(user_b)
-    before = events.publish_event(bus, "chat.chunk", {"n": 0}, user_id=user_a)[0]
+    key_a, key_b = events.user_stream(owned(user_a)), events.user_stream(owned(user_b))
+    before = events.publish_event(bus, "chat.chunk", {"n": 0}, owner=owned(user_a))[0]
     async with running_app() as app, anyio.create_task_group() as tg:
         call_a = stream_call(app, user_a, before)
         tg.start_soon(call_a.run)
@@ -186,16 +190,16 @@ async def test_moved_slot_reroutes_and_streams_resume(
         call_b = stream_call(app, user_b)
         tg.start_soon(call_b.run)
         await call_b.wait_for(lambda c: b": connected" in c.body)
-        [b_id] = events.publish_event(bus, "chat.chunk", {"n": 1}, user_id=user_b)
+        [b_id] = events.publish_event(bus, "chat.chunk", {"n": 1}, owner=owned(user_b))
         await call_b.wait_for(lambda c: b_id.encode() in c.body)
         # A's slot moves, history and all: its stream ends rather than going quiet.
         await anyio.to_thread.run_sync(move_slot, on_cluster, key_a, second)
         await call_a.wait_for(lambda c: c.finished)
-        [missed] = events.publish_event(bus, "chat.chunk", {"n": 2}, user_id=user_a)
+        [missed] = events.publish_event(bus, "chat.chunk", {"n": 2}, owner=owned(user_a))
         again = stream_call(app, user_a, before)
         tg.start_soon(again.run)
         await again.wait_for(lambda c: missed.encode() in c.body)
-        [live] = events.publish_event(bus, "chat.chunk", {"n": 3}, user_id=user_a)
+        [live] = events.publish_event(bus, "chat.chunk", {"n": 3}, owner=owned(user_a))
         await again.wait_for(lambda c: live.encode() in c.body)
         assert b"event: resync" not in again.body
         for call in (call_b, again):
@@ -216,12 +220,12 @@ def test_chat_job_publishes_to_the_cluster(
     run_jobs(redis_client, message_id)
     kinds = [
         fields[b"e"].decode()
-        for _, fields in bus.xrange(events.user_stream(user))
+        for _, fields in bus.xrange(events.user_stream(owned(user)))
         if json.loads(fields[b"d"])["message_id"] == message_id
     ]
     assert kinds[-1] == "chat.done" and kinds.count("chat.chunk") >= 1
     assert set(kinds) == {"chat.chunk", "chat.done"}
-    assert redis_client.exists(events.user_stream(user)) == 0
+    assert redis_client.exists(events.user_stream(owned(user))) == 0
 
 
 async def test_events_redis_url_separates_the_bus(
@@ -239,7 +243,7 @@ async def test_events_redis_url_separates_the_bus(
             call = stream_call(app, user)
             tg.start_soon(call.run)
             await call.wait_for(lambda c: b": connected" in c.body)
-            [event_id] = events.publish_event(own, "chat.chunk", {"n": 1}, user_id=user)
+            [event_id] = events.publish_event(own, "chat.chunk", {"n": 1}, owner=owned(user))
             await call.wait_for(lambda c: event_id.encode() in c.body)
             call.disconnect()
             ready = StreamCall(app, "/readyz")
@@ -250,8 +254,8 @@ async def test_events_redis_url_separates_the_bus(
                 "redis_events": "ok",
             }
         # History on the bus's Redis only.
-        assert own.xlen(events.user_stream(user)) == 1
-        assert redis_client.exists(events.user_stream(user)) == 0
+        assert own.xlen(events.user_stream(owned(user))) == 1
+        assert redis_client.exists(events.user_stream(owned(user))) == 0
         own.close()
     finally:
         server.stop()
@@ -309,7 +313,9 @@ def publish_until(
             return acked
         for user in users:
             try:
-                acked[user] += events.publish_event(client, "chat.chunk", {"n": n}, user_id=user)
+                acked[user] += events.publish_event(
+                    client, "chat.chunk", {"n": n}, owner=owned(user)
+                )
             except (redis.RedisError, redis.exceptions.RedisClusterException):
                 time.sleep(0.05)  # the slot's primary is down; a job would retry too
         time.sleep(0.005)
@@ -387,7 +393,7 @@ async def test_failover_resumes_without_silent_gaps(
             await anyio.to_thread.run_sync(local.kill, victim)
             if replica_behind:
                 local.resume(replica)
-            victim_key = events.user_stream(by_owner[victim][0])
+            victim_key = events.user_stream(owned(by_owner[victim][0]))
             await anyio.to_thread.run_sync(local.wait_owner_changed, victim_key, victim)
             await anyio.sleep(1.0)  # events through the promoted replica
             stop.set()
@@ -395,7 +401,7 @@ async def test_failover_resumes_without_silent_gaps(
                 while "acked" not in result:
                     await anyio.sleep(0.02)
             histories = {
-                user: [e[0].decode() for e in client.xrange(events.user_stream(user))]
+                user: [e[0].decode() for e in client.xrange(events.user_stream(owned(user)))]
                 for user in users
             }
             with anyio.fail_after(30):  # every client catches up with what survived

@@ -766,5 +766,9 @@ async def test_cancel_a_large_import(db: psycopg.Connection, redis_client: redis
     assert not table_exists(db, upload_id)
     assert error_rows(db, upload_id) == []
     assert chunk_count(db, upload_id) == 0
-    statuses = [d["status"] for e, d in user_events(redis_client, user) if e == "upload.status"]
+    statuses = [
+        d["status"]
+        for e, d in user_events(redis_client, user, "org-cancel")
+        if e == "upload.status"
+    ]
     assert statuses == ["validating", "processing", "cancelled"]

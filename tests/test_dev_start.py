@@ -63,7 +63,6 @@ def start_dev(name: str, state: Path, port: int) -> Proc:
 
 def wait_exit(proc: Proc, timeout: float = 120) -> int:
     code = proc.popen.wait(timeout=timeout)
-    proc._log.close()
     return code
 
 

@@ -24,7 +24,7 @@ async def test_dev_token_mints_a_valid_token_in_dev_mode(monkeypatch: pytest.Mon
     assert minted.status_code == 200
     assert minted.headers["cache-control"] == "no-store"
     principal = await TokenVerifier.from_settings().verify(minted.json()["token"])
-    assert (principal.user_id, principal.org_id) == ("dev-user", "dev-org")
+    assert (principal.user_id, principal.org) == ("dev-user", "dev-org")
 
 
 async def test_no_dev_token_outside_dev_mode(monkeypatch: pytest.MonkeyPatch) -> None:

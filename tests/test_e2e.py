@@ -61,8 +61,12 @@ async def test_post_then_stream_chunks_to_done(stack: str, upstream: OpenAIServe
         ]
         history = await client.get(f"/chat/conversations/{accepted['conversation_id']}/messages")
     names = [e for e, _ in got]
-    assert names == ["chat.chunk"] * len(DEFAULT_REPLY) + ["chat.done"], got
-    chunks_text = [d["text"] for e, d in got if e == "chat.chunk"]
+    # Pieces that arrive together may leave as one event (CHAT_CHUNK_COALESCE_SECONDS):
+    # the text is exact and the indexes gapless either way.
+    assert names[-1] == "chat.done" and set(names[:-1]) == {"chat.chunk"}, got
+    chunks = [d for e, d in got if e == "chat.chunk"]
+    assert [c["index"] for c in chunks] == list(range(len(chunks)))
+    chunks_text = [c["text"] for c in chunks]
     done = got[-1][1]
     assert done["text"] == "".join(chunks_text) == "".join(DEFAULT_REPLY)
     assert done["model"] == "loopback-e2e"
@@ -73,4 +77,5 @@ async def test_post_then_stream_chunks_to_done(stack: str, upstream: OpenAIServe
         ("assistant", "completed"),
     ]
     assert messages[1]["text"] == done["text"]
-    assert upstream.requests[-1]["messages"][-1]["content"] == "Hello end to end"
+    # The worker's start-up recovery may send other tests' left-over messages too.
+    assert any(r["messages"][-1]["content"] == "Hello end to end" for r in upstream.requests)

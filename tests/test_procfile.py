@@ -20,6 +20,7 @@ import redis
 
 from app.dev.embedded import free_port
 from core import events
+from core.principal import Identity
 from tests.support.asgi import token
 from tests.support.procs import ROOT, Proc, Web, process_env, read_procfile, start_web, start_worker
 from tests.support.sse import Event, EventStream
@@ -143,7 +144,9 @@ async def test_sigterm_on_web_mid_stream_resumes_on_another_web(
                 )
 
     # Exactly the stream's history from the first event on: nothing lost, nothing twice.
-    history = redis_client.xrange(events.user_stream(user), received[0].last_event_id, "+")
+    history = redis_client.xrange(
+        events.user_stream(Identity(user).key), received[0].last_event_id, "+"
+    )
     assert [e.last_event_id for e in received] == [raw.decode() for raw, _ in history]
     chunks = [e.json() for e in received if e.type == "chat.chunk"]
     assert [c["index"] for c in chunks] == list(range(len(chunks)))

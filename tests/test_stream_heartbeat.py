@@ -14,7 +14,9 @@ import anyio
 import pytest
 import redis
 
+from app.sse.leases import leases_key
 from core import events, settings
+from core.principal import Identity
 from tests.support.asgi import StreamCall, running_app, token
 
 pytestmark = pytest.mark.anyio
@@ -29,8 +31,8 @@ async def test_opted_in_stream_gets_named_heartbeats_without_ids(
     redis_client: redis.Redis,
 ) -> None:
     user = "heartbeat-event"
-    before = events.publish_event(redis_client, "chat.chunk", {"n": 0}, user_id=user)[0]
-    after = events.publish_event(redis_client, "chat.chunk", {"n": 1}, user_id=user)[0]
+    before = events.publish_event(redis_client, "chat.chunk", {"n": 0}, owner=Identity(user).key)[0]
+    after = events.publish_event(redis_client, "chat.chunk", {"n": 1}, owner=Identity(user).key)[0]
     headers = {"authorization": f"Bearer {token(user)}", "last-event-id": before}
     async with running_app() as app:
         call = StreamCall(app, "/events?heartbeat=event", headers)
@@ -76,4 +78,4 @@ async def test_unknown_heartbeat_style_is_a_400_and_takes_no_slot(
         assert call.status == 400
         assert re.search(rb'"code":\s*"validation_error"', bytes(call.body))
         assert app.state.hub.connections == 0
-    assert redis_client.zcard(f"{settings.REDIS_PREFIX}:streams:{user}") == 0
+    assert redis_client.zcard(leases_key(Identity(user).key)) == 0

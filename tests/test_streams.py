@@ -16,8 +16,10 @@ import redis
 from app.dev.embedded import free_port
 from app.dev.start import web_argv
 from app.sse.hub import Hub
+from app.sse.leases import leases_key
 from app.sse.response import SendTimeoutError
 from core import events, settings
+from core.principal import Identity
 from tests.support.asgi import StreamCall, running_app, token
 from tests.support.procs import process_env, start, wait_ready
 from tests.support.sse import SSEParser
@@ -30,7 +32,7 @@ def publish(client: redis.Redis, user: str, n: int, event: str = "chat.chunk") -
 
 
 def publish_one(client: redis.Redis, user: str, data: dict, event: str = "chat.chunk") -> str:
-    return events.publish_event(client, event, data, user_id=user)[0]
+    return events.publish_event(client, event, data, owner=Identity(user).key)[0]
 
 
 async def test_finite_stream_exact_bytes(redis_client: redis.Redis) -> None:
@@ -76,7 +78,7 @@ async def test_live_events_and_disconnect_releases_slot(redis_client: redis.Redi
             call.disconnect()
             with anyio.fail_after(3):
                 await call.wait_for(lambda c: app.state.hub.connections == 0)
-        assert redis_client.zcard(f"{settings.REDIS_PREFIX}:streams:{user}") == 0
+        assert redis_client.zcard(leases_key(Identity(user).key)) == 0
 
 
 async def test_resync_when_history_is_gone(redis_client: redis.Redis) -> None:
@@ -144,7 +146,7 @@ async def test_per_user_limit_across_two_app_instances(redis_client: redis.Redis
             assert extra.status == 429
             assert b'"code":"too_many_streams"' in extra.body
             calls[0].disconnect()
-            key = f"{settings.REDIS_PREFIX}:streams:{user}"
+            key = leases_key(Identity(user).key)
             await calls[0].wait_for(lambda c: redis_client.zcard(key) == 4)
             again = StreamCall(app_b, "/events", auth)
             tg.start_soon(again.run)
@@ -155,7 +157,7 @@ async def test_per_user_limit_across_two_app_instances(redis_client: redis.Redis
 
 async def test_crashed_process_leases_lapse(redis_client: redis.Redis) -> None:
     user = "crashed"
-    key = f"{settings.REDIS_PREFIX}:streams:{user}"
+    key = leases_key(Identity(user).key)
     # Five slots held by a process that died: their leases lapsed a second ago.
     redis_client.zadd(key, {f"dead-{i}": time.time() - 1 for i in range(5)})
     async with running_app() as app:
@@ -238,7 +240,7 @@ async def test_head_takes_no_slot_and_no_subscription(redis_client: redis.Redis)
             assert call.headers["content-type"].startswith("text/event-stream")
             assert bytes(call.body) == b""
         assert app.state.hub.connections == 0
-        assert redis_client.zcard(f"{settings.REDIS_PREFIX}:streams:{user}") == 0
+        assert redis_client.zcard(leases_key(Identity(user).key)) == 0
         unauthenticated = StreamCall(app, "/events")
         unauthenticated.scope["method"] = "HEAD"
         await unauthenticated.run()
@@ -277,8 +279,8 @@ async def test_upload_stream_receives_upload_events(
 ) -> None:
     upload_id = str(uuid.uuid4())
     db.execute(
-        "INSERT INTO uploads (id, org_id, user_id, filename, status)"
-        " VALUES (%s, 'org-u', 'owner', 'f', 'queued')",
+        "INSERT INTO uploads (id, tenant, user_id, filename, status)"
+        " VALUES (%s, 'org:org-u', 'owner', 'f', 'queued')",
         (upload_id,),
     )
     async with running_app() as app:
@@ -297,10 +299,12 @@ async def test_upload_stream_receives_upload_events(
                 redis_client,
                 "upload.progress",
                 {"upload_id": upload_id, "percent": 50, "rows_processed": 10},
-                user_id="owner",
+                owner=Identity("owner").key,
                 upload_id=upload_id,
             )
-            events.publish_event(redis_client, "chat.chunk", {"index": 0}, user_id="owner")
+            events.publish_event(
+                redis_client, "chat.chunk", {"index": 0}, owner=Identity("owner").key
+            )
             await owner.wait_for(lambda c: c.body.count(b"\nevent: ") == 2)
             await mate.wait_for(lambda c: upload_event_id.encode() in c.body)
             mate.disconnect()
@@ -318,7 +322,7 @@ async def test_hub_survives_idle_ping(redis_client: redis.Redis) -> None:
     hub = Hub(settings.REDIS_URL, queue_size=8, health_check_seconds=0.1)
     await hub.start()
     try:
-        key = events.user_stream("idle-ping")
+        key = events.user_stream(Identity("idle-ping").key)
         hub.unsubscribe(await hub.subscribe(key))
         await anyio.sleep(0.6)  # several watchdog rounds: it PINGs after 0.1 s of silence
         assert [shard.reading for shard in hub.shards] == [True]
@@ -362,7 +366,7 @@ async def test_send_blocked_past_send_timeout_ends_the_stream(
             publish_one(redis_client, user, {"n": 1})
             with anyio.fail_after(5):
                 await call.wait_for(lambda c: app.state.hub.connections == 0)
-        key = f"{settings.REDIS_PREFIX}:streams:{user}"
+        key = leases_key(Identity(user).key)
         with anyio.fail_after(5):
             while redis_client.zcard(key):
                 await anyio.sleep(0.01)
@@ -377,7 +381,7 @@ async def test_issue10_lease_limit_holds_past_key_ttl_and_crash_frees_slots(
     lease = 1.0
     monkeypatch.setattr(settings, "SSE_LEASE_SECONDS", lease)
     user = "lease-ttl"
-    key = f"{settings.REDIS_PREFIX}:streams:{user}"
+    key = leases_key(Identity(user).key)
     auth = {"authorization": f"Bearer {token(user)}"}
     port = free_port()
     web = start("issue10-lease-web", web_argv(port), process_env(SSE_LEASE_SECONDS=str(lease)))

@@ -8,6 +8,7 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -15,6 +16,7 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 
+from app.security.auth import mint_token
 from core import settings
 from tests.support.asgi import running_app, token
 from tests.support.uploads import chunk_count, table_exists, upload_events
@@ -59,7 +61,7 @@ async def post_raw(
 
 
 def uploads_of(db: psycopg.Connection, org: str) -> int:
-    row = db.execute("SELECT count(*) FROM uploads WHERE org_id = %s", (org,)).fetchone()
+    row = db.execute("SELECT count(*) FROM uploads WHERE tenant = %s", (f"org:{org}",)).fetchone()
     return int(row[0])
 
 
@@ -364,3 +366,106 @@ async def test_many_small_form_fields_are_refused(
     )
     assert (response.status_code, response.json()["error"]["code"]) == (400, "validation_error")
     assert uploads_of(db, org) == 0
+
+
+async def test_every_multipart_byte_counts_against_the_limit(
+    client: httpx.AsyncClient, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Empty parts carry no file bytes and no field bytes, only framing: they were never
+    # counted, so a chunked body of them was parsed without bound.
+    monkeypatch.setattr(settings, "UPLOAD_MAX_BYTES", 1000)
+    _user, org, headers = who()
+    empty_part = b'--B\r\nContent-Disposition: form-data; name="x"\r\n\r\n\r\n'
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:  # no Content-Length: chunked
+        nonlocal sent
+        for _ in range(200):  # ~2 MB of empty parts, then a small file
+            sent += len(empty_part) * 200
+            yield empty_part * 200
+        yield b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'
+        yield PEOPLE + b"\r\n--B--\r\n"
+
+    response = await client.post(
+        "/uploads",
+        content=body(),
+        headers={**headers, "content-type": "multipart/form-data; boundary=B"},
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "upload_too_large"
+    assert sent < 200 * 1024  # refused near the limit (plus the framing slack), not at the end
+    assert uploads_of(db, org) == 0
+
+
+ID_SPELLINGS = [
+    "urn:uuid:{id}",
+    "{{{id}}}",
+    "{upper}",
+    "{bare}",
+    " {id}",
+    "{id}\u00a0",
+]
+
+
+@pytest.mark.parametrize("spelling", ID_SPELLINGS)
+async def test_other_spellings_of_an_id_name_nothing(
+    client: httpx.AsyncClient, redis_client: redis.Redis, spelling: str
+) -> None:
+    # uuid.UUID() reads all of these, PostgreSQL's uuid type not all: they were 500s.
+    _user, _org, headers = who()
+    upload_id = (await post_raw(client, headers, PEOPLE)).json()["upload_id"]
+    work(redis_client)
+    alias = spelling.format(id=upload_id, upper=upload_id.upper(), bare=upload_id.replace("-", ""))
+    quoted = "/uploads/" + quote(alias, safe=":{}")
+    for method, suffix in [
+        ("GET", ""),
+        ("GET", "/rows"),
+        ("GET", "/errors"),
+        ("POST", "/cancel"),
+        ("DELETE", ""),
+    ]:
+        response = await client.request(method, quoted + suffix, headers=headers)
+        assert response.status_code == 404, (method, alias, suffix, response.text)
+        assert response.json()["error"]["code"] == "not_found"
+    assert (await client.get(f"/uploads/{upload_id}", headers=headers)).status_code == 200
+
+
+async def test_bidi_controls_are_stripped_from_filenames(client: httpx.AsyncClient) -> None:
+    _user, _org, headers = who()
+    # Displayed as "invoicecsv.exe" with the override, a different file than it is.
+    raw = await post_raw(client, headers, PEOPLE, "?filename=invoice%E2%80%AEexe.csv")
+    form = await client.post(
+        "/uploads",
+        headers=headers,
+        files={"file": ("r\u2066ep\u2069ort\u200f.csv", PEOPLE)},
+    )
+    names = []
+    for response in (raw, form):
+        upload_id = response.json()["upload_id"]
+        names.append(
+            (await client.get(f"/uploads/{upload_id}", headers=headers)).json()["filename"]
+        )
+    assert names == ["invoiceexe.csv", "report.csv"]
+
+
+async def test_only_the_uploader_or_an_admin_may_cancel_or_delete(
+    client: httpx.AsyncClient,
+) -> None:
+    _owner, org, headers = who()
+    mate = auth("a-colleague", org)
+    admin = {"authorization": f"Bearer {mint_token('the-admin', org_id=org, roles=['admin'])}"}
+    upload_id = (await post_raw(client, headers, PEOPLE)).json()["upload_id"]
+    # Every member sees it (API.md), so refusing is 403, not 404.
+    assert (await client.get(f"/uploads/{upload_id}", headers=mate)).status_code == 200
+    for method, path in [
+        ("POST", f"/uploads/{upload_id}/cancel"),
+        ("DELETE", f"/uploads/{upload_id}"),
+    ]:
+        refused = await client.request(method, path, headers=mate)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (403, "forbidden")
+    assert (await client.get(f"/uploads/{upload_id}", headers=headers)).json()["status"] == "queued"
+    cancelled = await client.post(f"/uploads/{upload_id}/cancel", headers=admin)
+    assert cancelled.json()["status"] == "cancelled"
+    assert (await client.delete(f"/uploads/{upload_id}", headers=headers)).status_code == 204
+    other_id = (await post_raw(client, headers, PEOPLE)).json()["upload_id"]
+    assert (await client.delete(f"/uploads/{other_id}", headers=admin)).status_code == 204

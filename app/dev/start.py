@@ -31,10 +31,13 @@ DEV_LIMITS = {
 
 def web_argv(port: int | str, *extra: str, host: str = "127.0.0.1") -> list[str]:
     """The web process for local runs, tests and benchmarks: uvicorn on this
-    interpreter, without uvicorn's access log (ours redacts query tokens)."""
+    interpreter as the Procfile runs it (request bounds, proxy headers read by
+    app/proxy.py, no uvicorn access log: ours redacts query tokens)."""
     return [
         sys.executable, "-m", "uvicorn", "app.main:app",
-        "--host", host, "--port", str(port), "--no-access-log", *extra,
+        "--host", host, "--port", str(port),
+        "--http", "app.connections:BoundedHttpToolsProtocol", "--no-proxy-headers",
+        "--no-access-log", *extra,
     ]  # fmt: skip
 
 
@@ -49,7 +52,7 @@ class Stack:
     worker get it directly as well as the SIGTERM sent here, which both treat as one
     request (uvicorn stops gracefully; RQ ignores a repeat within a second). A second
     Ctrl-C forces: uvicorn drops open connections, RQ stops the job in hand (its cold
-    shutdown; the job is retried at the next start, jobs/chat/recovery.py).
+    shutdown; the reconciler runs it again after the next start, jobs/worker/reconciler.py).
     """
 
     def __init__(self) -> None:

@@ -34,13 +34,5 @@ async def dev_token(request: Request) -> JSONResponse:
     return JSONResponse(body, headers=_NO_STORE)
 
 
-async def dev_token_unavailable(request: Request) -> JSONResponse:
-    # Outside dev mode the page still asks; a 404 here would be an error in every
-    # visitor's browser console.
-    return JSONResponse({"available": False}, headers=_NO_STORE)
-
-
 routes = [Route("/dev/token", dev_token, methods=["GET", "POST"], include_in_schema=False)]
-probe_routes = [
-    Route("/dev/token", dev_token_unavailable, methods=["GET"], include_in_schema=False)
-]
+# Outside dev mode app/routes/page.py answers the page's probe instead.

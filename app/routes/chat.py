@@ -22,10 +22,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import BadRequest, InvalidJSON, NotFound, PayloadTooLarge
+from app.ids import parse_id
 from app.openapi import INTEGER, STRING, TIME, Schema, enum, errors, json_body, obj, operation
 from app.security import ratelimit
-from app.security.auth import authenticate
-from core import drafts, history, jobkinds, settings
+from app.security.auth import Principal, authenticate
+from core import drafts, history, jobkinds, replies, settings
 from core.statuses import MessageStatus
 from core.timestamps import rfc3339
 
@@ -47,11 +48,6 @@ async def cached(request: Request, kind: str, owner: str, load: Any) -> bytes:
 
 
 # --- Input ---------------------------------------------------------------------------------
-def parse_uuid(value: str) -> str | None:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
 
 
 async def read_message(request: Request) -> tuple[str, str | None]:
@@ -167,13 +163,13 @@ async def post_message(request: Request) -> Response:
     principal = await authenticate(request)
     message, conversation_id = await read_message(request)
     if conversation_id is not None:
-        conversation_id = parse_uuid(conversation_id)
-        if conversation_id is None or not await owns(request, conversation_id, principal.user_id):
+        conversation_id = parse_id(conversation_id)
+        if conversation_id is None or not await owns(request, conversation_id, principal):
             raise NotFound("No such conversation.")
     limiter: ratelimit.RateLimiter = request.app.state.ratelimiter
     limit = settings.CHAT_RATE_LIMIT
-    if not await limiter.acquire("chat", limit, principal.user_id):
-        headers = await limiter.headers("chat", limit, principal.user_id)
+    if not await limiter.acquire("chat", limit, principal.key):
+        headers = await limiter.headers("chat", limit, principal.key)
         raise ratelimit.refusal("chat", limit, headers)
     message_id = str(uuid.uuid4())
     if conversation_id is None:
@@ -182,7 +178,7 @@ async def post_message(request: Request) -> Response:
         params: tuple[Any, ...] = (
             conversation_id,
             principal.user_id,
-            principal.org_id,
+            principal.tenant,
             _title(message),
         )
     else:
@@ -202,21 +198,25 @@ async def post_message(request: Request) -> Response:
 
     # The request is counted; reading the window back for the headers need not hold up
     # the job, so it runs beside the write.
-    headers, _ = await asyncio.gather(limiter.headers("chat", limit, principal.user_id), store())
+    headers, _ = await asyncio.gather(limiter.headers("chat", limit, principal.key), store())
     # The worker never reads the history cache, so its invalidation runs beside the
     # enqueue rather than before it (both are done before the 202).
     job_id, _ = await asyncio.gather(
         request.app.state.jobs.enqueue(
-            jobkinds.CHAT, message_id, job_id=jobkinds.chat_job_id(message_id)
+            jobkinds.CHAT,
+            message_id,
+            job_id=jobkinds.chat_job_id(message_id),
+            # Fairness: one user's replies in flight are capped; the rest wait their turn.
+            limit=(f"chat-user:{principal.identity.key}", settings.CHAT_USER_CONCURRENCY),
         ),
-        history.ainvalidate_history(request.app.state.redis, principal.user_id, conversation_id),
+        history.ainvalidate_history(request.app.state.redis, principal.key, conversation_id),
     )
     body = {"conversation_id": conversation_id, "message_id": message_id, "job_id": job_id}
     return JSONResponse(body, status_code=202, headers=headers)
 
 
 _NEW_CONVERSATION = (
-    "WITH parent AS (INSERT INTO conversations (id, user_id, org_id, title)"
+    "WITH parent AS (INSERT INTO conversations (id, user_id, tenant, title)"
     " VALUES (%s, %s, %s, %s) RETURNING id)"
 )
 _TOUCH_CONVERSATION = (
@@ -233,11 +233,12 @@ def _title(message: str) -> str:
     return first if len(first) <= 80 else first[:79] + "…"
 
 
-async def owns(request: Request, conversation_id: str, user_id: str) -> bool:
+async def owns(request: Request, conversation_id: str, principal: Principal) -> bool:
+    # Both halves of the owner: the same `sub` in another tenant is another person.
     async with request.app.state.pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT 1 FROM conversations WHERE id = %s AND user_id = %s",
-            (conversation_id, user_id),
+            "SELECT 1 FROM conversations WHERE id = %s AND tenant = %s AND user_id = %s",
+            (conversation_id, principal.tenant, principal.user_id),
         )
         return await cur.fetchone() is not None
 
@@ -254,8 +255,9 @@ async def list_conversations(request: Request) -> Response:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT id, title, created_at, updated_at FROM conversations"
-                " WHERE user_id = %s ORDER BY updated_at DESC, id DESC LIMIT %s",
-                (principal.user_id, settings.CHAT_CONVERSATIONS_PAGE_MAX),
+                " WHERE tenant = %s AND user_id = %s"
+                " ORDER BY updated_at DESC, id DESC LIMIT %s",
+                (principal.tenant, principal.user_id, settings.CHAT_CONVERSATIONS_PAGE_MAX),
             )
             rows = await cur.fetchall()
         return {
@@ -270,7 +272,7 @@ async def list_conversations(request: Request) -> Response:
             ]
         }
 
-    body = await cached(request, "conversations", principal.user_id, load)
+    body = await cached(request, "conversations", principal.key, load)
     return Response(body, media_type="application/json")
 
 
@@ -280,8 +282,8 @@ async def list_conversations(request: Request) -> Response:
 )
 async def list_messages(request: Request) -> Response:
     principal = await authenticate(request)
-    conversation_id = parse_uuid(request.path_params["conversation_id"])
-    if conversation_id is None or not await owns(request, conversation_id, principal.user_id):
+    conversation_id = parse_id(request.path_params["conversation_id"])
+    if conversation_id is None or not await owns(request, conversation_id, principal):
         raise NotFound("No such conversation.")
 
     async def load() -> dict[str, Any]:
@@ -344,7 +346,7 @@ async def with_drafts(request: Request, body: bytes) -> bytes:
         if draft is not None:
             merged.append(
                 {
-                    "message_id": drafts.reply_id(m["message_id"]),
+                    "message_id": replies.reply_id(m["message_id"]),
                     "role": "assistant",
                     "text": draft.text,
                     "status": MessageStatus.STREAMING,

@@ -38,7 +38,7 @@ _HEARTBEAT_PARAMETER = [query("heartbeat", {"enum": list(HEARTBEAT_STYLES), "def
 async def user_events(request: Request) -> EventStreamResponse:
     """The caller's own stream: every event of their chats and uploads."""
     principal = await authenticate(request, allow_query=True)
-    return open_stream(request, principal, events.user_stream(principal.user_id))
+    return open_stream(request, principal, events.user_stream(principal.key))
 
 
 @operation(
@@ -54,7 +54,7 @@ async def upload_events(request: Request) -> EventStreamResponse:
     upload_id = request.path_params["upload_id"]
     # The same tenancy check as GET /uploads/{id}: another tenant's upload, a
     # malformed id and one still being received all answer 404.
-    await fetch_upload(request.app.state.pool, upload_id, principal.org_id)
+    await fetch_upload(request.app.state.pool, upload_id, principal.tenant)
     return open_stream(request, principal, events.upload_stream(upload_id))
 
 

@@ -26,7 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import BadRequest, Conflict, Forbidden, NotFound
+from app.ids import parse_id
 from app.openapi import (
     INTEGER,
     STRING,
@@ -47,6 +48,7 @@ from app.upload_body import UploadBody, read_upload
 from core import events, jobkinds, settings
 from core.columntypes import ColumnType
 from core.eventkinds import EventKind
+from core.principal import Identity
 from core.statuses import ACTIVE_UPLOAD_STATUSES, VISIBLE_UPLOAD_STATUSES, UploadStatus
 from core.timestamps import rfc3339
 
@@ -204,7 +206,7 @@ ROWS = Schema(
 async def create_upload(request: Request) -> Response:
     principal = await authenticate(request)
     limit_headers = await ratelimit.hit(
-        request, "upload", settings.UPLOAD_RATE_LIMIT, principal.user_id
+        request, "upload", settings.UPLOAD_RATE_LIMIT, principal.key
     )
     query_columns = parse_columns(request.query_params.get("columns"))
     pool: AsyncConnectionPool = request.app.state.pool
@@ -227,7 +229,7 @@ async def create_upload(request: Request) -> Response:
             request.app.state.events,
             EventKind.UPLOAD_STATUS,
             {"upload_id": upload_id, "status": UploadStatus.QUEUED},
-            user_id=principal.user_id,
+            owner=principal.key,
             upload_id=upload_id,
         )
         # The job id is the upload id, so cancel can reach the job by it.
@@ -257,17 +259,15 @@ def render_upload(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def fetch_upload(pool: AsyncConnectionPool, upload_id: str, org_id: str) -> dict[str, Any]:
+async def fetch_upload(pool: AsyncConnectionPool, upload_id: str, tenant: str) -> dict[str, Any]:
     """The tenant's upload or 404 (also for malformed ids and other tenants' uploads)."""
-    try:
-        uuid.UUID(upload_id)
-    except ValueError:
-        raise NotFound("No such upload.") from None
+    if parse_id(upload_id) is None:
+        raise NotFound("No such upload.")
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            f"SELECT {_UPLOAD_FIELDS}, table_name, user_id FROM uploads"  # noqa: S608 - constant  # nosec
-            " WHERE id = %s AND org_id = %s AND status <> %s",
-            (upload_id, org_id, UploadStatus.RECEIVING),
+            f"SELECT {_UPLOAD_FIELDS}, table_name, user_id, tenant FROM uploads"  # noqa: S608 - constant  # nosec
+            " WHERE id = %s AND tenant = %s AND status <> %s",
+            (upload_id, tenant, UploadStatus.RECEIVING),
         )
         row = await cur.fetchone()
     if row is None:
@@ -304,9 +304,9 @@ async def list_uploads(request: Request) -> Response:
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {_UPLOAD_FIELDS} FROM uploads"  # noqa: S608 - constant  # nosec
-            " WHERE org_id = %s AND status <> %s"
+            " WHERE tenant = %s AND status <> %s"
             " ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
-            (principal.org_id, UploadStatus.RECEIVING, limit, offset),
+            (principal.tenant, UploadStatus.RECEIVING, limit, offset),
         )
         rows = await cur.fetchall()
     return JSONResponse({"uploads": [render_upload(r) for r in rows]})
@@ -316,7 +316,7 @@ async def list_uploads(request: Request) -> Response:
 async def get_upload(request: Request) -> Response:
     principal = await authenticate(request)
     row = await fetch_upload(
-        request.app.state.pool, request.path_params["upload_id"], principal.org_id
+        request.app.state.pool, request.path_params["upload_id"], principal.tenant
     )
     return JSONResponse(render_upload(row))
 
@@ -329,7 +329,7 @@ async def get_upload(request: Request) -> Response:
 async def get_rows(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
-    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.tenant)
     limit = page_param(request, "limit", 100, 1, settings.UPLOAD_ROWS_PAGE_MAX)
     offset = page_param(request, "offset", 0, 0, 2**62)
     if row["status"] != UploadStatus.COMPLETED or not row["table_name"]:
@@ -373,7 +373,7 @@ def neutralise(cell: str) -> str:
 async def get_errors(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
-    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.tenant)
     upload_id = str(row["id"])
 
     async def body() -> AsyncIterator[bytes]:
@@ -407,13 +407,24 @@ async def get_errors(request: Request) -> Response:
     )
 
 
+def check_may_change(principal: Principal, row: dict[str, Any]) -> None:
+    """Cancel and delete: the uploader, or an admin of the org (docs/security.md).
+
+    Every member sees the org's uploads (API.md), so a refusal is 403, not 404."""
+    if principal.is_admin or row["user_id"] == principal.user_id:
+        return
+    raise Forbidden(
+        "Only the member who uploaded this file, or an org admin, may cancel or delete it."
+    )
+
+
 async def mark_cancelled(request: Request, principal: Principal, upload_id: str) -> bool:
     """Flip an active upload to ``cancelled``; the job notices at its next batch."""
     async with request.app.state.pool.connection() as conn:
         cur = await conn.execute(
             "UPDATE uploads SET status = %s, updated_at = now()"
-            " WHERE id = %s AND org_id = %s AND status = ANY(%s) RETURNING user_id",
-            (UploadStatus.CANCELLED, upload_id, principal.org_id, list(ACTIVE_UPLOAD_STATUSES)),
+            " WHERE id = %s AND tenant = %s AND status = ANY(%s) RETURNING tenant, user_id",
+            (UploadStatus.CANCELLED, upload_id, principal.tenant, list(ACTIVE_UPLOAD_STATUSES)),
         )
         found = await cur.fetchone()
     if found is None:
@@ -422,35 +433,39 @@ async def mark_cancelled(request: Request, principal: Principal, upload_id: str)
         request.app.state.events,
         EventKind.UPLOAD_STATUS,
         {"upload_id": upload_id, "status": UploadStatus.CANCELLED},
-        user_id=found[0],
+        owner=Identity.from_tenant(found[0], found[1]).key,
         upload_id=upload_id,
     )
     return True
 
 
-@operation("Cancel an upload's job", {"200": json_body(UPLOAD)} | errors(401, 404, 409))
+@operation("Cancel an upload's job", {"200": json_body(UPLOAD)} | errors(401, 403, 404, 409))
 async def cancel_upload(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
-    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.tenant)
+    check_may_change(principal, row)
     upload_id = str(row["id"])
     if row["status"] != UploadStatus.CANCELLED and not await mark_cancelled(
         request, principal, upload_id
     ):
-        refreshed = await fetch_upload(pool, upload_id, principal.org_id)
+        refreshed = await fetch_upload(pool, upload_id, principal.tenant)
         raise Conflict(
             f"The upload is already {refreshed['status']}.",
             code="upload_finished",
             details={"status": refreshed["status"]},
         )
-    return JSONResponse(render_upload(await fetch_upload(pool, upload_id, principal.org_id)))
+    return JSONResponse(render_upload(await fetch_upload(pool, upload_id, principal.tenant)))
 
 
-@operation("Delete an upload and its rows", {"204": {"description": "Deleted"}} | errors(401, 404))
+@operation(
+    "Delete an upload and its rows", {"204": {"description": "Deleted"}} | errors(401, 403, 404)
+)
 async def delete_upload(request: Request) -> Response:
     principal = await authenticate(request)
     pool: AsyncConnectionPool = request.app.state.pool
-    row = await fetch_upload(pool, request.path_params["upload_id"], principal.org_id)
+    row = await fetch_upload(pool, request.path_params["upload_id"], principal.tenant)
+    check_may_change(principal, row)
     upload_id = str(row["id"])
     # Cancel first: a running import then rolls back at its next batch and lets go of
     # the row, instead of the DELETE below waiting for the whole import.

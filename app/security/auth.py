@@ -8,6 +8,7 @@ and ``exp``/``sub`` are required claims.
 from __future__ import annotations
 
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,17 +21,43 @@ from app import metrics
 from app.errors import Unauthorized
 from app.security.throttle import AuthThrottle, client_address
 from core import settings
+from core.principal import Identity
 
 COOKIE_NAME = "herald_token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HMAC_ALGORITHMS = {"HS256", "HS384", "HS512"}
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# exp is kept as a float for timers; no token lives this long (and a bigger int would
+# overflow float()).
+_FAR_FUTURE = 10**11
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     user_id: str
-    org_id: str
+    org: str | None  # None: a tenant of one (API.md)
     expires_at: float
+    roles: frozenset[str] = frozenset()
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.user_id, self.org)
+
+    @property
+    def tenant(self) -> str:
+        """Whose uploads this caller sees (core/principal.py)."""
+        return self.identity.tenant
+
+    @property
+    def key(self) -> str:
+        """The caller's own chats, stream, slots and limits (core/principal.py)."""
+        return self.identity.key
+
+    @property
+    def is_admin(self) -> bool:
+        return settings.JWT_ADMIN_ROLE in self.roles
 
     def seconds_left(self) -> float:
         return self.expires_at - time.time()
@@ -49,6 +76,9 @@ class TokenVerifier:
         issuer: str = "",
         leeway: int = 0,
         max_bytes: int = 8192,
+        max_lifetime: int = 0,
+        max_id_chars: int = 255,
+        roles_claim: str = "roles",
     ) -> None:
         if "none" in {a.lower() for a in algorithms}:
             raise ValueError("JWT_ALGORITHMS must not contain 'none' (RFC 8725 section 2.1)")
@@ -68,6 +98,9 @@ class TokenVerifier:
         self._issuer = issuer or None
         self._leeway = leeway
         self._max_bytes = max_bytes
+        self._max_lifetime = max_lifetime
+        self._max_id_chars = max_id_chars
+        self._roles_claim = roles_claim
 
     @classmethod
     def from_settings(cls) -> TokenVerifier:
@@ -79,6 +112,9 @@ class TokenVerifier:
             issuer=settings.JWT_ISSUER,
             leeway=settings.JWT_LEEWAY_SECONDS,
             max_bytes=settings.JWT_MAX_BYTES,
+            max_lifetime=settings.JWT_MAX_LIFETIME_SECONDS,
+            max_id_chars=settings.JWT_MAX_ID_CHARS,
+            roles_claim=settings.JWT_ROLES_CLAIM,
         )
 
     async def verify(self, token: str) -> Principal:
@@ -128,17 +164,50 @@ class TokenVerifier:
             raise Unauthorized("The token's signature is not valid.") from None
         except jwt.PyJWTError:
             raise Unauthorized("The token is not valid.") from None
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub:
-            raise Unauthorized("The token's 'sub' claim must be a non-empty string.")
-        org = claims.get("org")
-        if org is not None and (not isinstance(org, str) or not org):
-            # A malformed tenant claim is a bad token, not "no tenant": silently making
-            # the caller a tenant of one would hide an issuer bug.
-            raise Unauthorized("The token's 'org' claim must be a non-empty string.")
-        # API.md: without `org` the user is a tenant of one.
-        org_id = org if org is not None else f"user:{sub}"
-        return Principal(user_id=sub, org_id=org_id, expires_at=float(claims["exp"]))
+        sub = self._id_claim(claims, "sub")
+        org = self._id_claim(claims, "org") if claims.get("org") is not None else None
+        # PyJWT checked exp (and iat) are integers; they may still be any size.
+        exp = int(claims["exp"])
+        if self._max_lifetime > 0:
+            issued = int(claims["iat"]) if "iat" in claims else int(time.time())
+            if exp - issued > self._max_lifetime:
+                raise Unauthorized(
+                    f"The token lives longer than {self._max_lifetime} seconds.",
+                    details={"max_lifetime_seconds": self._max_lifetime},
+                )
+        return Principal(
+            user_id=sub,
+            org=org,
+            expires_at=float(min(exp, _FAR_FUTURE)),
+            roles=self._roles(claims),
+        )
+
+    def _id_claim(self, claims: dict[str, Any], name: str) -> str:
+        # A malformed tenant claim is a bad token, not "no tenant": silently making the
+        # caller a tenant of one would hide an issuer bug. Ids key PostgreSQL rows (no
+        # NUL, bounded index entries) and log lines (no control characters).
+        value = claims.get(name)
+        if not isinstance(value, str) or not value:
+            raise Unauthorized(f"The token's '{name}' claim must be a non-empty string.")
+        if len(value) > self._max_id_chars:
+            raise Unauthorized(
+                f"The token's '{name}' claim is longer than {self._max_id_chars} characters."
+            )
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise Unauthorized(f"The token's '{name}' claim holds control characters.")
+        return value
+
+    def _roles(self, claims: dict[str, Any]) -> frozenset[str]:
+        # A JSON array of names, or one space-separated string (the OAuth "scope" style,
+        # RFC 8693 section 4.2).
+        value = claims.get(self._roles_claim)
+        if value is None:
+            return frozenset()
+        if isinstance(value, str):
+            return frozenset(value.split())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return frozenset(value)
+        raise Unauthorized(f"The token's '{self._roles_claim}' claim must be a list of strings.")
 
 
 def extract_token(conn: HTTPConnection, *, allow_query: bool) -> str | None:
@@ -183,14 +252,36 @@ async def authenticate(conn: HTTPConnection, *, allow_query: bool = False) -> Pr
 
 def _cross_site(conn: HTTPConnection) -> bool:
     # OWASP CSRF Prevention Cheat Sheet: Fetch Metadata (Sec-Fetch-Site) where the
-    # browser sends it, else compare Origin with Host; neither header: not a browser.
+    # browser sends it, else compare Origin with our own origin; neither: not a browser.
+    # "same-site" is refused: a sibling subdomain (another app, user content) is a
+    # different origin with the same cookie jar (MDN: Sec-Fetch-Site).
     site = conn.headers.get("sec-fetch-site")
     if site:
-        return site not in ("same-origin", "same-site", "none")
+        return site not in ("same-origin", "none")
     origin = conn.headers.get("origin")
     if not origin:
         return False
-    return origin == "null" or urlsplit(origin).netloc != conn.headers.get("host", "")
+    theirs = _origin(origin)  # None for "null" (a sandboxed or privacy-sensitive context)
+    return theirs is None or theirs != _own_origin(conn)
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) per RFC 6454 section 4, default ports filled in."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:  # a port that is not a number, or out of range
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return scheme, parts.hostname, port
+
+
+def _own_origin(conn: HTTPConnection) -> tuple[str, str, int] | None:
+    # The scheme is the one the client used: app/proxy.py sets it from the trusted proxy.
+    host = conn.headers.get("host", "")
+    return _origin(f"{conn.scope.get('scheme', 'http')}://{host}") if host else None
 
 
 def _presented(conn: HTTPConnection) -> bool:
@@ -218,12 +309,15 @@ def mint_token(
     ttl_seconds: int = 86400,
     secret: str | None = None,
     algorithm: str = "HS256",
+    roles: list[str] | None = None,
 ) -> str:
     """A locally signed token, for development and tests (see README "Tokens")."""
     now = int(time.time())
     claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl_seconds}
     if org_id:
         claims["org"] = org_id
+    if roles is not None:
+        claims[settings.JWT_ROLES_CLAIM] = roles
     if settings.JWT_AUDIENCE:
         claims["aud"] = settings.JWT_AUDIENCE
     if settings.JWT_ISSUER:

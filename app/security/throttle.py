@@ -32,9 +32,9 @@ _MAX_BLOCKED = 10_000
 
 
 def client_address(conn: HTTPConnection) -> str:
-    # Behind a proxy, uvicorn's --proxy-headers (with --forwarded-allow-ips) already
-    # puts the X-Forwarded-For address here; trusting the header ourselves would let
-    # any client pick a fresh address per request.
+    # Behind a proxy, app/proxy.py has already put the address the trusted proxy saw
+    # here (TRUSTED_PROXY_HOPS); the entries a client writes itself are never used, or
+    # any client could pick a fresh address per request, or a victim's.
     return conn.client.host if conn.client else "unknown"
 
 

@@ -1,10 +1,12 @@
 """Per-user limit on open SSE streams, shared by every web process through Redis.
 
-Each open stream holds a lease: a member of the user's sorted set whose score is the
-time it lapses. Live processes renew their leases in one pipeline every few seconds; a
-crashed process stops renewing, so its slots free themselves within ``ttl`` seconds.
-The set's own key TTL (twice the lease TTL) only reclaims a user nobody renews any
-more: every renewal extends it too, or the whole set would lapse under live streams.
+A user is the pair (tenant, user): leases are keyed by ``Identity.key``
+(core/principal.py). Each open stream holds a lease: a member of the user's sorted set
+whose score is the time it lapses. Live processes renew their leases in one pipeline
+every few seconds; a crashed process stops renewing, so its slots free themselves
+within ``ttl`` seconds. The set's own key TTL (twice the lease TTL) only reclaims a user
+nobody renews any more: every renewal extends it too, or the whole set would lapse
+under live streams.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ return 1
 """
 
 
-def leases_key(user_id: str) -> str:
-    return f"{settings.REDIS_PREFIX}:streams:{user_id}"
+def leases_key(owner: str) -> str:
+    return f"{settings.REDIS_PREFIX}:streams:{owner}"
 
 
 class StreamLeases:
@@ -44,7 +46,7 @@ class StreamLeases:
         self._limit = limit
         self._ttl = ttl
         self._key_ttl_ms = int(ttl * 2000)
-        self._held: dict[str, str] = {}  # lease id -> user id
+        self._held: dict[str, str] = {}  # lease id -> owner key
         self._script = client.register_script(_ACQUIRE_LUA)
         self._renewer: asyncio.Task[None] | None = None
         self._releasing: list[tuple[str, str]] = []  # (key, lease id) awaiting ZREM
@@ -63,19 +65,19 @@ class StreamLeases:
                 await self._renewer
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
             async with self._client.pipeline(transaction=False) as pipe:
-                for lease_id, user_id in self._held.items():
-                    pipe.zrem(leases_key(user_id), lease_id)
+                for lease_id, owner in self._held.items():
+                    pipe.zrem(leases_key(owner), lease_id)
                 await pipe.execute()
         self._held.clear()
 
-    async def acquire(self, user_id: str, lease_id: str) -> bool:
+    async def acquire(self, owner: str, lease_id: str) -> bool:
         now = time.time()
         granted = await self._script(
-            keys=[leases_key(user_id)],
+            keys=[leases_key(owner)],
             args=[now, now + self._ttl, self._limit, lease_id, self._key_ttl_ms],
         )
         if granted:
-            self._held[lease_id] = user_id
+            self._held[lease_id] = owner
         return bool(granted)
 
     async def release(self, lease_id: str) -> None:
@@ -83,10 +85,10 @@ class StreamLeases:
         (a proxy restart, a network blip), one pipelined ZREM per loop turn replaces
         a round trip per stream, which queued past the pool timeout and raised inside
         each response's cleanup (scripts/bench_sse.py, 10,000 disconnects)."""
-        user_id = self._held.pop(lease_id, None)
-        if user_id is None:
+        owner = self._held.pop(lease_id, None)
+        if owner is None:
             return
-        self._releasing.append((leases_key(user_id), lease_id))
+        self._releasing.append((leases_key(owner), lease_id))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         # Wait for the batch, so a caller sees its slot free when this returns.
@@ -119,10 +121,10 @@ class StreamLeases:
         until = time.time() + self._ttl
         held = list(self._held.items())
         async with self._client.pipeline(transaction=False) as pipe:
-            for lease_id, user_id in held:
+            for lease_id, owner in held:
                 # XX: renew only; a lease another process's cleanup already dropped
                 # stays dropped rather than silently exceeding the limit.
-                pipe.zadd(leases_key(user_id), {lease_id: until}, xx=True)
-            for user_id in {user_id for _, user_id in held}:
-                pipe.pexpire(leases_key(user_id), self._key_ttl_ms)
+                pipe.zadd(leases_key(owner), {lease_id: until}, xx=True)
+            for owner in {owner for _, owner in held}:
+                pipe.pexpire(leases_key(owner), self._key_ttl_ms)
             await pipe.execute()

@@ -36,14 +36,15 @@ HEARTBEAT_STYLES = ("comment", "event")
 
 @asynccontextmanager
 async def stream_slot(
-    leases: StreamLeases, hub: Hub, user_id: str, key: str
+    leases: StreamLeases, hub: Hub, owner: str, key: str
 ) -> AsyncIterator[Mailbox]:
     """One of the user's ``SSE_MAX_CONNECTIONS_PER_USER`` slots and a mailbox on ``key``,
     taken and given back together, as encode/broadcaster pairs subscribe/unsubscribe.
+    ``owner`` is the user's ``Identity.key`` (core/principal.py), never ``sub`` alone.
 
     Raises ``RateLimited`` (429 ``too_many_streams``) when every slot is taken."""
     lease_id = uuid.uuid4().hex
-    if not await leases.acquire(user_id, lease_id):
+    if not await leases.acquire(owner, lease_id):
         metrics.STREAMS_REFUSED.inc()
         raise RateLimited(
             f"At most {settings.SSE_MAX_CONNECTIONS_PER_USER} open streams per user.",
@@ -94,7 +95,7 @@ async def stream_frames(
     ping: bytes = PING,
 ) -> AsyncGenerator[bytes, None]:
     state = request.app.state
-    async with stream_slot(state.leases, state.hub, principal.user_id, key) as mailbox:
+    async with stream_slot(state.leases, state.hub, principal.key, key) as mailbox:
         metrics.OPEN_STREAMS.inc()
         try:
             opening, last_sent = await _opening(state.events, key, last_event_id, ping)

@@ -13,24 +13,26 @@ than duplicates it (``add_messages`` merges by id).
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
 import redis
+import redis.asyncio
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
 from core import settings
-from core.drafts import reply_id
-from core.history import invalidate_history
-from core.statuses import MessageStatus
+from core.history import ainvalidate_history
+from core.principal import Identity
+from core.replies import reply_id, store_reply
 from jobs.chat.breaker import Breaker, BreakerOpen
 from jobs.chat.guard import check_message, explain
 from jobs.chat.llm import LLMError, Message, Provider, stream_with_retry
@@ -52,18 +54,20 @@ class ChatState(TypedDict, total=False):
 
 @dataclass
 class AgentContext:
-    conn: AsyncConnection[Any]
-    # The job's one connection is shared with the checkpointer, which writes from
-    # background tasks; it serialises every use with this lock (AsyncPostgresSaver.lock,
-    # langgraph-checkpoint-postgres aio.py ``_cursor``), so ours must take it too.
-    db_lock: asyncio.Lock
-    redis: redis.Redis
+    # Connections are borrowed per statement: hundreds of replies stream at once per
+    # process, and none holds a PostgreSQL connection while it waits on the model.
+    pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
+    redis: redis.asyncio.Redis
     provider: Provider
     breaker: Breaker
-    user_id: str
-    # Publishes one piece of the reply ({"index", "text"}) at once, from the node.
-    on_chunk: Callable[[dict[str, Any]], None]
+    owner: Identity
+    # Takes each piece of the reply as it arrives (the job publishes it as chat.chunk).
+    on_chunk: Callable[[str], Awaitable[None]]
+    # The process-wide cap on concurrent upstream requests (ChatRuntime.upstream).
+    upstream: Any = None
     labels: dict[str, str] = field(default_factory=dict)
+    # The reply so far: a stopped reply is stored with what it had.
+    parts: list[str] = field(default_factory=list)
 
 
 def symbol_ratio(text: str) -> float:
@@ -118,7 +122,8 @@ def _log_blocked(
     security_log.warning(
         f"chat message {action}",
         extra={
-            "user_id": ctx.user_id,
+            "user_id": ctx.owner.user_id,
+            "tenant": ctx.owner.tenant,
             "conversation_id": state["conversation_id"],
             "message_id": state["message_id"],
             "action": action,
@@ -148,13 +153,14 @@ async def respond(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
         permit = ctx.breaker.before_call()
     except BreakerOpen:
         return _fail("llm_unavailable", "The language model is unavailable; retry later.")
-    parts: list[str] = []
+    parts = ctx.parts
     try:
-        async for text in stream_with_retry(
-            ctx.provider, prompt(state), settings.LLM_TIMEOUT_SECONDS
-        ):
-            ctx.on_chunk({"index": len(parts), "text": text})
-            parts.append(text)
+        async with ctx.upstream or _unlimited():
+            async for text in stream_with_retry(
+                ctx.provider, prompt(state), settings.LLM_TIMEOUT_SECONDS
+            ):
+                parts.append(text)
+                await ctx.on_chunk(text)
     except LLMError as exc:
         if exc.breaker:
             ctx.breaker.failed(permit)
@@ -173,60 +179,26 @@ async def respond(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
     return {"messages": turn, "reply": reply, "error_code": "", "error_message": ""}
 
 
-async def save_turn(
-    conn: AsyncConnection[Any],
-    *,
-    conversation_id: str,
-    message_id: str,
-    reply: str,
-    model: str | None,
-    error_code: str,
-    flagged: bool = False,
-) -> None:
-    """Store how a turn ended: the assistant's row (upserted under its fixed id, so a
-    retry replaces it), the user message's status and the conversation's recency.
-    The caller holds a transaction, so the three land together. ``flagged``: the
-    guard flagged the message in GUARD_MODE=flag, and the reply went ahead."""
-    answered = MessageStatus.FLAGGED if flagged else MessageStatus.ANSWERED
-    user_status = {"": answered, "message_blocked": MessageStatus.BLOCKED}
-    await conn.execute(
-        "INSERT INTO messages (id, conversation_id, role, text, status, model, error_code,"
-        " reply_to) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s)"
-        " ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, status = EXCLUDED.status,"
-        " model = EXCLUDED.model, error_code = EXCLUDED.error_code",
-        (
-            reply_id(message_id),
-            conversation_id,
-            reply,
-            MessageStatus.FAILED if error_code else MessageStatus.COMPLETED,
-            model,
-            error_code or None,
-            message_id,
-        ),
-    )
-    await conn.execute(
-        "UPDATE messages SET status = %s WHERE id = %s",
-        (user_status.get(error_code, MessageStatus.FAILED), message_id),
-    )
-    await conn.execute(
-        "UPDATE conversations SET updated_at = now() WHERE id = %s", (conversation_id,)
-    )
-
-
 async def persist(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState:
     ctx = runtime.context
-    async with ctx.db_lock, ctx.conn.transaction():
-        await save_turn(
-            ctx.conn,
-            conversation_id=state["conversation_id"],
+    code = state.get("error_code", "")
+    async with ctx.pool.connection() as conn:
+        await store_reply(
+            conn,
             message_id=state["message_id"],
-            reply=state.get("reply", ""),
+            conversation_id=state["conversation_id"],
+            text=state.get("reply", ""),
             model=ctx.provider.model,
-            error_code=state.get("error_code", ""),
+            error_code=code,
             flagged=state.get("flagged", False),
         )
-    invalidate_history(ctx.redis, ctx.user_id, state["conversation_id"])
+    await ainvalidate_history(ctx.redis, ctx.owner.key, state["conversation_id"])
     return {}
+
+
+@contextlib.asynccontextmanager
+async def _unlimited() -> AsyncIterator[None]:
+    yield
 
 
 def after_guard(state: ChatState) -> str:

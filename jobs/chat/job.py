@@ -4,187 +4,279 @@ Runs the agent graph (jobs/chat/agent.py) and publishes what it streams as ``cha
 events, then ``chat.done`` or ``chat.error`` (API.md "Event streams"), after the reply
 row is stored, so a client that refetches history on ``chat.done`` finds it.
 
-Under an RQ retry the job is idempotent enough: a turn whose reply is already stored
-only re-announces its end; otherwise it re-runs with the same reply id (no second row).
+It is a coroutine: a chat worker (``jobs.worker.asyncworker.AsyncWorker``) runs hundreds
+at once on one loop. Pieces that arrive within ``CHAT_CHUNK_COALESCE_SECONDS`` of the
+last event go out as one ``chat.chunk`` (the text is the same, the Redis and SSE work
+per piece is not); the first piece is never held back.
+
+A run that follows one which already published chunks (a retry after a crash, a job
+handed back at shutdown) first publishes ``chat.restart``, so a client drops the
+partial text instead of showing it twice. A stop on request (``rq stop-job``, sent by
+``POST /chat/messages/{id}/cancel``) stores the partial reply as ``cancelled`` and ends
+with ``chat.done`` carrying ``"cancelled": true``.
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
+import asyncio
 import logging
 import time
 from typing import Any
 
-import psycopg
 import redis
+import redis.asyncio
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from rq import get_current_job
 
 from core import settings
-from core.drafts import add_chunk, discard_draft, reply_id, start_draft
-from core.eventclients import EventsClient, open_events_client, separate
+from core.drafts import add_chunk, draft_keys
+from core.eventclients import AsyncEventsClient
 from core.eventkinds import EventKind
-from core.events import publish_event, queue_event
-from core.history import invalidate_history
-from core.jobmetrics import record_job_metric
-from core.statuses import MessageStatus
-from jobs.chat import runtime
-from jobs.chat.agent import GRAPH, AgentContext, ChatState, save_turn
+from core.events import apublish_event, aqueue_event
+from core.history import ainvalidate_history
+from core.jobmetrics import metric_field, record_job_metric
+from core.principal import Identity
+from core.replies import reply_id, store_reply
+from core.statuses import FINAL_REPLY_STATUSES, MessageStatus
+from jobs.chat.agent import GRAPH, AgentContext, ChatState
 from jobs.chat.breaker import Breaker
-from jobs.chat.llm import ProviderHandle, configured_model
-from jobs.chat.runtime import ProcessRuntime
+from jobs.chat.llm import configured_model
+from jobs.chat.runtime import ChatRuntime, chat_runtime
+from jobs.worker.asyncworker import STOP, TIMEOUT, cancel_reason
 
 logger = logging.getLogger("herald.chat")
 
 ERROR_MESSAGES = {
     "internal_error": "Something went wrong on our side.",
+    "llm_timeout": "The reply took too long and was stopped.",
 }
 
 
-def run_chat(message_id: str) -> dict[str, Any]:
-    """RQ entry point (the CHAT job kind, core/jobkinds.py): one message, one reply."""
-    client = redis_client()
-    return runtime.run(lambda rt: _run(rt, client, message_id))
-
-
-@functools.cache
-def redis_client() -> redis.Redis:
-    """One client per worker process: a new one costs ~3 ms (redis-py resolves its
-    version from package metadata per connection). redis-py's pool notices a fork and
-    reconnects in the child, so a forking Worker's horse is safe too."""
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
-    atexit.register(client.close)
-    return client
-
-
-@functools.cache
-def events_client() -> EventsClient:
-    """The event bus's client: ``redis_client()`` itself unless EVENTS_REDIS_URL names
-    another Redis or a cluster (core/eventclients.py)."""
-    if not separate():
-        return redis_client()
-    client = open_events_client()
-    atexit.register(client.close)
-    return client
-
-
-@functools.cache
-def compiled_graph() -> Any:
-    # Compiling costs ~1 ms; per job only the checkpointer differs (``copy`` is cheap).
-    return GRAPH.compile()
+async def run_chat(message_id: str) -> dict[str, Any]:
+    """RQ entry point (the job registry's chat target): one message, one reply."""
+    async with chat_runtime() as rt:
+        return await _run(rt, message_id)
 
 
 def _labels() -> dict[str, str]:
     return {"provider": settings.LLM_PROVIDER, "model": configured_model()}
 
 
-async def _run(rt: ProcessRuntime, client: redis.Redis, message_id: str) -> dict[str, Any]:
+def _key(kind: str, message_id: str) -> str:
+    return f"{settings.REDIS_PREFIX}:chat:{kind}:{message_id}"
+
+
+async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
     started = _enqueued_at()
     labels = _labels()
-    conn = await rt.connection()
-    row = await _load(conn, message_id)
+    async with rt.pool.connection() as conn:
+        row = await _load(conn, message_id)
     if row is None:
         logger.warning("chat message %s no longer exists; nothing to do", message_id)
         return {"outcome": "missing"}
-    user_id, conversation_id = row["user_id"], str(row["conversation_id"])
-    base = {"conversation_id": conversation_id, "message_id": message_id}
-    if row["reply_status"] in (MessageStatus.COMPLETED, MessageStatus.FAILED):
+    # The owner is the pair (tenant, user) stored with the conversation: events and
+    # caches are keyed by it (Identity.key), never by the user id alone.
+    owner = Identity.from_tenant(row["tenant"], row["user_id"])
+    base = {"conversation_id": str(row["conversation_id"]), "message_id": message_id}
+    if row["reply_status"] in FINAL_REPLY_STATUSES:
         # A retry of a turn that already finished: say how it ended, once more.
-        _announce_end(client, user_id, base, row, labels)
+        await _announce_end(rt.events, owner.key, base, row)
         return {"outcome": "replayed"}
+    # One round trip: did an earlier run stream chunks (its draft is dropped: this run
+    # streams from index 0), and was a stop asked for before this run started (the web
+    # sets the flag before it looks at the job)?
+    async with rt.redis.pipeline(transaction=False) as pipe:
+        pipe.delete(*draft_keys(message_id))
+        pipe.exists(_key("cancel", message_id))
+        streamed, cancel_asked = await pipe.execute()
+    if streamed:
+        await _publish(rt.events, owner.key, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
+    chunks = ChunkPublisher(rt.redis, rt.events, owner.key, base, started, labels)
+    parts: list[str] = []  # the reply so far, filled by the agent's respond node
+    if cancel_asked:
+        await _stop(rt, owner.key, base, "")
+        return {"outcome": "cancelled"}
     try:
-        return await _turn(client, conn, await rt.provider(), row, base, labels, started)
+        return await _turn(rt, row, base, labels, chunks, parts)
+    except asyncio.CancelledError:
+        reason = cancel_reason()
+        if reason == STOP:
+            await chunks.close()
+            await _stop(rt, owner.key, base, "".join(parts))
+        elif reason == TIMEOUT:
+            await _fail_if_last_try(rt, owner.key, base, labels, "llm_timeout")
+        raise  # HANDBACK (or the loop closing): the next run restarts the reply
     except BaseException:
-        job = get_current_job()
-        if job is None or not job.retries_left:
-            _publish(
-                client,
-                user_id,
-                EventKind.CHAT_ERROR,
-                {**base, "code": "internal_error", "message": ERROR_MESSAGES["internal_error"]},
-            )
-            _metric(client, "herald_chat_jobs_total", labels, outcome="internal_error")
-            await _mark_failed(conn, client, user_id, base)
+        await _fail_if_last_try(rt, owner.key, base, labels, "internal_error")
         raise
 
 
-async def _mark_failed(
-    conn: psycopg.AsyncConnection[Any], client: redis.Redis, user_id: str, base: dict[str, Any]
+async def _fail_if_last_try(
+    rt: ChatRuntime, owner: str, base: dict[str, Any], labels: dict[str, str], code: str
 ) -> None:
+    job = get_current_job()
+    if job is not None and job.retries_left:
+        return  # RQ runs it again; the client hears of the end from that run
+    message = ERROR_MESSAGES.get(code, ERROR_MESSAGES["internal_error"])
+    error = {**base, "code": code, "message": message}
+    await _publish(rt.events, owner, EventKind.CHAT_ERROR, error)
+    _metric(rt.redis_sync, "herald_chat_jobs_total", labels, outcome=code)
+    await _mark_failed(rt, owner, base, code)
+
+
+async def _stop(rt: ChatRuntime, owner: str, base: dict[str, Any], partial: str) -> None:
+    async with rt.pool.connection() as conn:
+        stored = await store_reply(
+            conn,
+            message_id=base["message_id"],
+            conversation_id=base["conversation_id"],
+            text=partial,
+            model=rt.handle.provider.model,
+            cancelled=True,
+        )
+    if stored:
+        await ainvalidate_history(rt.redis, owner, base["conversation_id"])
+        done = {**base, "text": partial, "model": rt.handle.provider.model, "cancelled": True}
+        await _publish(rt.events, owner, EventKind.CHAT_DONE, done)
+
+
+async def _mark_failed(rt: ChatRuntime, owner: str, base: dict[str, Any], code: str) -> None:
     # Best effort: the failure may be PostgreSQL itself. History then shows the turn as
     # failed instead of waiting for ever.
     try:
-        async with conn.transaction():
-            await save_turn(
+        async with rt.pool.connection() as conn:
+            await store_reply(
                 conn,
-                conversation_id=base["conversation_id"],
                 message_id=base["message_id"],
-                reply="",
-                model=None,
-                error_code="internal_error",
+                conversation_id=base["conversation_id"],
+                error_code=code,
             )
-        invalidate_history(client, user_id, base["conversation_id"])
+        await ainvalidate_history(rt.redis, owner, base["conversation_id"])
     except Exception:
         logger.warning("could not mark chat message %s failed", base["message_id"], exc_info=True)
 
 
-async def _load(conn: psycopg.AsyncConnection[Any], message_id: str) -> dict[str, Any] | None:
+async def _load(conn: Any, message_id: str) -> dict[str, Any] | None:
     cur = await conn.execute(
-        "SELECT m.text, m.conversation_id, c.user_id, r.status AS reply_status,"
+        "SELECT m.text, m.conversation_id, c.tenant, c.user_id, r.status AS reply_status,"
         " r.text AS reply_text, r.model AS reply_model, r.error_code AS reply_error"
         " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
         " LEFT JOIN messages r ON r.id = %s"
         " WHERE m.id = %s AND m.role = 'user'",
         (reply_id(message_id), message_id),
     )
-    return await cur.fetchone()
+    row: dict[str, Any] | None = await cur.fetchone()
+    return row
+
+
+class ChunkPublisher:
+    """Publishes reply pieces as ``chat.chunk`` events, coalescing within a window.
+
+    The first piece goes out at once; a piece arriving within the window of the last
+    event waits for the window's end and leaves with everything that came meanwhile.
+    Events leave one at a time, in order (one lock), so indexes are gapless.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        bus: AsyncEventsClient,
+        owner: str,
+        base: dict[str, Any],
+        started: float,
+        labels: dict[str, str],
+    ) -> None:
+        self.client, self.bus, self.owner, self.base = client, bus, owner, base
+        self.started, self.labels = started, labels
+        self.window = settings.CHAT_CHUNK_COALESCE_SECONDS
+        self.events = 0
+        self._pending: list[str] = []
+        self._last = float("-inf")
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def add(self, text: str) -> None:
+        self._pending.append(text)
+        loop = asyncio.get_running_loop()
+        wait = self._last + self.window - loop.time()
+        if wait <= 0 and self._timer is None:
+            await self.flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(wait, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        task = asyncio.get_running_loop().create_task(self.flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._pending:
+                return
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._last = asyncio.get_running_loop().time()
+            index = self.events
+            self.events += 1
+            data = {**self.base, "index": index, "text": text}
+            # The draft before the event, in one round trip where the bus is the same
+            # Redis (else two): whoever saw the event and reloads finds the chunk in
+            # the draft (core/drafts.py).
+            shared = self.bus is self.client
+            async with self.client.pipeline(transaction=False) as pipe:
+                add_chunk(pipe, self.base["message_id"], index, text)
+                if shared:
+                    await aqueue_event(pipe, EventKind.CHAT_CHUNK, data, owner=self.owner)
+                await pipe.execute()
+            if not shared:
+                await apublish_event(self.bus, EventKind.CHAT_CHUNK, data, owner=self.owner)
+            if index == 0:
+                await self._first()
+
+    async def _first(self) -> None:
+        first = max(0.0, time.time() - self.started)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name, amount in (
+                ("herald_chat_first_chunk_seconds_sum_total", first),
+                ("herald_chat_first_chunk_seconds_count_total", 1.0),
+            ):
+                pipe.hincrbyfloat(*metric_field(name, self.labels), amount)
+            pipe.hset(*metric_field("herald_chat_first_chunk_seconds_last", self.labels), first)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+        await self.flush()
 
 
 async def _turn(
-    client: redis.Redis,
-    conn: psycopg.AsyncConnection[Any],
-    handle: ProviderHandle,
+    rt: ChatRuntime,
     row: dict[str, Any],
     base: dict[str, Any],
     labels: dict[str, str],
-    started: float,
+    chunks: ChunkPublisher,
+    parts: list[str],
 ) -> dict[str, Any]:
-    user_id = row["user_id"]
-    saver = AsyncPostgresSaver(conn)
-    graph = compiled_graph().copy(update={"checkpointer": saver})
-    chunks = 0
-
-    def on_chunk(data: dict[str, Any]) -> None:
-        nonlocal chunks
-        # The draft before the event, in one round trip where both share a Redis:
-        # whoever saw the event and reloads finds the chunk in the draft (core/drafts.py).
-        bus = events_client()
-        with client.pipeline(transaction=False) as pipe:
-            add_chunk(pipe, base["message_id"], data["index"], data["text"])
-            if bus is client:
-                queue_event(pipe, EventKind.CHAT_CHUNK, {**base, **data}, user_id=user_id)
-            pipe.execute()
-        if bus is not client:
-            publish_event(bus, EventKind.CHAT_CHUNK, {**base, **data}, user_id=user_id)
-        chunks += 1
-        if chunks == 1:  # recorded after the chunk is out, not before it
-            first = max(0.0, time.time() - started)
-            with client.pipeline(transaction=False) as pipe:
-                _metric(pipe, "herald_chat_first_chunk_seconds_sum_total", labels, first)
-                _metric(pipe, "herald_chat_first_chunk_seconds_count_total", labels)
-                _metric(pipe, "herald_chat_first_chunk_seconds_last", labels, first)
-                pipe.execute()
-
+    owner = Identity.from_tenant(row["tenant"], row["user_id"])
+    saver = AsyncPostgresSaver(rt.pool)
+    graph = GRAPH_COMPILED.copy(update={"checkpointer": saver})
+    handle = rt.handle
     ctx = AgentContext(
-        conn=conn,
-        db_lock=saver.lock,
-        redis=client,
+        pool=rt.pool,
+        redis=rt.redis,
         provider=handle.provider,
-        breaker=Breaker.for_llm(client, handle.provider.name, configured_model()),
-        user_id=user_id,
-        on_chunk=on_chunk,
+        breaker=Breaker.for_llm(rt.redis_sync, handle.provider.name, configured_model()),
+        owner=owner,
+        on_chunk=chunks.add,
+        upstream=rt.upstream,
         labels=labels,
+        parts=parts,
     )
     turn: ChatState = {
         "conversation_id": base["conversation_id"],
@@ -195,55 +287,51 @@ async def _turn(
         "error_message": "",
     }
     config: Any = {"configurable": {"thread_id": base["conversation_id"]}}
-    start_draft(client, base["message_id"])
-    state: dict[str, Any] = await graph.ainvoke(
-        turn,
-        config,
-        context=ctx,
-        # Memory is saved once, when the turn ends: no checkpoint writes before the
-        # first token (a crashed turn is re-run whole by the RQ retry anyway).
-        durability="exit",
-    )
-    # The reply row is stored (the graph's persist node): the draft has served.
-    discard_draft(client, base["message_id"])
-    if chunks:
-        _metric(client, "herald_chat_tokens_total", labels, chunks)
+    # Memory is saved once, when the turn ends: no checkpoint writes before the first
+    # token (a crashed turn is re-run whole by the RQ retry anyway).
+    state: dict[str, Any] = await graph.ainvoke(turn, config, context=ctx, durability="exit")
+    await chunks.close()
+    client = rt.redis
     code = state.get("error_code", "")
-    if code:
+    async with client.pipeline(transaction=False) as pipe:
+        # The reply row is stored (the graph's persist node): the draft has served.
+        pipe.delete(*draft_keys(base["message_id"]))
+        if chunks.events:
+            pipe.hincrbyfloat(*metric_field("herald_chat_tokens_total", labels), len(parts))
         if code == "message_blocked":
-            _metric(client, "herald_chat_blocked_total", labels)
-        _publish(
-            client,
-            user_id,
-            EventKind.CHAT_ERROR,
-            {**base, "code": code, "message": state["error_message"]},
+            pipe.hincrbyfloat(*metric_field("herald_chat_blocked_total", labels), 1)
+        outcome = code or "completed"
+        pipe.hincrbyfloat(
+            *metric_field("herald_chat_jobs_total", {**labels, "outcome": outcome}), 1
         )
+        await pipe.execute()
+    if code:
+        error = {**base, "code": code, "message": state["error_message"]}
+        await _publish(rt.events, owner.key, EventKind.CHAT_ERROR, error)
     else:
-        _publish(
-            client,
-            user_id,
-            EventKind.CHAT_DONE,
-            {**base, "text": state.get("reply", ""), "model": handle.provider.model},
-        )
-    outcome = code or "completed"
-    _metric(client, "herald_chat_jobs_total", labels, outcome=outcome)
-    return {"outcome": outcome, "chunks": chunks}
+        done = {**base, "text": state.get("reply", ""), "model": handle.provider.model}
+        await _publish(rt.events, owner.key, EventKind.CHAT_DONE, done)
+    return {"outcome": outcome, "chunks": len(parts), "events": chunks.events}
 
 
-def _announce_end(
-    client: redis.Redis,
-    user_id: str,
-    base: dict[str, Any],
-    row: dict[str, Any],
-    labels: dict[str, str],
+GRAPH_COMPILED = GRAPH.compile()
+
+
+async def _announce_end(
+    client: AsyncEventsClient, owner: str, base: dict[str, Any], row: dict[str, Any]
 ) -> None:
     if row["reply_status"] == MessageStatus.COMPLETED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"]}
-        _publish(client, user_id, EventKind.CHAT_DONE, data)
+        await _publish(client, owner, EventKind.CHAT_DONE, data)
+    elif row["reply_status"] == MessageStatus.CANCELLED:
+        data = {**base, "text": row["reply_text"], "model": row["reply_model"], "cancelled": True}
+        await _publish(client, owner, EventKind.CHAT_DONE, data)
     else:
         code = row["reply_error"] or "internal_error"
         message = ERROR_MESSAGES.get(code, "The reply failed.")
-        _publish(client, user_id, EventKind.CHAT_ERROR, {**base, "code": code, "message": message})
+        await _publish(
+            client, owner, EventKind.CHAT_ERROR, {**base, "code": code, "message": message}
+        )
 
 
 def _metric(
@@ -252,9 +340,10 @@ def _metric(
     record_job_metric(client, name, amount, **{**labels, **extra})
 
 
-def _publish(client: redis.Redis, user_id: str, event: EventKind, data: dict[str, Any]) -> None:
-    # ``client`` is the queue Redis the job was given; events go to the bus's own.
-    publish_event(events_client(), event, data, user_id=user_id)
+async def _publish(
+    client: AsyncEventsClient, owner: str, event: EventKind, data: dict[str, Any]
+) -> None:
+    await apublish_event(client, event, data, owner=owner)
 
 
 def _enqueued_at() -> float:

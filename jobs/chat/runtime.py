@@ -1,134 +1,112 @@
-"""What a chat worker process keeps between jobs: one event loop, and the connections
-that live on it (PostgreSQL, the upstream HTTP client with its keep-alive pool).
+"""What chat jobs on one event loop share: a PostgreSQL pool, the upstream HTTP client
+with its keep-alive pool and concurrency cap, and Redis clients.
 
-A job would otherwise connect to PostgreSQL (~2 ms on loopback) and open a new HTTPS
-connection to the model (a TLS handshake: tens of milliseconds to a real provider)
-before its first token. RQ runs one job at a time per process (``SimpleWorker``), so
-nothing here is shared by two jobs at once. After a job that escaped with an exception
-(a job timeout, a crash) everything is closed and rebuilt by the next job: its state is
-unknown. Keyed by process id (a forked horse never uses its parent's sockets) and by
-thread (tests call jobs from threads).
+A chat worker (``jobs.worker.asyncworker.AsyncWorker``) opens one ``ChatRuntime`` as the
+lifespan of its loop, so a job starts streaming without connecting anywhere first (a TLS
+handshake to a real provider costs tens of milliseconds). A job run elsewhere (RQ's
+``SimpleWorker`` runs each coroutine job under its own ``asyncio.run``; tests; benches)
+finds no runtime for its loop and opens one for itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextvars
-import logging
-import os
-import threading
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
 
-import psycopg
-from psycopg.pq import TransactionStatus
+import redis
+import redis.asyncio
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 
-from core import settings
+from core import eventclients, settings
+from core.eventclients import AsyncEventsClient
 from jobs.chat.llm import ProviderHandle, open_provider
 
-logger = logging.getLogger("herald.runtime")
-T = TypeVar("T")
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ChatRuntime] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def provider_key() -> tuple[Any, ...]:
-    # Everything open_provider reads: a changed setting (tests) means a new client.
-    return (
-        settings.LLM_PROVIDER,
-        settings.LLM_BASE_URL,
-        str(settings.LLM_API_KEY),
-        settings.LLM_MODEL,
-        settings.LLM_CONNECT_TIMEOUT_SECONDS,
-        settings.LLM_TIMEOUT_SECONDS,
-        settings.LLM_FIRST_TOKEN_TIMEOUT_SECONDS,
-        settings.LLM_IDLE_TIMEOUT_SECONDS,
-        settings.LLM_MAX_TOKENS,
-        settings.DEMO_WORD_DELAY_SECONDS,
+class ChatRuntime:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]],
+        handle: ProviderHandle,
+        aredis: redis.asyncio.Redis,
+        redis_sync: redis.Redis,
+        events: AsyncEventsClient | None = None,
+    ) -> None:
+        self.pool = pool
+        self.handle = handle
+        self.redis = aredis
+        # The event bus (EVENTS_REDIS_URL): the same client unless it is another Redis.
+        self.events: AsyncEventsClient = aredis if events is None else events
+        # The circuit breaker's Lua calls are synchronous (shared with the web's view of
+        # it); one round trip each, twice per reply.
+        self.redis_sync = redis_sync
+        # Replies streaming from the upstream at once, per process: real APIs rate-limit
+        # concurrent requests. Beyond it a reply waits here, inside its job timeout.
+        self.upstream = asyncio.Semaphore(max(1, settings.LLM_MAX_CONCURRENCY))
+
+
+async def _configure(conn: AsyncConnection[Any]) -> None:
+    # What the LangGraph checkpointer expects of a connection it is given (autocommit,
+    # dict rows, no prepared statements: langgraph-checkpoint-postgres README).
+    await conn.set_autocommit(True)
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(pool_size: int | None = None) -> AsyncIterator[ChatRuntime]:
+    """Open everything a chat job needs on the running loop, and close it after."""
+    size = max(1, pool_size or settings.CHAT_DB_POOL_MAX)
+    pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]] = AsyncConnectionPool(
+        str(settings.DATABASE_URL),
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True, "prepare_threshold": None, "row_factory": dict_row},
+        configure=_configure,
+        open=False,
+        timeout=settings.CHAT_DB_POOL_TIMEOUT_SECONDS,
+        reconnect_timeout=settings.DB_RECONNECT_SECONDS,
     )
-
-
-class ProcessRuntime:
-    def __init__(self) -> None:
-        self.runner = asyncio.Runner()
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._handle: ProviderHandle | None = None
-        self._handle_key: tuple[Any, ...] | None = None
-
-    async def connection(self) -> psycopg.AsyncConnection[Any]:
-        conn = self._conn
-        healthy = (
-            conn is not None
-            and not conn.closed
-            and not conn.broken
-            and conn.info.transaction_status == TransactionStatus.IDLE
+    await pool.open()
+    aredis = redis.asyncio.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=5, max_connections=None
+    )
+    redis_sync = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    events = (
+        eventclients.open_async_events_client(
+            max_connections=settings.REDIS_POOL_MAX, timeout=settings.REDIS_POOL_TIMEOUT_SECONDS
         )
-        if not healthy:
-            if conn is not None:
-                await conn.close()
-            # prepare_threshold=0 and dict rows: what the LangGraph checkpointer expects
-            # of a connection it is given (langgraph-checkpoint-postgres README).
-            self._conn = conn = await psycopg.AsyncConnection.connect(
-                str(settings.DATABASE_URL),
-                autocommit=True,
-                prepare_threshold=0,
-                row_factory=dict_row,
-            )
-        assert conn is not None
-        return conn
-
-    async def provider(self) -> ProviderHandle:
-        key = provider_key()
-        if self._handle is None or self._handle_key != key:
-            if self._handle is not None:
-                await self._handle.aclose()
-            self._handle, self._handle_key = open_provider(), key
-        return self._handle
-
-    async def _aclose(self) -> None:
-        if self._handle is not None:
-            await self._handle.aclose()
-            self._handle = None
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-
-    def close(self) -> None:
-        try:
-            self.runner.run(self._aclose())
-        except Exception:
-            logger.warning("closing a chat runtime failed", exc_info=True)
-        finally:
-            self.runner.close()
-
-
-_runtimes: dict[tuple[int, int], ProcessRuntime] = {}
-_lock = threading.Lock()
-
-
-def run(job: Callable[[ProcessRuntime], Coroutine[Any, Any, T]]) -> T:
-    """Run ``job(runtime)`` on this process's (and thread's) loop."""
-    key = (os.getpid(), threading.get_ident())
-    with _lock:
-        runtime = _runtimes.get(key)
-        if runtime is None:
-            runtime = _runtimes[key] = ProcessRuntime()
+        if eventclients.separate()
+        else aredis
+    )
+    handle = open_provider()
+    runtime = ChatRuntime(pool, handle, aredis, redis_sync, events)
+    loop = asyncio.get_running_loop()
+    _by_loop[loop] = runtime
     try:
-        # asyncio.Runner keeps the context it captured when it was created (during the
-        # first job) unless given one: without a fresh copy, RQ's get_current_job()
-        # (a ContextVar) would answer that first job for every later one.
-        return runtime.runner.run(job(runtime), context=contextvars.copy_context())
-    except BaseException:
-        with _lock:
-            _runtimes.pop(key, None)
-        runtime.close()
-        raise
+        yield runtime
+    finally:
+        _by_loop.pop(loop, None)
+        await handle.aclose()
+        if events is not aredis:
+            await events.aclose()
+        await aredis.aclose()
+        redis_sync.close()
+        await pool.close()
 
 
-@atexit.register
-def close_all() -> None:
-    with _lock:
-        mine = [k for k in _runtimes if k[0] == os.getpid()]
-        runtimes = [_runtimes.pop(k) for k in mine]
-    for runtime in runtimes:
-        runtime.close()
+@contextlib.asynccontextmanager
+async def chat_runtime() -> AsyncIterator[ChatRuntime]:
+    """The loop's shared runtime if a worker opened one, else one for this job only."""
+    shared = _by_loop.get(asyncio.get_running_loop())
+    if shared is not None:
+        yield shared
+        return
+    async with open_runtime(pool_size=2) as own:
+        yield own

@@ -40,6 +40,7 @@ from rq.timeouts import JobTimeoutException
 from core import events, jobmetrics, settings
 from core.eventclients import EventsClient, events_client_for
 from core.eventkinds import EventKind
+from core.principal import Identity
 from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
 from jobs.csvimport import load as csvload
 from jobs.csvimport.format import CsvFormat, CsvFormatError, detect_format, iter_rows
@@ -72,14 +73,14 @@ class Run:
     def __init__(
         self,
         upload_id: str,
-        user_id: str,
+        owner: Identity,
         size: int,
         ctl: psycopg.Connection[Any],
         client: redis.Redis,
         bus: EventsClient,
     ) -> None:
         self.upload_id = upload_id
-        self.user_id = user_id
+        self.owner = owner
         self.size = max(size, 1)
         self.ctl = ctl
         self.redis = client
@@ -104,7 +105,7 @@ class Run:
             self.bus,
             event,
             {"upload_id": self.upload_id, **data},
-            user_id=self.user_id,
+            owner=self.owner.key,
             upload_id=self.upload_id,
         )
 
@@ -283,12 +284,13 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
         psycopg.connect(dsn, application_name=app_name) as conn,
     ):
         found = ctl.execute(
-            "SELECT user_id, status, size_bytes, column_types FROM uploads WHERE id = %s",
+            "SELECT tenant, user_id, status, size_bytes, column_types FROM uploads WHERE id = %s",
             (upload_id,),
         ).fetchone()
-        if found is None or found[1] not in ACTIVE:
+        if found is None or found[2] not in ACTIVE:
             return None
-        run = Run(upload_id, found[0], found[2], ctl, client, bus)
+        owner = Identity.from_tenant(found[0], found[1])
+        run = Run(upload_id, owner, found[3], ctl, client, bus)
         started = time.monotonic()
         try:
             with conn.transaction():
@@ -304,7 +306,7 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
                 if status is None or status[0] not in ACTIVE:
                     return None  # another run finished it while this one waited
                 with fewer_collections():
-                    result = run.load(conn, found[3])
+                    result = run.load(conn, found[4])
         except psycopg.errors.LockNotAvailable:
             logger.warning("upload %s is being imported by another run; leaving it", upload_id)
             return None
@@ -326,6 +328,11 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
             if job is None or not job.retries_left:
                 with contextlib.suppress(psycopg.Error):
                     run.fail("database_unavailable", "PostgreSQL was unavailable.")
+            raise
+        except redis.RedisError:
+            # Redis went away (restart, failover) under a progress event: nothing was
+            # committed, so the upload stays unfinished for RQ's retry or, when Redis lost
+            # the job, the reconciler's re-run (jobs/worker/reconciler.py); no "failed".
             raise
         except Exception:
             logger.exception("upload %s import crashed", upload_id)

@@ -1,11 +1,10 @@
 """The Procfile's ``worker``: a small supervisor of RQ worker processes.
 
 Its process plan comes from the job registry (core/jobkinds.py): each job kind gets
-its own processes on its own queue. ``SIMPLE`` kinds (chat) run on ``ChatWorker``
-processes (a ``SimpleWorker`` with fewer Redis round trips), so they never wait behind
-a long CSV import, and without a fork per job (forking costs milliseconds before the
-first token; README "Chat: figures"). ``FORKING`` kinds (imports) run on forking
-``Worker``s: a crash or a leak in one import dies with its work horse.
+its own processes on its own queue. ``ASYNC`` kinds (chat) run on ``AsyncWorker``
+processes: many jobs at once on one event loop, without a fork per job, and never
+behind a long CSV import. ``FORKING`` kinds (imports) run on forking ``Worker``s: a
+crash or a leak in one import dies with its work horse.
 
 A worker that dies mid-job (SIGKILL, OOM) leaves its job in RQ's StartedJobRegistry,
 where RQ itself only notices it once the execution's heartbeat lapses (job monitoring
@@ -13,14 +12,16 @@ interval + 60 s) *and* a worker runs registry maintenance (every 10 minutes by d
 rq/worker/base.py ``should_run_maintenance_tasks``). So the supervisor, which sees the
 death at once, expires that worker's executions and runs RQ's own
 ``StartedJobRegistry.cleanup()``: the job is retried (or failed) within a second or
-two, with RQ's retry count and failure callbacks. For a crash of the whole machine,
-workers run maintenance every ``WORKER_MAINTENANCE_SECONDS`` instead of 10 minutes.
+two, with RQ's retry count and failure callbacks. For a crash of the whole machine, the
+supervisor vouches for its live workers in Redis (jobs/worker/liveness.py) and runs a
+reconciler process (jobs/worker/reconciler.py): the leading reconciler of another machine
+hands a dead machine's jobs back to RQ once its keys lapse, and enqueues again any work
+PostgreSQL records as unfinished that Redis lost.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import importlib
 import logging
 import multiprocessing
@@ -31,58 +32,19 @@ import uuid
 from dataclasses import dataclass
 from types import FrameType
 
-import psycopg
 import redis
-from redis.client import Pipeline
-from rq import Queue, SimpleWorker, Worker
+from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.executions import Execution
-from rq.utils import now
 
-from core import settings
-from core.jobkinds import JOB_KINDS, JobKind, WorkerKind, queue_names
+from core import redispolicy, settings
+from core.jobkinds import JOB_KINDS, JobKind, WorkerKind
 from core.logs import configure_logging
-from jobs.chat.recovery import recover_chats
+from jobs.worker import liveness
+from jobs.worker.asyncworker import AsyncWorker
+from jobs.worker.reconciler import run_reconciler
 
 logger = logging.getLogger("herald.worker")
-
-
-class ChatWorker(SimpleWorker):
-    """``SimpleWorker`` with fewer Redis round trips around each job.
-
-    rq 3.0 sends the worker heartbeat as three separate commands (HSET, EXPIRE, EXPIRE)
-    and sends it, with ``set_state(IDLE)``, twice between the end of one job and the
-    next BLMOVE, and once more between dequeue and the job's start (rq/worker/base.py
-    ``work``, ``dequeue_job_and_maintain_ttl``). Measured with ``bench_chat.py --hops``:
-    ~3 ms from a reply's end until the worker listens again, which a chat sent right
-    after the previous one waits for. Here that heartbeat is one pipelined round trip,
-    and is skipped when a heartbeat with the same default TTL (``worker_ttl`` + 60 s,
-    480 s) went out under ``_HEARTBEAT_GAP`` ago: the worker key cannot lapse meanwhile.
-    A heartbeat with another TTL (RQ sends the job's own, shorter one on a pipeline at
-    job start) voids the skip, so the next default one is always sent before a long
-    BLMOVE. Setting the state the worker already has is skipped too.
-    """
-
-    _HEARTBEAT_GAP = dt.timedelta(seconds=1)
-    _default_beat_at: dt.datetime | None = None
-
-    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
-        if pipeline is not None:
-            super().heartbeat(timeout, pipeline=pipeline)
-            self._default_beat_at = now() if timeout is None else None
-            return
-        last = self._default_beat_at
-        if timeout is None and last is not None and now() - last < self._HEARTBEAT_GAP:
-            return
-        with self.connection.pipeline(transaction=False) as pipe:
-            super().heartbeat(timeout, pipeline=pipe)
-            pipe.execute()
-        self._default_beat_at = now() if timeout is None else None
-
-    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
-        if pipeline is None and state == self._state:
-            return
-        super().set_state(state, pipeline=pipeline)
 
 
 def run_worker(kind: JobKind, name: str | None = None) -> None:
@@ -94,13 +56,29 @@ def run_worker(kind: JobKind, name: str | None = None) -> None:
     # Imported before the first job, not by it (JobKind.module).
     importlib.import_module(kind.module)
     connection = redis.Redis.from_url(settings.REDIS_URL)
-    worker_class = ChatWorker if kind.worker is WorkerKind.SIMPLE else Worker
-    worker = worker_class(
-        [kind.queue],
-        connection=connection,
-        name=name,
-        maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
-    )
+    worker: Worker | AsyncWorker
+    if kind.worker is WorkerKind.ASYNC:
+        lifespan_module, _, lifespan_name = (kind.lifespan or "").rpartition(".")
+        worker = AsyncWorker(
+            [kind.queue],
+            connection=connection,
+            name=name,
+            maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
+            concurrency=kind.concurrency,
+            grace_seconds=settings.CHAT_WORKER_GRACE_SECONDS,
+            lifespan=(
+                getattr(importlib.import_module(lifespan_module), lifespan_name)
+                if kind.lifespan
+                else None
+            ),
+        )
+    else:
+        worker = Worker(
+            [kind.queue],
+            connection=connection,
+            name=name,
+            maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
+        )
     worker.work(with_scheduler=True, logging_level=settings.LOG_LEVEL)
 
 
@@ -145,43 +123,6 @@ def reap_abandoned(connection: redis.Redis, worker_name: str, queues: list[str])
     return reaped
 
 
-def reap_orphans(connection: redis.Redis, queues: list[str]) -> list[str]:
-    """Retry (or fail) the jobs of every worker that is gone; returns their ids.
-
-    At start no worker of this supervisor exists yet, but a previous run's may have left
-    jobs ``started`` (a cold shutdown, a crash of the machine): their worker is no longer
-    in RQ's worker registry (RQ removes it on exit; a crashed one's key lapses).
-    """
-    gone: set[str] = set()
-    for name in queues:
-        registry = Queue(name, connection=connection).started_job_registry
-        for member in connection.zrange(registry.key, 0, -1):
-            key = member.decode() if isinstance(member, bytes) else str(member)
-            execution = Execution.from_composite_key(key, connection)
-            try:
-                execution.refresh()  # type: ignore[no-untyped-call]
-            except (ValueError, KeyError):
-                continue  # its hash lapsed: RQ's own cleanup finds it expired
-            worker_key = Worker.redis_worker_namespace_prefix + execution.worker_name
-            if not connection.exists(worker_key):
-                gone.add(execution.worker_name)
-    return [job for worker in sorted(gone) for job in reap_abandoned(connection, worker, queues)]
-
-
-def recover(connection: redis.Redis) -> None:
-    """Before the workers start: what a previous run left half done is run again."""
-    try:
-        reaped = reap_orphans(connection, queue_names())
-        recovered = recover_chats(connection, str(settings.DATABASE_URL))
-    except (redis.exceptions.RedisError, psycopg.Error, OSError) as exc:
-        logger.warning("could not recover jobs left by a previous run: %s", exc)
-        return
-    if reaped:
-        logger.warning("jobs of workers that are gone, re-queued or failed: %s", reaped)
-    if recovered:
-        logger.warning("chat messages left without a job, enqueued again: %s", recovered)
-
-
 def _worker_name() -> str:
     return f"{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
 
@@ -209,21 +150,29 @@ def process_plan() -> list[JobKind]:
 
 def main() -> int:
     configure_logging()
-    connection = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
-    recover(connection)
     workers = [WorkerProcess.spawn(kind) for kind in process_plan()]
+    # One reconciler per machine; a Redis lock makes one of them lead (jobs/worker/reconciler.py).
+    reconciler = _spawn_reconciler()
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
         # RQ's warm shutdown: each worker finishes its current job, then exits.
-        for worker in workers:
-            if worker.process.is_alive() and worker.process.pid is not None:
-                worker.process.terminate()
+        for process in [w.process for w in workers] + [reconciler]:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    connection = redis.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=2
+    )
+    vouched = 0.0
+    try:
+        redispolicy.log_assessment(redispolicy.check(connection))
+    except (redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("could not check Redis's eviction policy: %s", exc)
     try:
         while not stopping:
             for i, worker in enumerate(workers):
@@ -235,17 +184,81 @@ def main() -> int:
                     )
                     _reap_quietly(connection, worker.name, [worker.kind.queue])
                     workers[i] = WorkerProcess.spawn(worker.kind)
+                    vouched = 0.0
+            if not reconciler.is_alive() and not stopping:
+                logger.warning("reconciler exited (%s); restarting", reconciler.exitcode)
+                reconciler = _spawn_reconciler()
+            vouched = _vouch(connection, workers, vouched)
             time.sleep(0.5)
-        for worker in workers:
-            worker.process.join(timeout=60)
+        # Vouch on while the workers finish their jobs, or the reconciler of another
+        # machine would take them for dead.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(w.process.is_alive() for w in workers):
+            vouched = _vouch(connection, workers, vouched)
+            time.sleep(0.2)
+        reconciler.join(timeout=5)
     finally:
         connection.close()
     return 0
 
 
+def rescue_dequeued(connection: redis.Redis, queues: list[str], settle: float = 0.5) -> list[str]:
+    """Put back jobs left in RQ's intermediate queue by a worker that died between its
+    BLMOVE and the StartedJobRegistry; returns their ids.
+
+    A dead worker's blocked BLMOVE can still be served by Redis until it notices the
+    closed socket, so a job re-queued at that moment lands in the intermediate list with
+    no live worker behind it; RQ itself only finds it at its next maintenance (minutes).
+    A live worker moves a job from that list to the registry within milliseconds, so a
+    job still there, unregistered, after ``settle`` seconds is stuck.
+    """
+    suspects = {
+        name: set(Queue(name, connection=connection).intermediate_queue.get_job_ids())
+        for name in queues
+    }
+    if not any(suspects.values()):
+        return []
+    time.sleep(settle)
+    rescued: list[str] = []
+    for name, job_ids in suspects.items():
+        queue = Queue(name, connection=connection)
+        still = set(queue.intermediate_queue.get_job_ids())
+        for job_id in sorted(job_ids & still):
+            if job_id in queue.started_job_registry:
+                continue
+            with connection.pipeline() as pipe:
+                pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                pipe.lpush(queue.key, job_id)
+                pipe.execute()
+            rescued.append(job_id)
+    return rescued
+
+
+def _spawn_reconciler() -> multiprocessing.Process:
+    proc = multiprocessing.Process(target=run_reconciler, args=(reap_abandoned,), daemon=False)
+    proc.start()
+    return proc
+
+
+def _vouch(connection: redis.Redis, workers: list[WorkerProcess], last: float) -> float:
+    """Renew the liveness keys of the live workers every third of their TTL; returns when
+    it last did."""
+    if time.monotonic() - last < settings.WORKER_LIVENESS_SECONDS / 3:
+        return last
+    try:
+        liveness.vouch(connection, [w.name for w in workers if w.process.is_alive()])
+    except (redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("could not renew worker liveness: %s", exc)
+        return last
+    return time.monotonic()
+
+
 def _reap_quietly(connection: redis.Redis, name: str, queues: list[str]) -> None:
     try:
         reaped = reap_abandoned(connection, name, queues)
+        rescued = rescue_dequeued(connection, queues)
+        if rescued:
+            logger.warning("re-queued %s left mid-dequeue by dead worker %s", rescued, name)
     except (redis.exceptions.RedisError, OSError) as exc:
         # Redis down: RQ's periodic maintenance picks the job up later instead.
         logger.warning("could not reap jobs of dead worker %s: %s", name, exc)

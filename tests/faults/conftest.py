@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from tests.faults.stack import Stack, private_stack
@@ -26,6 +27,15 @@ def stack(private: Stack) -> Iterator[Stack]:
     # A clean Redis per test: queued jobs left by an earlier test (schemathesis queues
     # thousands of chats) would otherwise sit ahead of this test's jobs.
     private.redis.flushall_private()
+    # ...and their record in PostgreSQL ended with them, or a worker's reconciler would
+    # enqueue that work again (it reads PostgreSQL as the record of work).
+    with psycopg.connect(private.pg.url, autocommit=True) as conn:
+        conn.execute("UPDATE messages SET status = 'failed' WHERE status = 'queued'")
+        conn.execute(
+            "UPDATE uploads SET status = 'failed'"
+            " WHERE status IN ('queued', 'validating', 'processing')"
+        )
+        conn.execute("DELETE FROM uploads WHERE status = 'receiving'")
     try:
         yield private
     finally:

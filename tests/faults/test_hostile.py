@@ -7,20 +7,27 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import time
 import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
 
 import httpx
+import jwt
 import orjson
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from limits import parse
+from starlette.testclient import TestClient
 
+from app.main import create_app
 from app.security.auth import mint_token
 from app.security.throttle import AuthThrottle
 from core import events
 from core import settings as herald
+from core.principal import Identity
 from jobs.csvimport.celltypes import ColumnSpec
 from jobs.csvimport.columntypes import parse_cell
 from jobs.csvimport.inference import infer_column
@@ -120,13 +127,15 @@ def test_published_frames_round_trip_through_redis(redis_client: redis.Redis, te
     user = "sse-prop-" + uuid.uuid4().hex[:8]
     pubsub = redis_client.pubsub()
     try:
-        pubsub.subscribe(events.user_stream(user))
+        pubsub.subscribe(events.user_stream(Identity(user).key))
         assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-        [event_id] = events.publish_event(redis_client, "chat.chunk", {"t": text}, user_id=user)
+        [event_id] = events.publish_event(
+            redis_client, "chat.chunk", {"t": text}, owner=Identity(user).key
+        )
         message = pubsub.get_message(timeout=5)
     finally:
         pubsub.close()
-        redis_client.delete(events.user_stream(user))
+        redis_client.delete(events.user_stream(Identity(user).key))
     parser = SSEParser()
     parser.feed(message["data"])
     [event] = parser.events
@@ -264,3 +273,167 @@ async def test_probing_other_tenants_ids_answers_404() -> None:
                 assert response.status_code == 404 and b"root:" not in response.content
             # The owner's resource survived every probe (cancel and delete included).
             assert (await client.get(f"/uploads/{upload_id}", headers=owner)).status_code == 200
+
+
+# --- ids and claims that pass a lenient parser: 404 / 401, never a 500 (issue 11) -------
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """One app for the whole module (hypothesis runs hundreds of examples), with the
+    owner's upload and conversation to spell ids after."""
+    with pytest.MonkeyPatch.context() as patch:
+        # Hundreds of rejected tokens from one test address: not what is under test.
+        patch.setattr(herald, "AUTH_FAILURE_LIMIT", "1000000/minute")
+        patch.setattr(herald, "CHAT_RATE_LIMIT", "1000000/hour")
+        patch.setattr(herald, "UPLOAD_RATE_LIMIT", "1000000/hour")
+        owner = {"authorization": f"Bearer {mint_token('fuzz-owner', org_id='org-fuzz-ids')}"}
+        with TestClient(create_app(), base_url="http://herald") as client:
+            upload = client.post(
+                "/uploads?filename=f.csv",
+                content=b"a\n1\n",
+                headers={**owner, "content-type": "text/csv"},
+            )
+            chat = client.post("/chat/messages", json={"message": "hello"}, headers=owner)
+            ids = {
+                "upload": upload.json()["upload_id"],
+                "conversation": chat.json()["conversation_id"],
+            }
+            yield client, {**ids, **owner}
+
+
+def respell(canonical: str) -> st.SearchStrategy[str]:
+    """Spellings uuid.UUID() or a lenient reader might take for ``canonical``."""
+    hexits = canonical.replace("-", "")
+    return st.one_of(
+        st.sampled_from(
+            [
+                f"urn:uuid:{canonical}",
+                f"URN:UUID:{canonical}",
+                f"{{{canonical}}}",
+                canonical.upper(),
+                hexits,
+                f"{canonical}\u00a0",
+                f"{canonical}\x00",
+                canonical.replace("-", "\u2010"),
+                canonical.replace("1", "\u0661"),  # Arabic-Indic digit one
+                f"{canonical}0",
+                canonical[:-1],
+            ]
+        ),
+        st.builds(
+            lambda prefix, suffix: prefix + canonical + suffix,
+            st.text(max_size=4),
+            st.text(max_size=4),
+        ),
+        st.text(min_size=1, max_size=60),
+    )
+
+
+ID_ROUTES = [
+    ("GET", "/uploads/{upload}"),
+    ("GET", "/uploads/{upload}/rows"),
+    ("GET", "/uploads/{upload}/errors"),
+    ("POST", "/uploads/{upload}/cancel"),
+    ("DELETE", "/uploads/{upload}"),
+    ("GET", "/chat/conversations/{conversation}/messages"),
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_other_spelling_of_an_id_is_404(
+    live: tuple[TestClient, dict[str, str]], data: st.DataObject
+) -> None:
+    client, known = live
+    method, route = data.draw(st.sampled_from(ID_ROUTES))
+    kind = "conversation" if "conversation" in route else "upload"
+    alias = data.draw(respell(known[kind]).filter(lambda s: s != known[kind]))
+    path = route.format(**{kind: quote(alias, safe="")})
+    response = client.request(method, path, headers={"authorization": known["authorization"]})
+    assert response.status_code in (404, 405, 307), (method, path, response.text)
+    if response.status_code == 404:
+        assert response.json()["error"]["code"] == "not_found"
+    # The owner's resources survive every probe (cancel and delete included).
+    for still in ("/uploads/{upload}", "/chat/conversations/{conversation}/messages"):
+        assert client.get(still.format(**known), headers=known).status_code == 200
+
+
+json_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**1100), max_value=2**1100),
+    st.floats(allow_nan=False),
+    st.text(max_size=300),
+)
+id_text = st.one_of(
+    st.text(alphabet="abcxyz-_.@|", min_size=1, max_size=12),  # ordinary ids
+    st.text(min_size=1, max_size=300),
+    st.sampled_from(["a\x00b", "x\ny", "\u202e", "user:fuzz", "org:fuzz", "%", "a/b:c"]),
+)
+# Numbers at the edges of int64, float and JSON: a claim may be any of them.
+NOW = int(time.time())
+edge_numbers = st.sampled_from(
+    [
+        2**1024,
+        -(2**1024),
+        10**400,
+        2**63,
+        2**64 + 1,
+        1e308,
+        -1e308,
+        math.inf,
+        -math.inf,
+        0,
+        NOW + 60,
+        NOW + 8 * 86400,
+        NOW + 10**12,
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sub=st.one_of(id_text, json_scalar, st.lists(st.text(max_size=5), max_size=2)),
+    org=st.one_of(st.none(), id_text, json_scalar),
+    exp=st.one_of(
+        edge_numbers,
+        st.integers(min_value=0, max_value=30 * 86400).map(lambda d: NOW + d),
+        json_scalar,
+    ),
+    iat=st.one_of(st.just("absent"), edge_numbers, json_scalar),
+    roles=st.one_of(
+        st.just("absent"),
+        st.lists(st.sampled_from(["admin", "viewer"]), max_size=2),
+        json_scalar,
+        st.lists(json_scalar, max_size=3),
+    ),
+)
+def test_any_validly_signed_claims_are_accepted_or_401(
+    live: tuple[TestClient, dict[str, str]],
+    sub: object,
+    org: object,
+    exp: object,
+    iat: object,
+    roles: object,
+) -> None:
+    client, _ = live
+    claims: dict[str, object] = {"sub": sub, "exp": exp}
+    if org is not None:
+        claims["org"] = org
+    if iat != "absent":
+        claims["iat"] = iat
+    if roles != "absent":
+        claims["roles"] = roles
+    signed = jwt.encode(claims, str(herald.JWT_SECRET), algorithm="HS256")
+    headers = {"authorization": f"Bearer {signed}"}
+    for method, path, body in [
+        ("GET", "/chat/conversations", None),
+        ("POST", "/chat/messages", {"message": "hi"}),
+        ("GET", "/uploads", None),
+    ]:
+        response = client.request(method, path, json=body, headers=headers)
+        assert response.status_code in (200, 202, 401), (claims, path, response.text)
+        if response.status_code == 401:
+            assert response.json()["error"]["code"] == "unauthorized"
+            assert response.headers["www-authenticate"].startswith("Bearer")

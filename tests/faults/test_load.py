@@ -21,6 +21,7 @@ import pytest
 from app.security.auth import mint_token
 from core import settings
 from core.events import publish_event, user_stream
+from core.principal import Identity
 from tests.faults.clients import Client, wait_for
 from tests.faults.stack import Stack
 from tests.support.procs import wait_until
@@ -53,7 +54,12 @@ def publish_all(stack: Stack, users: list[str]) -> None:
     try:
         for i in range(PUBLISHED_PER_USER):
             for user in users:
-                publish_event(client, "chat.chunk", {"owner": user, "seq": i}, user_id=user)
+                publish_event(
+                    client,
+                    "chat.chunk",
+                    {"owner": user, "seq": i},
+                    owner=Identity(user, f"org-{user}").key,
+                )
     finally:
         client.close()
 
@@ -63,7 +69,7 @@ def stream_ids(stack: Stack, users: list[str]) -> dict[str, list[str]]:
     try:
         out = {}
         for user in users:
-            entries = client.xrange(user_stream(user), "-", "+")
+            entries = client.xrange(user_stream(Identity(user, f"org-{user}").key), "-", "+")
             out[user] = [raw.decode() for raw, _ in entries]
         return out
     finally:

@@ -20,6 +20,7 @@ from rq.job import Job
 from app.security.auth import mint_token
 from core import settings
 from core.events import publish_event
+from core.principal import Identity
 from tests.faults.clients import Client, wait_for
 from tests.faults.stack import Stack
 
@@ -106,7 +107,9 @@ async def test_postgres_stopped_and_restarted(stack: Stack) -> None:
             # Streams need only Redis: an event still reaches the connected client.
             redis_client = stack.redis.client()
             try:
-                [marker] = publish_event(redis_client, "chat.chunk", {"m": 1}, user_id=user)
+                [marker] = publish_event(
+                    redis_client, "chat.chunk", {"m": 1}, owner=Identity(user, "org-pg-down").key
+                )
             finally:
                 redis_client.close()
             await wait_for(

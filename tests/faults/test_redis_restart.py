@@ -15,6 +15,7 @@ import pytest
 
 from app.security.auth import mint_token
 from core.events import publish_event
+from core.principal import Identity
 from tests.faults.clients import Client, wait_for
 from tests.faults.proxy import BlackholeProxy
 from tests.faults.stack import Stack
@@ -37,7 +38,9 @@ def publish_round(stack: Stack, users: list[str], phase: str) -> dict[str, list[
     try:
         return {
             user: [
-                publish_event(client, "chat.chunk", {"phase": phase, "index": i}, user_id=user)[0]
+                publish_event(
+                    client, "chat.chunk", {"phase": phase, "index": i}, owner=Identity(user).key
+                )[0]
                 for i in range(EVENTS_PER_PHASE)
             ]
             for user in users
@@ -127,7 +130,7 @@ def publish_slowly(stack: Stack, users: list[str], rounds: int) -> dict[str, lis
     try:
         for i in range(rounds):
             for user in users:
-                ids[user] += publish_event(client, "chat.chunk", {"i": i}, user_id=user)
+                ids[user] += publish_event(client, "chat.chunk", {"i": i}, owner=Identity(user).key)
             time.sleep(0.02)
         return ids
     finally:

@@ -128,6 +128,83 @@ async def test_worker_killed_mid_chat(stack: Stack) -> None:
     print(f"\nchat worker SIGKILL: chat.done {FIGURES['chat_terminal_s']:.2f} s after the kill")
 
 
+IN_FLIGHT = 50
+
+
+async def test_issue12_worker_killed_with_50_replies_in_flight(stack: Stack) -> None:
+    """One chat worker process carries 50 replies at once; SIGKILL it. Every client
+    still gets exactly one ``chat.done`` (the retried reply, announced by
+    ``chat.restart``, whose chunks count from 0 again), and every message has one
+    assistant row: the supervisor reaps every in-flight job of the dead worker."""
+    web = stack.start_web()
+    stack.start_worker("worker-chat-50", DEMO_WORD_DELAY_SECONDS="0.15")
+    users = [f"kill50-{i}" for i in range(IN_FLIGHT)]
+    clients = {u: Client(u, mint_token(u), web.port) for u in users}
+    for client in clients.values():
+        client.start()
+    messages: dict[str, str] = {}
+    try:
+        await wait_for(lambda: all(c.connected for c in clients.values()), 30, "streams")
+        async with httpx.AsyncClient(base_url=web.base, timeout=20) as http:
+            for user, client in clients.items():
+                posted = await http.post(
+                    "/chat/messages",
+                    json={"message": f"tell {user} about fault tolerance at length"},
+                    headers={"authorization": f"Bearer {client.token}"},
+                )
+                assert posted.status_code == 202, posted.text
+                messages[user] = posted.json()["message_id"]
+        await wait_for(
+            lambda: all(c.named("chat.chunk") for c in clients.values()),
+            60,
+            "every reply streaming",
+        )
+        pid = None
+        redis_client = stack.redis.client()
+        try:
+            for worker in Worker.all(queue=Queue(settings.CHAT_QUEUE, connection=redis_client)):
+                if worker.get_current_job_id():
+                    pid = int(worker.pid)
+        finally:
+            redis_client.close()
+        assert pid is not None, "no chat worker is busy"
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        finished = {u for u, c in clients.items() if c.named("chat.done")}
+        cut = [c for u, c in clients.items() if u not in finished]
+        await wait_for(
+            lambda: all(c.named("chat.done") or c.named("chat.error") for c in clients.values()),
+            TERMINAL_BOUND_SECONDS * 2,
+            "a terminal event on every stream",
+        )
+        FIGURES["chat50_terminal_s"] = time.monotonic() - killed
+        await anyio.sleep(0.5)
+    finally:
+        for client in clients.values():
+            await client.stop()
+
+    for user, client in clients.items():
+        events = [
+            (e.type, orjson.loads(e.data)) for e in client.events if e.type.startswith("chat.")
+        ]
+        kinds = [k for k, _ in events]
+        assert kinds.count("chat.done") == 1 and "chat.error" not in kinds, kinds
+        restart = len(kinds) - 1 - kinds[::-1].index("chat.restart")
+        after = [d for k, d in events[restart + 1 :] if k == "chat.chunk"]
+        assert [c["index"] for c in after] == list(range(len(after)))
+        assert "".join(c["text"] for c in after) == events[-1][1]["text"]
+    with psycopg.connect(stack.pg.url) as conn:
+        rows = conn.execute(
+            "SELECT reply_to, count(*) FROM messages WHERE reply_to = ANY(%s) GROUP BY reply_to",
+            (list(messages.values()),),
+        ).fetchall()
+    assert sorted(count for _, count in rows) == [1] * IN_FLIGHT  # one row per message
+    print(
+        f"\n50 replies, worker SIGKILL: {len(cut)} cut mid-reply, all ended"
+        f" {FIGURES['chat50_terminal_s']:.2f} s after the kill"
+    )
+
+
 def big_csv(rows: int) -> bytes:
     lines = ["id,name,amount,day"]
     lines += [f"{i},name {i},{i * 1.5},2024-01-{i % 28 + 1:02d}" for i in range(rows)]

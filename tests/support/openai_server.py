@@ -7,6 +7,10 @@ next scripted ``Fault`` (or streams normally when none is queued):
 - ``Fault("stall", after=n)``: sends n chunks, then goes silent (connection open);
 - ``Fault("malformed", after=n)``: n good chunks, then a line that is not JSON;
 - ``Fault("slow_first", delay=s)``: waits s seconds before the first chunk.
+
+With ``echo=True`` the reply is the last user message, word by word, so concurrent
+replies can each be checked for their own text. ``in_flight`` / ``max_in_flight`` count
+the streams open at once (what a provider's concurrency limit would see).
 """
 
 from __future__ import annotations
@@ -35,12 +39,20 @@ class Fault:
     kind: str
     after: int = 0
     delay: float = 0.0
+    # Only for a request whose last message contains this (concurrent tests aim a
+    # fault at one reply among many).
+    match: str | None = None
 
 
 class OpenAIServer:
-    def __init__(self, reply: list[str] | None = None, chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self, reply: list[str] | None = None, chunk_delay: float = 0.0, echo: bool = False
+    ) -> None:
         self.reply = list(reply or DEFAULT_REPLY)
         self.chunk_delay = chunk_delay
+        self.echo = echo
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.faults: deque[Fault] = deque()
         self.requests: list[dict[str, object]] = []
         self._stop = threading.Event()
@@ -80,18 +92,44 @@ class OpenAIServer:
     async def _complete(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(body)
-        fault = self.faults.popleft() if self.faults else Fault("ok")
+        fault = self._take_fault(body)
         if fault.kind == "500":
             return JSONResponse({"error": {"message": "upstream exploded"}}, status_code=500)
         return StreamingResponse(self._chunks(body, fault), media_type="text/event-stream")
 
+    def _take_fault(self, body: dict[str, object]) -> Fault:
+        messages = body.get("messages")
+        text = str(messages[-1]["content"]) if isinstance(messages, list) and messages else ""
+        for fault in self.faults:
+            if fault.match is None or fault.match in text:
+                self.faults.remove(fault)
+                return fault
+        return Fault("ok")
+
     async def _chunks(self, body: dict[str, object], fault: Fault) -> AsyncIterator[bytes]:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            async for chunk in self._stream(body, fault):
+                yield chunk
+        finally:
+            self.in_flight -= 1
+
+    def _reply_for(self, body: dict[str, object]) -> list[str]:
+        if not self.echo:
+            return self.reply
+        messages = body.get("messages")
+        last = messages[-1]["content"] if isinstance(messages, list) and messages else ""
+        words = str(last).split(" ")
+        return [words[0], *(" " + w for w in words[1:])]
+
+    async def _stream(self, body: dict[str, object], fault: Fault) -> AsyncIterator[bytes]:
         model = str(body.get("model", "loopback"))
         if fault.kind == "slow_first":
             await self._sleep(fault.delay)
         # The role-only delta real servers send first: it carries no text.
         yield _sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}], "model": model})
-        for i, piece in enumerate(self.reply):
+        for i, piece in enumerate(self._reply_for(body)):
             if fault.kind in ("stall", "malformed") and i == fault.after:
                 if fault.kind == "malformed":
                     yield b"data: {this is not json\n\n"
@@ -117,9 +155,9 @@ def _sse(data: dict[str, object]) -> bytes:
 
 @contextmanager
 def openai_server(
-    reply: list[str] | None = None, chunk_delay: float = 0.0
+    reply: list[str] | None = None, chunk_delay: float = 0.0, echo: bool = False
 ) -> Iterator[OpenAIServer]:
-    server = OpenAIServer(reply, chunk_delay).start()
+    server = OpenAIServer(reply, chunk_delay, echo).start()
     try:
         yield server
     finally:

@@ -13,6 +13,7 @@ import redis
 from core import settings
 from core.eventkinds import EventKind
 from core.events import publish_event
+from core.principal import Identity
 
 
 def main(user: str, total: int) -> list[str]:
@@ -20,7 +21,11 @@ def main(user: str, total: int) -> list[str]:
     ids = []
     try:
         for i in range(total):
-            ids.append(publish_event(client, EventKind.CHAT_CHUNK, {"index": i}, user_id=user)[0])
+            ids.append(
+                publish_event(client, EventKind.CHAT_CHUNK, {"index": i}, owner=Identity(user).key)[
+                    0
+                ]
+            )
             time.sleep(0.003)
     finally:
         client.close()

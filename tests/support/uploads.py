@@ -16,6 +16,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from core import events, jobkinds, settings
+from core.principal import Identity
 
 
 def stage(
@@ -31,9 +32,9 @@ def stage(
     upload_id = str(uuid.uuid4())
     user = user or f"user-{uuid.uuid4().hex[:8]}"
     db.execute(
-        "INSERT INTO uploads (id, org_id, user_id, filename, status, size_bytes, column_types)"
+        "INSERT INTO uploads (id, tenant, user_id, filename, status, size_bytes, column_types)"
         " VALUES (%s, %s, %s, 'test.csv', 'queued', %s, %s)",
-        (upload_id, org, user, len(data), Jsonb(columns) if columns else None),
+        (upload_id, f"org:{org}", user, len(data), Jsonb(columns) if columns else None),
     )
     size = chunk or settings.UPLOAD_CHUNK_BYTES
     with db.cursor() as cur:
@@ -91,8 +92,11 @@ def stream_events(client: redis.Redis, key: str) -> list[tuple[str, dict[str, An
     ]
 
 
-def user_events(client: redis.Redis, user: str) -> list[tuple[str, dict[str, Any]]]:
-    return stream_events(client, events.user_stream(user))
+def user_events(
+    client: redis.Redis, user: str, org: str = "org-a"
+) -> list[tuple[str, dict[str, Any]]]:
+    """The events of ``user`` of ``org`` (``stage``'s default org)."""
+    return stream_events(client, events.user_stream(Identity(user, org).key))
 
 
 def upload_events(client: redis.Redis, upload_id: str) -> list[tuple[str, dict[str, Any]]]:

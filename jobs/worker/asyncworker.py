@@ -1,0 +1,337 @@
+"""An RQ worker that runs many coroutine jobs at once on one asyncio event loop.
+
+Streaming an LLM reply is I/O-bound: one process and one loop can carry hundreds of
+them, where RQ's ``SimpleWorker`` carries one. ``AsyncWorker`` keeps everything RQ's own
+tools see (``rq info``, rq-dashboard, the registries): RQ's work loop still dequeues on
+the main thread, and every job goes through RQ's ``prepare_execution`` (an execution in
+the StartedJobRegistry, owned by this worker) and RQ's own success/failure handling
+(finished and failed registries, retries, callbacks, rate-limit slots). What differs:
+
+- ``execute_job`` hands the job to the loop thread and returns at once; it blocks only
+  while ``concurrency`` jobs are in flight, so a full worker stops dequeuing and the
+  next job goes to a worker with room.
+- A job's timeout is a loop timer that cancels its own task (RQ's SIGALRM death penalty
+  is per process); it ends that job only, as ``JobTimeoutException``
+  (``cancel_reason()`` answers ``TIMEOUT`` inside the job).
+- RQ's ``stop-job`` command (``rq.command.send_stop_job_command``) cancels the job's
+  task (RQ marks the job STOPPED, never retried); the job may catch
+  ``asyncio.CancelledError`` and ask ``cancel_reason()`` to store what it has.
+- Warm shutdown (SIGTERM): stop dequeuing, let jobs finish until ``grace_seconds``, then
+  cancel the rest (``cancel_reason()`` answers ``HANDBACK``) and put them back at the front of their
+  queue (no retry is spent), so another worker resumes them.
+- A job function must be ``async def``. Other workers run the same function through
+  RQ's plain ``asyncio.run`` (``rq.job.Job._execute``), so tests can use ``SimpleWorker``.
+
+Per-owner fairness is RQ's own ``RateLimit`` (set at enqueue): jobs of one key beyond
+its concurrency wait as ``rate_limited`` and are promoted when a slot frees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import datetime as dt
+import inspect
+import logging
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from redis.client import Pipeline
+from rq import SimpleWorker
+from rq.command import parse_payload
+from rq.executions import Execution
+from rq.job import Job, _current_job
+from rq.queue import Queue
+from rq.timeouts import JobTimeoutException, TimerDeathPenalty
+from rq.utils import now
+
+logger = logging.getLogger("herald.worker")
+
+STOP = "STOP"  # cancel message: the job was stopped on request (rq stop-job)
+HANDBACK = "HANDBACK"  # cancel message: the worker is shutting down; the job is re-queued
+TIMEOUT = "TIMEOUT"  # cancel message: the job ran past its timeout
+
+Lifespan = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
+
+
+@dataclass
+class _Control:
+    """Why the worker cancelled a job (``STOP`` or ``HANDBACK``), readable by the job."""
+
+    reason: str | None = None
+
+
+# Set in each job's own task: the object is shared with every task the job spawns.
+_control: contextvars.ContextVar[_Control | None] = contextvars.ContextVar(
+    "herald_job_control", default=None
+)
+
+
+def cancel_reason() -> str | None:
+    """Inside a job whose task was cancelled: ``STOP``, ``HANDBACK``, or None (not cancelled
+    by the worker, or not running on an ``AsyncWorker``)."""
+    control = _control.get()
+    return control.reason if control is not None else None
+
+
+@dataclass
+class _InFlight:
+    job: Job
+    queue: Queue
+    execution: Execution
+    future: Future[None]
+    control: _Control
+    task: asyncio.Task[None] | None = None
+
+
+class AsyncWorker(SimpleWorker):
+    # Callbacks (success/failure) run in a thread of the loop's executor, where
+    # SIGALRM-based penalties cannot be armed.
+    death_penalty_class = TimerDeathPenalty
+
+    # rq 3.0 sends the worker heartbeat as three commands (HSET, EXPIRE, EXPIRE), twice
+    # between one job and the next dequeue; here it is one pipelined round trip, skipped
+    # when a default-TTL heartbeat went out under ``_HEARTBEAT_GAP`` ago (the worker key
+    # cannot lapse meanwhile). A heartbeat with another TTL voids the skip.
+    _HEARTBEAT_GAP = dt.timedelta(seconds=1)
+    _default_beat_at: dt.datetime | None = None
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            self._default_beat_at = now() if timeout is None else None
+            return
+        last = self._default_beat_at
+        if timeout is None and last is not None and now() - last < self._HEARTBEAT_GAP:
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            pipe.execute()
+        self._default_beat_at = now() if timeout is None else None
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        if pipeline is None and state == self._state:
+            return
+        super().set_state(state, pipeline=pipeline)
+
+    def __init__(
+        self,
+        *args: Any,
+        concurrency: int = 100,
+        grace_seconds: float = 20.0,
+        lifespan: Lifespan | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.concurrency = max(1, concurrency)
+        self.grace_seconds = grace_seconds
+        self._lifespan = lifespan
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+        self._inflight: dict[str, _InFlight] = {}
+        self._inflight_lock = threading.Lock()
+        self._finish_lock = threading.Lock()  # RQ's bookkeeping, one job at a time
+        self._stopped: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._loop_ready = threading.Event()
+        self._loop_error: BaseException | None = None
+
+    # --- the loop thread ------------------------------------------------------------
+    def _start_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        async def main() -> None:
+            async with self._lifespan() if self._lifespan else _nothing():
+                self._stop_loop = asyncio.Event()
+                self._loop_ready.set()
+                await self._stop_loop.wait()
+                # Lifespan resources close only after every task has ended.
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+        def run() -> None:
+            try:
+                loop.run_until_complete(main())
+            except BaseException as exc:
+                self._loop_error = exc
+                logger.exception("the worker's event loop failed")
+            finally:
+                self._loop_ready.set()
+                loop.close()
+
+        self._loop_thread = threading.Thread(target=run, name="rq-async-loop", daemon=True)
+        self._loop_thread.start()
+        self._loop_ready.wait()
+        if self._loop_error is not None:
+            raise RuntimeError("the worker's event loop did not start") from self._loop_error
+
+    def _stop_loop_thread(self) -> None:
+        loop, thread = self._loop, self._loop_thread
+        if loop is None or thread is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._stop_loop.set)
+        thread.join(timeout=30)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        self._start_loop()
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            self._stop_loop_thread()
+
+    # --- taking jobs ----------------------------------------------------------------
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        while not self._slots.acquire(timeout=5):
+            self.heartbeat()  # a long wait for room must not let the worker key lapse
+        try:
+            execution = self.prepare_execution(job)
+            self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+            job.started_at = now()
+            assert self._loop is not None
+            with self._inflight_lock:
+                control = _Control()
+                future = asyncio.run_coroutine_threadsafe(
+                    self._perform(job, queue, execution, control), self._loop
+                )
+                self._inflight[job.id] = _InFlight(job, queue, execution, future, control)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def _perform(
+        self, job: Job, queue: Queue, execution: Execution, control: _Control
+    ) -> None:
+        with self._inflight_lock:
+            entry = self._inflight.get(job.id)
+            if entry is not None:
+                entry.task = asyncio.current_task()
+        _control.set(control)
+        token = _current_job.set(job)  # what rq.get_current_job() reads
+        loop = asyncio.get_running_loop()
+        timeout = job.timeout or queue.DEFAULT_TIMEOUT
+        task = asyncio.current_task()
+        timer = None
+        if timeout and timeout > 0 and task is not None:
+            timer = loop.call_later(timeout, _expire, control, task)
+        try:
+            coro = job.func(*job.args, **job.kwargs)
+            if not inspect.iscoroutine(coro):
+                raise TypeError(f"{job.func_name} is not an async function")
+            result = await coro
+        except asyncio.CancelledError:
+            if control.reason == HANDBACK:
+                await loop.run_in_executor(None, self._hand_back, job, queue, execution)
+                return
+            exc_info = sys.exc_info()
+            if control.reason == TIMEOUT:
+                try:
+                    raise JobTimeoutException(
+                        f"Task exceeded maximum timeout value ({timeout} seconds)"
+                    )
+                except JobTimeoutException:
+                    exc_info = sys.exc_info()
+            await loop.run_in_executor(None, self._finish_failure, job, queue, execution, exc_info)
+        except Exception:
+            exc_info = sys.exc_info()
+            await loop.run_in_executor(None, self._finish_failure, job, queue, execution, exc_info)
+        else:
+            await loop.run_in_executor(None, self._finish_success, job, queue, execution, result)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            _current_job.reset(token)
+            with self._inflight_lock:
+                self._inflight.pop(job.id, None)
+            self._slots.release()
+
+    # --- RQ's bookkeeping (executor threads, one at a time) --------------------------
+    def _finish_success(self, job: Job, queue: Queue, execution: Execution, result: Any) -> None:
+        with self._finish_lock:
+            self._finalize_success(job, queue, execution, result)
+
+    def _finish_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
+        with self._finish_lock:
+            # RQ reads one "stopped job id" to mark a job STOPPED instead of FAILED.
+            self._stopped_job_id = job.id if job.id in self._stopped else None
+            self._stopped.discard(job.id)
+            self._finalize_failure(job, queue, execution, exc_info)
+
+    def _hand_back(self, job: Job, queue: Queue, execution: Execution) -> None:
+        with self._finish_lock:
+            # Two steps: RQ's enqueue runs commands of its own that a transaction would
+            # hold back. Between them the job is in no registry for a moment; the
+            # reconciler finds work PostgreSQL still expects (docs/design.md).
+            with self.connection.pipeline() as pipe:
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                pipe.execute()
+            queue.enqueue_job(job, at_front=True)
+        logger.info("job %s handed back to %s at shutdown", job.id, queue.name)
+
+    # --- stopping ---------------------------------------------------------------------
+    def handle_payload(self, message: dict[str, Any]) -> None:
+        payload = parse_payload(message)
+        if payload.get("command") == "stop-job" and payload.get("job_id") in self._inflight:
+            self.stop_job(str(payload["job_id"]))
+            return
+        super().handle_payload(message)  # type: ignore[no-untyped-call]
+
+    def stop_job(self, job_id: str) -> bool:
+        """Cancel one in-flight job's task; RQ then marks it STOPPED. Thread-safe."""
+        with self._inflight_lock:
+            entry = self._inflight.get(job_id)
+        if entry is None or self._loop is None:
+            return False
+        self._stopped.add(job_id)
+        entry.control.reason = STOP
+        self._loop.call_soon_threadsafe(_cancel, entry, STOP)
+        return True
+
+    def teardown(self) -> None:
+        self._drain()
+        super().teardown()  # type: ignore[no-untyped-call]
+
+    def _drain(self) -> None:
+        """Warm shutdown: finish within the grace period, hand the rest back."""
+        deadline = time.monotonic() + self.grace_seconds
+        while self._inflight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._inflight_lock:
+            left = list(self._inflight.values())
+        if left and self._loop is not None:
+            logger.warning("handing %d unfinished job(s) back to the queue", len(left))
+            for entry in left:
+                entry.control.reason = HANDBACK
+                self._loop.call_soon_threadsafe(_cancel, entry, HANDBACK)
+            for entry in left:
+                with contextlib.suppress(Exception):
+                    entry.future.result(timeout=10)
+
+
+def _expire(control: _Control, task: asyncio.Task[Any]) -> None:
+    if control.reason is None:
+        control.reason = TIMEOUT
+        task.cancel(TIMEOUT)
+
+
+def _cancel(entry: _InFlight, message: str) -> None:
+    if entry.task is not None:
+        entry.task.cancel(message)
+    else:  # handed to the loop but not started yet: its task exists a moment later
+        asyncio.get_running_loop().call_later(0.01, _cancel, entry, message)
+
+
+@contextlib.asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield

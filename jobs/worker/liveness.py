@@ -1,0 +1,63 @@
+"""Which RQ workers are alive, told within ``WORKER_LIVENESS_SECONDS`` of a machine's death.
+
+RQ's own signs of life are slow to lapse: a worker key lives ``worker_ttl`` + 60 s (480 s
+by default), a forking worker's execution heartbeat ``job_monitoring_interval`` + 60 s,
+and a ``SimpleWorker`` sends none while it runs a job (rq/worker/base.py
+``get_heartbeat_ttl``, ``maintain_heartbeats``). So each supervisor vouches for its own
+live worker processes: a key per worker with a short TTL, renewed from its main loop
+while the process is alive. When the whole machine dies, the keys lapse together.
+
+Workers not started by a supervisor (``rq worker`` by hand, a test's burst worker) have
+no such key; they are judged by RQ's own worker key instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+from rq import Worker
+
+from core import settings
+
+
+def alive_key(worker_name: str) -> str:
+    return f"{settings.REDIS_PREFIX}:worker:alive:{worker_name}"
+
+
+def supervised_key() -> str:
+    """The set of every worker name a supervisor has vouched for (dead ones included,
+    until the reconciler has reaped them)."""
+    return f"{settings.REDIS_PREFIX}:worker:supervised"
+
+
+def vouch(connection: redis.Redis, worker_names: Iterable[str]) -> None:
+    """Renew the liveness of these (running) workers: one round trip."""
+    names = list(worker_names)
+    if not names:
+        return
+    ttl_ms = max(1, int(settings.WORKER_LIVENESS_SECONDS * 1000))
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.set(alive_key(name), 1, px=ttl_ms)
+        # Re-added every time, so a Redis that lost its data learns them again.
+        pipe.sadd(supervised_key(), *names)
+        pipe.execute()
+
+
+def withdraw(connection: redis.Redis, worker_name: str) -> None:
+    """Forget a worker that is known dead (its jobs were reaped)."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.delete(alive_key(worker_name))
+        pipe.srem(supervised_key(), worker_name)
+        pipe.execute()
+
+
+def is_alive(connection: redis.Redis, worker_name: str) -> bool:
+    """A supervised worker is alive while its supervisor vouches for it; any other
+    worker while RQ's own worker key exists."""
+    if connection.exists(alive_key(worker_name)):
+        return True
+    if connection.sismember(supervised_key(), worker_name):
+        return False
+    return bool(connection.exists(Worker.redis_worker_namespace_prefix + worker_name))
