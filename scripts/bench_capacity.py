@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import resource
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -57,6 +58,22 @@ from tests.support.rediscluster import LocalCluster  # noqa: E402
 from tests.support.servers import RedisServer  # noqa: E402
 
 LOAD = 0.0
+
+
+class PrivateRedis(RedisServer):
+    """A loopback redis-server of this run only; its temp dir goes when it stops."""
+
+    def __init__(self, prefix: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        super().__init__(self.root)
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def private_redis(prefix: str) -> PrivateRedis:
+    return PrivateRedis(prefix)
 
 
 def cpu_seconds(port: int) -> float:
@@ -302,7 +319,7 @@ def wait_received(clients: ClientPool, expected: int, timeout: float = 60) -> di
 def web(args: argparse.Namespace) -> dict[str, Any]:
     """One web process on a one-node cluster bus: idle memory, then delivery at saturation."""
     cluster = LocalCluster(primaries=1).start()
-    queue_side = RedisServer(Path(tempfile.mkdtemp(prefix="capacity-redis-")))
+    queue_side = private_redis("capacity-redis-")
     queue_side.start()
     env = {
         **os.environ,
@@ -371,7 +388,7 @@ def web(args: argparse.Namespace) -> dict[str, Any]:
 def queue(args: argparse.Namespace) -> dict[str, Any]:
     from rq import Queue, SimpleWorker
 
-    server = RedisServer(Path(tempfile.mkdtemp(prefix="capacity-queue-")))
+    server = private_redis("capacity-queue-")
     server.start()
     try:
         conn = redis.Redis.from_url(server.url)
@@ -480,7 +497,7 @@ def postgres(args: argparse.Namespace) -> dict[str, Any]:
     schema = f"capacity_{secrets.token_hex(4)}"
     sep = "&" if "?" in base else "?"
     dsn = f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
-    queue_side = RedisServer(Path(tempfile.mkdtemp(prefix="capacity-redis-")))
+    queue_side = private_redis("capacity-redis-")
     queue_side.start()
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
@@ -529,7 +546,7 @@ def check(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     model_bus = json.loads((out / "bus.json").read_text())
     bus_run = next(r for r in model_bus["runs"] if r["shards"] == args.shards)
     cluster = LocalCluster(primaries=args.shards).start()
-    queue_side = RedisServer(Path(tempfile.mkdtemp(prefix="capacity-redis-")))
+    queue_side = private_redis("capacity-redis-")
     queue_side.start()
     env = {
         **os.environ,
