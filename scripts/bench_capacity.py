@@ -10,7 +10,7 @@
 Everything runs on loopback servers started here (a private redis-server for the queue
 side, a Redis Cluster from /usr/bin/redis-server for the bus, a throwaway PostgreSQL
 schema on DATABASE_URL), so nothing shared is touched or skewed. Costs are measured
-as CPU time (psutil, Redis ``INFO cpu``), not wall time, so they hold on a busy box;
+as CPU time (/proc/<pid>/stat, Redis ``INFO cpu``), not wall time, so they hold on a busy box;
 each run prints its load average. Results are written to --out (JSON per part); ``check``
 reads web.json and bus.json from there, predicts its own run from them, and compares.
 """
@@ -48,7 +48,6 @@ os.environ["LOG_LEVEL"] = "WARNING"
 os.environ["SSE_MAX_CONNECTIONS_PER_USER"] = "1000000"
 os.environ.setdefault("SSE_HEARTBEAT_SECONDS", "15")
 
-import psutil  # noqa: E402
 import redis  # noqa: E402
 import redis.crc  # noqa: E402
 from bench_sse import ClientPool  # noqa: E402
@@ -82,8 +81,10 @@ def cpu_seconds(port: int) -> float:
 
 
 def proc_cpu(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    """User + system CPU seconds of ``pid`` (proc(5): fields 14 and 15 of /proc/pid/stat,
+    in clock ticks; Linux only, as the harness's RSS reading is)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def owners(cluster: LocalCluster) -> list[tuple[int, int, int]]:
