@@ -30,6 +30,7 @@ from rq import get_current_job
 
 from core import settings
 from core.drafts import add_chunk, draft_keys
+from core.eventclients import AsyncEventsClient
 from core.eventkinds import EventKind
 from core.events import apublish_event, aqueue_event
 from core.history import ainvalidate_history
@@ -79,7 +80,7 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
     base = {"conversation_id": str(row["conversation_id"]), "message_id": message_id}
     if row["reply_status"] in FINAL_REPLY_STATUSES:
         # A retry of a turn that already finished: say how it ended, once more.
-        await _announce_end(rt.redis, owner.key, base, row)
+        await _announce_end(rt.events, owner.key, base, row)
         return {"outcome": "replayed"}
     # One round trip: did an earlier run stream chunks (its draft is dropped: this run
     # streams from index 0), and was a stop asked for before this run started (the web
@@ -89,8 +90,8 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
         pipe.exists(_key("cancel", message_id))
         streamed, cancel_asked = await pipe.execute()
     if streamed:
-        await _publish(rt.redis, owner.key, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
-    chunks = ChunkPublisher(rt.redis, owner.key, base, started, labels)
+        await _publish(rt.events, owner.key, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
+    chunks = ChunkPublisher(rt.redis, rt.events, owner.key, base, started, labels)
     parts: list[str] = []  # the reply so far, filled by the agent's respond node
     if cancel_asked:
         await _stop(rt, owner.key, base, "")
@@ -118,7 +119,7 @@ async def _fail_if_last_try(
         return  # RQ runs it again; the client hears of the end from that run
     message = ERROR_MESSAGES.get(code, ERROR_MESSAGES["internal_error"])
     error = {**base, "code": code, "message": message}
-    await _publish(rt.redis, owner, EventKind.CHAT_ERROR, error)
+    await _publish(rt.events, owner, EventKind.CHAT_ERROR, error)
     _metric(rt.redis_sync, "herald_chat_jobs_total", labels, outcome=code)
     await _mark_failed(rt, owner, base, code)
 
@@ -136,7 +137,7 @@ async def _stop(rt: ChatRuntime, owner: str, base: dict[str, Any], partial: str)
     if stored:
         await ainvalidate_history(rt.redis, owner, base["conversation_id"])
         done = {**base, "text": partial, "model": rt.handle.provider.model, "cancelled": True}
-        await _publish(rt.redis, owner, EventKind.CHAT_DONE, done)
+        await _publish(rt.events, owner, EventKind.CHAT_DONE, done)
 
 
 async def _mark_failed(rt: ChatRuntime, owner: str, base: dict[str, Any], code: str) -> None:
@@ -179,12 +180,13 @@ class ChunkPublisher:
     def __init__(
         self,
         client: redis.asyncio.Redis,
+        bus: AsyncEventsClient,
         owner: str,
         base: dict[str, Any],
         started: float,
         labels: dict[str, str],
     ) -> None:
-        self.client, self.owner, self.base = client, owner, base
+        self.client, self.bus, self.owner, self.base = client, bus, owner, base
         self.started, self.labels = started, labels
         self.window = settings.CHAT_CHUNK_COALESCE_SECONDS
         self.events = 0
@@ -219,12 +221,17 @@ class ChunkPublisher:
             index = self.events
             self.events += 1
             data = {**self.base, "index": index, "text": text}
-            # The draft before the event, in one round trip: whoever saw the event and
-            # reloads finds the chunk in the draft (core/drafts.py).
+            # The draft before the event, in one round trip where the bus is the same
+            # Redis (else two): whoever saw the event and reloads finds the chunk in
+            # the draft (core/drafts.py).
+            shared = self.bus is self.client
             async with self.client.pipeline(transaction=False) as pipe:
                 add_chunk(pipe, self.base["message_id"], index, text)
-                await aqueue_event(pipe, EventKind.CHAT_CHUNK, data, owner=self.owner)
+                if shared:
+                    await aqueue_event(pipe, EventKind.CHAT_CHUNK, data, owner=self.owner)
                 await pipe.execute()
+            if not shared:
+                await apublish_event(self.bus, EventKind.CHAT_CHUNK, data, owner=self.owner)
             if index == 0:
                 await self._first()
 
@@ -300,10 +307,10 @@ async def _turn(
         await pipe.execute()
     if code:
         error = {**base, "code": code, "message": state["error_message"]}
-        await _publish(client, owner.key, EventKind.CHAT_ERROR, error)
+        await _publish(rt.events, owner.key, EventKind.CHAT_ERROR, error)
     else:
         done = {**base, "text": state.get("reply", ""), "model": handle.provider.model}
-        await _publish(client, owner.key, EventKind.CHAT_DONE, done)
+        await _publish(rt.events, owner.key, EventKind.CHAT_DONE, done)
     return {"outcome": outcome, "chunks": len(parts), "events": chunks.events}
 
 
@@ -311,7 +318,7 @@ GRAPH_COMPILED = GRAPH.compile()
 
 
 async def _announce_end(
-    client: redis.asyncio.Redis, owner: str, base: dict[str, Any], row: dict[str, Any]
+    client: AsyncEventsClient, owner: str, base: dict[str, Any], row: dict[str, Any]
 ) -> None:
     if row["reply_status"] == MessageStatus.COMPLETED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"]}
@@ -334,7 +341,7 @@ def _metric(
 
 
 async def _publish(
-    client: redis.asyncio.Redis, owner: str, event: EventKind, data: dict[str, Any]
+    client: AsyncEventsClient, owner: str, event: EventKind, data: dict[str, Any]
 ) -> None:
     await apublish_event(client, event, data, owner=owner)
 
