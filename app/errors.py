@@ -204,5 +204,8 @@ exception_handlers = {
     psycopg.OperationalError: handle_database_down,
     redis.exceptions.ConnectionError: handle_redis_down,
     redis.exceptions.TimeoutError: handle_redis_down,
+    # A Redis Cluster mid-failover (CLUSTERDOWN, a slot with no owner yet): as down.
+    redis.exceptions.ClusterError: handle_redis_down,
+    redis.exceptions.RedisClusterException: handle_redis_down,
     Exception: handle_unexpected,
 }

@@ -17,7 +17,7 @@ from app.security.ratelimit import RateLimiter
 from app.security.throttle import AuthThrottle
 from app.sse.hub import Hub
 from app.sse.leases import StreamLeases
-from core import redispolicy, settings
+from core import eventclients, redispolicy, settings
 
 logger = logging.getLogger("herald.resources")
 
@@ -59,10 +59,20 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         kwargs={"autocommit": True},
     )
     await state.pool.open(wait=False)
+    # The event bus: history reads and the web's own publishes (core/events.py).
+    state.events = (
+        eventclients.open_async_events_client(
+            max_connections=settings.REDIS_POOL_MAX, timeout=settings.REDIS_POOL_TIMEOUT_SECONDS
+        )
+        if eventclients.separate()
+        else state.redis
+    )
     state.hub = Hub(
-        settings.REDIS_URL,
+        settings.EVENTS_REDIS_URL,
+        cluster=settings.EVENTS_REDIS_CLUSTER,
         queue_size=settings.SSE_QUEUE_SIZE,
         health_check_seconds=settings.HUB_HEALTH_CHECK_SECONDS,
+        subscribe_timeout=settings.HUB_SUBSCRIBE_TIMEOUT_SECONDS,
     )
     await state.hub.start()
     state.leases = StreamLeases(
@@ -80,6 +90,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.pool.close()
         await state.ratelimiter.aclose()
         await state.auth_throttle.aclose()
+        if state.events is not state.redis:
+            await state.events.aclose()
         await state.redis.aclose()
         state.sync_redis.close()
 

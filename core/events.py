@@ -8,6 +8,12 @@ Each stream (a user's, an upload's) is a Redis Stream holding the last
 and a pub/sub channel of the same name announces each event, already framed as SSE
 bytes, so a web process forwards it without re-encoding. One Lua script appends and
 announces atomically, so announcement order is id order on every stream.
+
+On a Redis Cluster (``EVENTS_REDIS_CLUSTER``) each stream's key carries a hash tag and
+its channel is the key's own name, so both live in one slot; the announcement is a
+sharded ``SPUBLISH`` (Redis >= 7.0), delivered only within the shard. A publish to a
+user's and an upload's stream is then one script call per stream, each atomic for its
+stream (docs/design.md "Event bus on a Redis Cluster").
 """
 
 from __future__ import annotations
@@ -22,28 +28,34 @@ import redis
 import redis.asyncio
 
 from core import settings
+from core.eventclients import AsyncEventsClient, EventsClient, is_cluster
 from core.eventkinds import EventKind
 
 # XADD ids are "<ms>-<seq>", strictly increasing per stream (Redis docs: Streams intro).
+# ARGV[5] is PUBLISH, or SPUBLISH on a cluster: a script may call SPUBLISH on a channel
+# of its keys' slot (Redis docs, "Sharded Pub/Sub").
 _PUBLISH_LUA = """
 local ids = {}
 for i, key in ipairs(KEYS) do
   local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1], 'd', ARGV[2])
   redis.call('PEXPIRE', key, ARGV[4])
   local framed = 'id: ' .. id .. '\\nevent: ' .. ARGV[1] .. '\\ndata: ' .. ARGV[2] .. '\\n\\n'
-  redis.call('PUBLISH', key, framed)
+  redis.call(ARGV[5], key, framed)
   ids[i] = id
 end
 return ids
 """
 
 
+# The braces are a hash tag: on a cluster only "user:<owner>" picks the slot (Redis
+# cluster spec, "Hash tags"), so the stream and its channel of one name, and anything
+# later keyed on the same owner, share a node. A key holding "}" only shortens the tag.
 def user_stream(owner: str) -> str:
-    return f"{settings.REDIS_PREFIX}:events:user:{owner}"
+    return f"{settings.REDIS_PREFIX}:events:{{user:{owner}}}"
 
 
 def upload_stream(upload_id: str) -> str:
-    return f"{settings.REDIS_PREFIX}:events:upload:{upload_id}"
+    return f"{settings.REDIS_PREFIX}:events:{{upload:{upload_id}}}"
 
 
 def stream_keys(owner: str | None, upload_id: str | None) -> list[str]:
@@ -90,12 +102,13 @@ def valid_id(event_id: str) -> bool:
     )
 
 
-def _args(event: EventKind, data: dict[str, Any]) -> list[Any]:
+def _args(event: EventKind, data: dict[str, Any], *, sharded: bool) -> list[Any]:
     return [
         event,
         encode_data(data),
         settings.EVENT_HISTORY_MAX,
         settings.EVENT_HISTORY_TTL_SECONDS * 1000,
+        "SPUBLISH" if sharded else "PUBLISH",
     ]
 
 
@@ -104,7 +117,7 @@ def _ids(result: Sequence[bytes | str]) -> list[str]:
 
 
 def publish_event(
-    client: redis.Redis,
+    client: EventsClient,
     event: EventKind,
     data: dict[str, Any],
     *,
@@ -114,13 +127,18 @@ def publish_event(
     """Append ``event`` to the owner's (``Identity.key``) and/or the upload's stream
     and announce it.
 
-    Called by workers (synchronous Redis client). Returns the new ids, one per stream.
+    Called by workers with the bus's synchronous client (core/eventclients.py).
+    Returns the new ids, one per stream.
     """
     keys = stream_keys(owner, upload_id)
     if not keys:
         raise ValueError("publish_event needs an owner or an upload_id")
     script = client.register_script(_PUBLISH_LUA)
-    return _ids(script(keys=keys, args=_args(event, data)))
+    if not is_cluster(client):
+        return _ids(script(keys=keys, args=_args(event, data, sharded=False)))
+    # One call per stream: the keys hash to different slots (CROSSSLOT otherwise).
+    args = _args(event, data, sharded=True)
+    return [_ids(script(keys=[key], args=args))[0] for key in keys]
 
 
 def queue_event(
@@ -130,14 +148,21 @@ def queue_event(
     *,
     owner: str | None = None,
     upload_id: str | None = None,
+    sharded: bool = False,
 ) -> None:
     """``publish_event`` queued on a pipeline, to go out in one round trip with the
-    caller's own commands (and after those queued before it)."""
+    caller's own commands (and after those queued before it).
+
+    Only on a pipeline of one server: the bus's own single Redis, or (``sharded``) the
+    cluster node owning every stream named (scripts/bench_capacity.py batches per node
+    so). A cluster client: execute the pipeline, then ``publish_event``."""
+    if is_cluster(pipe):
+        raise TypeError("queue_event needs a single-server pipeline; use publish_event")
     keys = stream_keys(owner, upload_id)
     if not keys:
         raise ValueError("queue_event needs an owner or an upload_id")
     script = pipe.register_script(_PUBLISH_LUA)
-    script(keys=keys, args=_args(event, data), client=pipe)
+    script(keys=keys, args=_args(event, data, sharded=sharded), client=pipe)
 
 
 async def aqueue_event(
@@ -148,28 +173,33 @@ async def aqueue_event(
     owner: str | None = None,
     upload_id: str | None = None,
 ) -> None:
-    """``queue_event`` for an asyncio pipeline."""
+    """``queue_event`` for an asyncio pipeline (the same single-server rule)."""
+    if is_cluster(pipe):
+        raise TypeError("aqueue_event needs a single-server pipeline; use apublish_event")
     keys = stream_keys(owner, upload_id)
     if not keys:
         raise ValueError("aqueue_event needs an owner or an upload_id")
     script = pipe.register_script(_PUBLISH_LUA)
-    await script(keys=keys, args=_args(event, data), client=pipe)
+    await script(keys=keys, args=_args(event, data, sharded=False), client=pipe)
 
 
 async def apublish_event(
-    client: redis.asyncio.Redis,
+    client: AsyncEventsClient,
     event: EventKind,
     data: dict[str, Any],
     *,
     owner: str | None = None,
     upload_id: str | None = None,
 ) -> list[str]:
-    """``publish_event`` for the web process's asyncio Redis client."""
+    """``publish_event`` for an asyncio client of the bus."""
     keys = stream_keys(owner, upload_id)
     if not keys:
         raise ValueError("apublish_event needs an owner or an upload_id")
     script = client.register_script(_PUBLISH_LUA)
-    return _ids(await script(keys=keys, args=_args(event, data)))
+    if not is_cluster(client):
+        return _ids(await script(keys=keys, args=_args(event, data, sharded=False)))
+    args = _args(event, data, sharded=True)
+    return [_ids(await script(keys=[key], args=args))[0] for key in keys]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +223,7 @@ def _entries_to_frames(
     return frames, last
 
 
-async def read_history(client: redis.asyncio.Redis, key: str, after: str) -> Replay:
+async def read_history(client: AsyncEventsClient, key: str, after: str) -> Replay:
     """Events of ``key`` after the id ``after``, if nothing between was trimmed away.
 
     The check is conservative and needs no Redis 7 features: history is complete when
@@ -216,7 +246,7 @@ async def read_history(client: redis.asyncio.Redis, key: str, after: str) -> Rep
     return Replay(True, frames, last or after)
 
 
-async def latest_id(client: redis.asyncio.Redis, key: str) -> str:
+async def latest_id(client: AsyncEventsClient, key: str) -> str:
     entries = await client.xrevrange(key, "+", "-", count=1)
     if not entries:
         return "0-0"

@@ -19,8 +19,21 @@ REDIS_URL = config("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # skip verification there (Heroku Dev Center, "Connecting to Heroku Redis"); app.json
 # sets REDIS_TLS_VERIFY=false. Everywhere else certificates are verified.
 REDIS_TLS_VERIFY = config("REDIS_TLS_VERIFY", cast=bool, default=True)
-if REDIS_URL.startswith("rediss://") and not REDIS_TLS_VERIFY and "ssl_cert_reqs" not in REDIS_URL:
-    REDIS_URL += ("&" if "?" in REDIS_URL else "?") + "ssl_cert_reqs=none"
+
+
+def _tls(url: str) -> str:
+    if url.startswith("rediss://") and not REDIS_TLS_VERIFY and "ssl_cert_reqs" not in url:
+        url += ("&" if "?" in url else "?") + "ssl_cert_reqs=none"
+    return url
+
+
+REDIS_URL = _tls(REDIS_URL)
+# The event bus (history streams and their announcements, core/events.py) may live on
+# its own Redis, or a Redis Cluster; queues, rate limits, stream leases and caches stay
+# on REDIS_URL, one primary, since RQ needs multi-key operations (docs/capacity.md).
+EVENTS_REDIS_URL = _tls(config("EVENTS_REDIS_URL", default=REDIS_URL))
+# true: EVENTS_REDIS_URL names any node of a Redis Cluster (>= 7.0: sharded pub/sub).
+EVENTS_REDIS_CLUSTER = config("EVENTS_REDIS_CLUSTER", cast=bool, default=False)
 DATABASE_URL = config("DATABASE_URL", cast=Secret, default="postgresql://127.0.0.1:5432/test")
 # Every Redis key and pub/sub channel starts with this, so two deployments (or two test
 # runs) can share one Redis: PUBLISH is not scoped by DB number.
@@ -90,6 +103,10 @@ SSE_SEND_TIMEOUT_SECONDS = config("SSE_SEND_TIMEOUT_SECONDS", cast=float, defaul
 # The pub/sub reader PINGs after this long without a frame, and reconnects after twice
 # that: a dead connection that was never closed is noticed within 2x this.
 HUB_HEALTH_CHECK_SECONDS = config("HUB_HEALTH_CHECK_SECONDS", cast=float, default=5.0)
+# How long a new stream waits for its subscription to be confirmed, including finding
+# the node that owns its channel during a cluster failover (a 503 after that). Cluster
+# deployments: above cluster-node-timeout plus a few seconds for the promotion.
+HUB_SUBSCRIBE_TIMEOUT_SECONDS = config("HUB_SUBSCRIBE_TIMEOUT_SECONDS", cast=float, default=10.0)
 EVENT_HISTORY_MAX = config("EVENT_HISTORY_MAX", cast=int, default=1000)
 EVENT_HISTORY_TTL_SECONDS = config("EVENT_HISTORY_TTL_SECONDS", cast=int, default=86400)
 

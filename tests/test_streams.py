@@ -325,7 +325,7 @@ async def test_hub_survives_idle_ping(redis_client: redis.Redis) -> None:
         key = events.user_stream(Identity("idle-ping").key)
         hub.unsubscribe(await hub.subscribe(key))
         await anyio.sleep(0.6)  # several watchdog rounds: it PINGs after 0.1 s of silence
-        assert hub._reader is not None and not hub._reader.done()
+        assert [shard.reading for shard in hub.shards] == [True]
         with anyio.fail_after(5):
             mailbox = await hub.subscribe(key)
         event_id = publish_one(redis_client, "idle-ping", {"text": "after idle"})

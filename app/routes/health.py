@@ -23,9 +23,9 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-async def _redis_ok(request: Request) -> bool:
+async def _redis_ok(client: Any) -> bool:
     try:
-        return bool(await asyncio.wait_for(request.app.state.redis.ping(), timeout=2))
+        return bool(await asyncio.wait_for(client.ping(), timeout=2))
     except Exception:
         return False
 
@@ -55,10 +55,17 @@ async def _redis_policy(request: Request) -> dict[str, Any]:
     security=PUBLIC,
 )
 async def readyz(request: Request) -> JSONResponse:
-    redis_ok, postgres_ok, policy = await asyncio.gather(
-        _redis_ok(request), _postgres_ok(request), _redis_policy(request)
+    state = request.app.state
+    separate = state.events is not state.redis  # EVENTS_REDIS_URL: the bus's own Redis
+    redis_ok, postgres_ok, policy, events_ok = await asyncio.gather(
+        _redis_ok(state.redis),
+        _postgres_ok(request),
+        _redis_policy(request),
+        _redis_ok(state.events) if separate else asyncio.sleep(0, True),
     )
     checks = {"redis": redis_ok, "postgresql": postgres_ok}
+    if separate:
+        checks["redis_events"] = events_ok
     down = [name for name, ok in checks.items() if not ok]
     # A Redis that would evict queued jobs is ready, but says so (core/redispolicy.py).
     warnings = {"warnings": [policy["warning"]]} if "warning" in policy else {}

@@ -100,7 +100,7 @@ async def _store_cancelled(
             "model": None,
             "cancelled": True,
         }
-        await apublish_event(redis, EventKind.CHAT_DONE, data, owner=owner)
+        await apublish_event(request.app.state.events, EventKind.CHAT_DONE, data, owner=owner)
 
 
 routes = [

@@ -226,7 +226,7 @@ async def create_upload(request: Request) -> Response:
                 ),
             )
         await events.apublish_event(
-            request.app.state.redis,
+            request.app.state.events,
             EventKind.UPLOAD_STATUS,
             {"upload_id": upload_id, "status": UploadStatus.QUEUED},
             owner=principal.key,
@@ -430,7 +430,7 @@ async def mark_cancelled(request: Request, principal: Principal, upload_id: str)
     if found is None:
         return False
     await events.apublish_event(
-        request.app.state.redis,
+        request.app.state.events,
         EventKind.UPLOAD_STATUS,
         {"upload_id": upload_id, "status": UploadStatus.CANCELLED},
         owner=Identity.from_tenant(found[0], found[1]).key,
@@ -480,7 +480,7 @@ async def delete_upload(request: Request) -> Response:
             await conn.execute(
                 sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(deleted[0]))
             )
-    await request.app.state.redis.delete(events.upload_stream(upload_id))
+    await request.app.state.events.delete(events.upload_stream(upload_id))
     return Response(status_code=204)
 
 

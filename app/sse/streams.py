@@ -13,16 +13,17 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-import redis.asyncio
 from starlette.requests import Request
 
 from app import metrics
 from app.errors import BadRequest, RateLimited
 from app.security.auth import Principal
-from app.sse.hub import Hub, Mailbox
+from app.sse.hub import Hub
 from app.sse.leases import StreamLeases
+from app.sse.mailbox import Mailbox
 from app.sse.response import EventStreamResponse
 from core import events, settings
+from core.eventclients import AsyncEventsClient
 from core.eventkinds import EventKind
 
 PING = b": ping\n\n"
@@ -97,7 +98,7 @@ async def stream_frames(
     async with stream_slot(state.leases, state.hub, principal.key, key) as mailbox:
         metrics.OPEN_STREAMS.inc()
         try:
-            opening, last_sent = await _opening(state.redis, key, last_event_id, ping)
+            opening, last_sent = await _opening(state.events, key, last_event_id, ping)
             # Set after a replay: live frames up to here were in it already.
             cursor = events.parse_id(last_sent) if last_sent is not None else None
             yield opening
@@ -128,7 +129,7 @@ async def stream_frames(
 
 
 async def _opening(
-    client: redis.asyncio.Redis, key: str, last_event_id: str | None, ping: bytes
+    client: AsyncEventsClient, key: str, last_event_id: str | None, ping: bytes
 ) -> tuple[bytes, str | None]:
     """The first bytes, sent at once so routers with a first-byte timeout keep the
     stream: the retry hint, then what the client missed; and the last id they carry."""

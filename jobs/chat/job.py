@@ -31,8 +31,9 @@ from rq import get_current_job
 
 from core import settings
 from core.drafts import add_chunk, draft_keys
+from core.eventclients import AsyncEventsClient
 from core.eventkinds import EventKind
-from core.events import aqueue_event
+from core.events import apublish_event, aqueue_event
 from core.history import ainvalidate_history
 from core.jobmetrics import metric_field, record_job_metric
 from core.principal import Identity
@@ -81,7 +82,7 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
     base = {"conversation_id": str(row["conversation_id"]), "message_id": message_id}
     if row["reply_status"] in FINAL_REPLY_STATUSES:
         # A retry of a turn that already finished: say how it ended, once more.
-        await _announce_end(rt.outbox, owner.key, base, row)
+        await _announce_end(rt, owner.key, base, row)
         return {"outcome": "replayed"}
     # One round trip: did an earlier run stream chunks (its draft is dropped: this run
     # streams from index 0), and was a stop asked for before this run started (the web
@@ -91,8 +92,9 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
         pipe.exists(_key("cancel", message_id))
         streamed, cancel_asked = await pipe.execute()
     if streamed:
-        await _publish(rt.outbox, owner.key, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
-    chunks = ChunkPublisher(rt.outbox, owner.key, base, started, labels)
+        await _publish(rt, owner.key, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
+    bus = None if rt.events is rt.redis else rt.events
+    chunks = ChunkPublisher(rt.outbox, bus, owner.key, base, started, labels)
     parts: list[str] = []  # the reply so far, filled by the agent's respond node
     if cancel_asked:
         await _stop(rt, owner.key, base, "")
@@ -120,7 +122,7 @@ async def _fail_if_last_try(
         return  # RQ runs it again; the client hears of the end from that run
     message = ERROR_MESSAGES.get(code, ERROR_MESSAGES["internal_error"])
     error = {**base, "code": code, "message": message}
-    await _publish(rt.outbox, owner, EventKind.CHAT_ERROR, error)
+    await _publish(rt, owner, EventKind.CHAT_ERROR, error)
     _metric(rt.redis_sync, "herald_chat_jobs_total", labels, outcome=code)
     await _mark_failed(rt, owner, base, code)
 
@@ -138,7 +140,7 @@ async def _stop(rt: ChatRuntime, owner: str, base: dict[str, Any], partial: str)
     if stored:
         await ainvalidate_history(rt.redis, owner, base["conversation_id"])
         done = {**base, "text": partial, "model": rt.handle.provider.model, "cancelled": True}
-        await _publish(rt.outbox, owner, EventKind.CHAT_DONE, done)
+        await _publish(rt, owner, EventKind.CHAT_DONE, done)
 
 
 async def _mark_failed(rt: ChatRuntime, owner: str, base: dict[str, Any], code: str) -> None:
@@ -181,12 +183,13 @@ class ChunkPublisher:
     def __init__(
         self,
         outbox: Outbox,
+        bus: AsyncEventsClient | None,
         owner: str,
         base: dict[str, Any],
         started: float,
         labels: dict[str, str],
     ) -> None:
-        self.outbox, self.owner, self.base = outbox, owner, base
+        self.outbox, self.bus, self.owner, self.base = outbox, bus, owner, base
         self.started, self.labels = started, labels
         self.window = settings.CHAT_CHUNK_COALESCE_SECONDS
         self.events = 0
@@ -221,16 +224,21 @@ class ChunkPublisher:
             index = self.events
             self.events += 1
             data = {**self.base, "index": index, "text": text}
+            # The draft before the event, in one round trip where the bus is the same
+            # Redis (else two): whoever saw the event and reloads finds the chunk in
+            # the draft (core/drafts.py).
+            shared = self.bus is None
 
             async def write(pipe: Pipeline) -> None:
-                # The draft before the event, in one round trip: whoever saw the event
-                # and reloads finds the chunk in the draft (core/drafts.py).
                 add_chunk(pipe, self.base["message_id"], index, text)
-                await aqueue_event(pipe, EventKind.CHAT_CHUNK, data, owner=self.owner)
+                if shared:
+                    await aqueue_event(pipe, EventKind.CHAT_CHUNK, data, owner=self.owner)
                 if index == 0:
                     self._first(pipe)
 
             await self.outbox.send(write)
+            if self.bus is not None:
+                await apublish_event(self.bus, EventKind.CHAT_CHUNK, data, owner=self.owner)
 
     def _first(self, pipe: Pipeline) -> None:
         first = max(0.0, time.time() - self.started)
@@ -304,9 +312,12 @@ async def _turn(
         pipe.hincrbyfloat(
             *metric_field("herald_chat_jobs_total", {**labels, "outcome": outcome}), 1
         )
-        await aqueue_event(pipe, kind, end, owner=owner.key)
+        if rt.events is rt.redis:
+            await aqueue_event(pipe, kind, end, owner=owner.key)
 
     await rt.outbox.send(write)
+    if rt.events is not rt.redis:
+        await apublish_event(rt.events, kind, end, owner=owner.key)
     return {"outcome": outcome, "chunks": len(parts), "events": chunks.events}
 
 
@@ -314,20 +325,18 @@ GRAPH_COMPILED = GRAPH.compile()
 
 
 async def _announce_end(
-    outbox: Outbox, owner: str, base: dict[str, Any], row: dict[str, Any]
+    rt: ChatRuntime, owner: str, base: dict[str, Any], row: dict[str, Any]
 ) -> None:
     if row["reply_status"] == MessageStatus.COMPLETED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"]}
-        await _publish(outbox, owner, EventKind.CHAT_DONE, data)
+        await _publish(rt, owner, EventKind.CHAT_DONE, data)
     elif row["reply_status"] == MessageStatus.CANCELLED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"], "cancelled": True}
-        await _publish(outbox, owner, EventKind.CHAT_DONE, data)
+        await _publish(rt, owner, EventKind.CHAT_DONE, data)
     else:
         code = row["reply_error"] or "internal_error"
         message = ERROR_MESSAGES.get(code, "The reply failed.")
-        await _publish(
-            outbox, owner, EventKind.CHAT_ERROR, {**base, "code": code, "message": message}
-        )
+        await _publish(rt, owner, EventKind.CHAT_ERROR, {**base, "code": code, "message": message})
 
 
 def _metric(
@@ -336,8 +345,12 @@ def _metric(
     record_job_metric(client, name, amount, **{**labels, **extra})
 
 
-async def _publish(outbox: Outbox, owner: str, event: EventKind, data: dict[str, Any]) -> None:
-    await outbox.send(lambda pipe: aqueue_event(pipe, event, data, owner=owner))
+async def _publish(rt: ChatRuntime, owner: str, event: EventKind, data: dict[str, Any]) -> None:
+    """One event, with the loop's other Redis writes when the bus is the same Redis."""
+    if rt.events is rt.redis:
+        await rt.outbox.send(lambda pipe: aqueue_event(pipe, event, data, owner=owner))
+    else:
+        await apublish_event(rt.events, event, data, owner=owner)
 
 
 def _enqueued_at() -> float:

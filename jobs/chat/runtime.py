@@ -22,7 +22,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from core import settings
+from core import eventclients, settings
+from core.eventclients import AsyncEventsClient
 from jobs.chat.llm import ProviderHandle, open_provider
 from jobs.chat.outbox import Outbox
 
@@ -38,10 +39,13 @@ class ChatRuntime:
         handle: ProviderHandle,
         aredis: redis.asyncio.Redis,
         redis_sync: redis.Redis,
+        events: AsyncEventsClient | None = None,
     ) -> None:
         self.pool = pool
         self.handle = handle
         self.redis = aredis
+        # The event bus (EVENTS_REDIS_URL): the same client unless it is another Redis.
+        self.events: AsyncEventsClient = aredis if events is None else events
         # Chunk and event writes of every reply on the loop, batched (jobs/chat/outbox.py).
         self.outbox = Outbox(aredis)
         # The circuit breaker's Lua calls are synchronous (shared with the web's view of
@@ -77,8 +81,15 @@ async def open_runtime(pool_size: int | None = None) -> AsyncIterator[ChatRuntim
         settings.REDIS_URL, socket_connect_timeout=5, max_connections=None
     )
     redis_sync = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    events = (
+        eventclients.open_async_events_client(
+            max_connections=settings.REDIS_POOL_MAX, timeout=settings.REDIS_POOL_TIMEOUT_SECONDS
+        )
+        if eventclients.separate()
+        else aredis
+    )
     handle = open_provider()
-    runtime = ChatRuntime(pool, handle, aredis, redis_sync)
+    runtime = ChatRuntime(pool, handle, aredis, redis_sync, events)
     loop = asyncio.get_running_loop()
     _by_loop[loop] = runtime
     try:
@@ -86,6 +97,8 @@ async def open_runtime(pool_size: int | None = None) -> AsyncIterator[ChatRuntim
     finally:
         _by_loop.pop(loop, None)
         await handle.aclose()
+        if events is not aredis:
+            await events.aclose()
         await aredis.aclose()
         redis_sync.close()
         await pool.close()

@@ -38,6 +38,7 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from core import events, jobmetrics, settings
+from core.eventclients import EventsClient, events_client_for
 from core.eventkinds import EventKind
 from core.principal import Identity
 from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
@@ -76,12 +77,14 @@ class Run:
         size: int,
         ctl: psycopg.Connection[Any],
         client: redis.Redis,
+        bus: EventsClient,
     ) -> None:
         self.upload_id = upload_id
         self.owner = owner
         self.size = max(size, 1)
         self.ctl = ctl
         self.redis = client
+        self.bus = bus  # the event bus's Redis (EVENTS_REDIS_URL)
         self.bytes_read = 0
         self.rows_processed = 0
         # Progress of the current pass over the file maps onto [floor, floor + span] percent,
@@ -99,7 +102,7 @@ class Run:
 
     def publish(self, event: EventKind, data: dict[str, Any]) -> None:
         events.publish_event(
-            self.redis,
+            self.bus,
             event,
             {"upload_id": self.upload_id, **data},
             owner=self.owner.key,
@@ -275,6 +278,7 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
     app_name = f"{APP_NAME} {upload_id}"[:63]  # NAMEDATALEN - 1
     with (
         redis.Redis.from_url(settings.REDIS_URL) as client,
+        events_client_for(client) as bus,
         # Named, so an operator can find (or end) an import in pg_stat_activity.
         psycopg.connect(dsn, autocommit=True, application_name=app_name) as ctl,
         psycopg.connect(dsn, application_name=app_name) as conn,
@@ -285,7 +289,8 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
         ).fetchone()
         if found is None or found[2] not in ACTIVE:
             return None
-        run = Run(upload_id, Identity.from_tenant(found[0], found[1]), found[3], ctl, client)
+        owner = Identity.from_tenant(found[0], found[1])
+        run = Run(upload_id, owner, found[3], ctl, client, bus)
         started = time.monotonic()
         try:
             with conn.transaction():

@@ -50,6 +50,7 @@ from rq.job import Job, JobStatus
 
 from core import events, jobkinds, jobmetrics, settings
 from core.drafts import discard_draft
+from core.eventclients import events_client_for
 from core.eventkinds import EventKind
 from core.history import invalidate_history
 from core.jobkinds import FAILURE_TTL_SECONDS, RESULT_TTL_SECONDS, JobKind, chat_job_id
@@ -405,7 +406,8 @@ def give_up(
         discard_draft(connection, work_id)  # a cut reply's text so far (core/drafts.py)
         invalidate_history(connection, owner, conversation_id)
         base = {"conversation_id": conversation_id, "message_id": work_id}
-        events.publish_event(connection, EventKind.CHAT_ERROR, {**base, **data}, owner=owner)
+        with events_client_for(connection) as bus:  # rare: a client of its own is fine
+            events.publish_event(bus, EventKind.CHAT_ERROR, {**base, **data}, owner=owner)
     else:
         ended = conn.execute(
             "UPDATE uploads SET status = %s, error = %s, updated_at = now()"
@@ -418,8 +420,9 @@ def give_up(
         where = {"owner": owner, "upload_id": work_id}
         upload = {"upload_id": work_id}
         status = {**upload, "status": UploadStatus.FAILED}
-        events.publish_event(connection, EventKind.UPLOAD_STATUS, status, **where)
-        events.publish_event(connection, EventKind.UPLOAD_ERROR, {**upload, **data}, **where)
+        with events_client_for(connection) as bus:
+            events.publish_event(bus, EventKind.UPLOAD_STATUS, status, **where)
+            events.publish_event(bus, EventKind.UPLOAD_ERROR, {**upload, **data}, **where)
     jobmetrics.record_job_metric(connection, "herald_reconciler_given_up_total", kind=kind.name)
     logger.error(
         "%s %s lost %d times; ended with %s",
