@@ -205,6 +205,10 @@ CHAT_WORKER_GRACE_SECONDS = config("CHAT_WORKER_GRACE_SECONDS", cast=float, defa
 CHAT_CHUNK_COALESCE_SECONDS = config("CHAT_CHUNK_COALESCE_SECONDS", cast=float, default=0.02)
 # Concurrent upstream requests per chat worker process (provider rate limits).
 LLM_MAX_CONCURRENCY = config("LLM_MAX_CONCURRENCY", cast=int, default=200)
+# The event-loop lag probe of each chat worker (jobs/worker/looplag.py): how often it
+# wakes (0: off) and how often it adds its samples to the shared histogram.
+WORKER_LOOP_LAG_TICK_SECONDS = config("WORKER_LOOP_LAG_TICK_SECONDS", cast=float, default=0.1)
+WORKER_LOOP_LAG_REPORT_SECONDS = config("WORKER_LOOP_LAG_REPORT_SECONDS", cast=float, default=10.0)
 # PostgreSQL connections per chat worker process; replies borrow one per statement.
 CHAT_DB_POOL_MAX = config("CHAT_DB_POOL_MAX", cast=int, default=10)
 CHAT_DB_POOL_TIMEOUT_SECONDS = config("CHAT_DB_POOL_TIMEOUT_SECONDS", cast=float, default=30.0)

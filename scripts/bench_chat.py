@@ -6,8 +6,8 @@
 Starts everything itself: Redis and PostgreSQL (REDIS_URL / DATABASE_URL if set, else
 the embedded servers; a private key prefix and schema, dropped at the end), a
 zero-latency OpenAI-compatible loopback upstream (tests/support/openai_server.py), one
-uvicorn web process and RQ chat worker processes: ``jobs.worker.ChatWorker`` (what the
-Procfile runs), rq's plain ``SimpleWorker`` and a forking ``Worker``.
+uvicorn web process and RQ chat worker processes: ``jobs.worker.asyncworker.AsyncWorker`` (what the
+Procfile runs for chats), rq's plain ``SimpleWorker`` and a forking ``Worker``.
 
 Measures, with the ``openai`` provider pointed at the loopback upstream:
 
@@ -22,7 +22,7 @@ Measures, with the ``openai`` provider pointed at the loopback upstream:
 
 Prints a Markdown table (README "Chat"). ``--hops`` instead times each hop of one chat
 (client, the web app's entry and answer, RQ dequeue and bookkeeping, the job, the first
-publish, SSE) with plain SimpleWorker and ChatWorker, in one run.
+publish, SSE) with plain SimpleWorker and AsyncWorker, in one run.
 
 Every process is started through tests/support/procs.py and every stream read with
 tests/support/sse.py; worker variants are this script's own ``--serve-worker`` and the
@@ -153,7 +153,7 @@ def job_in_process(n: int) -> list[float]:
                     " VALUES (%s, %s, 'user', 'hello there', 'queued')",
                     (msg, conv),
                 )
-                run_chat(msg)
+                asyncio.run(run_chat(msg))
                 out.append(float(client.hget(f"{settings.REDIS_PREFIX}:metrics", metric) or 0))
     finally:
         client.close()
@@ -275,22 +275,31 @@ def stack_run(
 
 def serve_worker(kind: str) -> None:
     """One chat worker process: ``chat`` is the class the Procfile's supervisor runs for
-    chats (ChatWorker), ``simple`` rq's SimpleWorker, ``fork`` rq's forking Worker;
+    chats (AsyncWorker), ``simple`` rq's SimpleWorker, ``fork`` rq's forking Worker;
     ``hops-chat`` / ``hops-simple`` the same, writing hop marks."""
     from rq import SimpleWorker, Worker
 
     import jobs.chat.job  # noqa: F401 - preloaded: a forking Worker's horse inherits it
     from core import settings
     from core.logs import configure_logging
-    from jobs.worker.supervisor import ChatWorker
+    from jobs.chat.runtime import open_runtime
+    from jobs.worker.asyncworker import AsyncWorker
 
     configure_logging()
-    classes: dict[str, type[Worker]] = {"chat": ChatWorker, "simple": SimpleWorker, "fork": Worker}
+    classes: dict[str, type[Worker]] = {
+        "chat": AsyncWorker,
+        "simple": SimpleWorker,
+        "fork": Worker,
+    }
     worker_class = classes[kind.removeprefix("hops-")]
     if kind.startswith("hops-"):
         worker_class = hop_worker(worker_class)
     connection = redis.Redis.from_url(settings.REDIS_URL)
-    worker_class([settings.CHAT_QUEUE], connection=connection).work(logging_level="WARNING")
+    extra: dict[str, Any] = {}
+    if issubclass(worker_class, AsyncWorker):
+        extra = {"lifespan": open_runtime, "concurrency": settings.CHAT_WORKER_CONCURRENCY}
+    worker = worker_class([settings.CHAT_QUEUE], connection=connection, **extra)
+    worker.work(logging_level="WARNING")
 
 
 class HopLog:
@@ -465,7 +474,7 @@ def hops_run(n: int, worker_kind: str) -> None:
             if mid in hops:
                 hops[mid][hop] = float(t)
         path.unlink()
-    name = {"chat": "jobs.worker.supervisor.ChatWorker", "simple": "rq SimpleWorker"}[worker_kind]
+    name = {"chat": "jobs.worker.asyncworker.AsyncWorker", "simple": "rq SimpleWorker"}[worker_kind]
     print(f"\nper hop, {n} chats one at a time, one {name}; ms since client.post")
     print("| hop | since POST p50 (ms) | step p50 (ms) | step p90 (ms) |")
     print("|---|---|---|---|")
@@ -595,21 +604,21 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| baseline: upstream called directly | {ms(b['p50'])} | {ms(b['p99'])} |")
     print(f"| run_chat in-process (no web, no queue) | {ms(j['p50'])} | {ms(j['p99'])} |")
-    print(f"| POST → /events chunk, ChatWorker | {ms(c['p50'])} | {ms(c['p99'])} |")
+    print(f"| POST → /events chunk, AsyncWorker | {ms(c['p50'])} | {ms(c['p99'])} |")
     print(f"| POST → /events chunk, rq SimpleWorker | {ms(s['p50'])} | {ms(s['p99'])} |")
     print(f"| POST → /events chunk, forking Worker | {ms(f['p50'])} | {ms(f['p99'])} |")
     print()
-    print(f"median overhead over baseline (ChatWorker): {ms(c['p50'] - b['p50'])} ms")
+    print(f"median overhead over baseline (AsyncWorker): {ms(c['p50'] - b['p50'])} ms")
     print(f"median overhead over baseline (SimpleWorker): {ms(s['p50'] - b['p50'])} ms")
     print(f"POST /chat/messages response p50: {ms(statistics.median(chat['post']))} ms")
     print(f"whole reply, baseline p50: {ms(statistics.median(whole))} ms")
     print(
-        f"chats/s, {args.workers} ChatWorker processes, {args.concurrency} in flight: "
+        f"chats/s, {args.workers} AsyncWorker processes, {args.concurrency} in flight: "
         f"{chat['rate']:.1f}"
     )
     print(f"chats/s, {args.workers} SimpleWorker processes: {simple['rate']:.1f}")
     print(f"chats/s, {args.workers} forking Worker processes: {fork['rate']:.1f}")
-    print(f"chats/s, 1 ChatWorker process: {one['rate']:.1f}")
+    print(f"chats/s, 1 AsyncWorker process: {one['rate']:.1f}")
     print(f"worker RSS after run (KiB): chat {chat['rss_kib']}, fork {fork['rss_kib']}")
 
 

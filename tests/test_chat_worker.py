@@ -13,7 +13,9 @@ from rq import Queue
 from rq.job import Job
 
 from core import jobkinds, settings
+from core.jobmetrics import metric_field, worker_metrics_key
 from jobs.chat.runtime import open_runtime
+from jobs.worker import looplag
 from jobs.worker.asyncworker import AsyncWorker
 from tests.support.openai_server import DEFAULT_REPLY
 from tests.test_chat_job import chat_events, post, upstream  # noqa: F401 - a fixture
@@ -87,3 +89,37 @@ def test_state_changes_are_written(redis_client: redis.Redis) -> None:
     finally:
         worker.register_death()
         redis_client.delete(worker.key)
+
+
+def test_loop_lag_probe_fills_a_cumulative_histogram(
+    redis_client: redis.Redis,
+    db: psycopg.Connection,
+    upstream: object,  # noqa: F811 - the loopback OpenAI server fixture
+) -> None:
+    queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
+    message_id = post(db, "lag-user", "hello lag")[1]
+    queue.enqueue(jobkinds.CHAT.target, message_id, job_id=f"chat-{message_id}")
+    worker = AsyncWorker(
+        [queue],
+        connection=redis_client,
+        lifespan=open_runtime,
+        loop_lag_tick=0.005,
+        loop_lag_window=0.05,
+    )
+    assert worker.work(burst=True)
+
+    fields = {
+        k.decode(): float(v)
+        for k, v in redis_client.hgetall(worker_metrics_key()).items()
+        if k.startswith(looplag.NAME.encode())
+    }
+    labels = {"queue": settings.CHAT_QUEUE}
+    count = fields[metric_field(f"{looplag.NAME}_count_total", labels)[1]]
+    assert count >= 1
+    assert fields[metric_field(f"{looplag.NAME}_sum_total", labels)[1]] >= 0
+    buckets = [
+        fields[metric_field(f"{looplag.NAME}_bucket_total", {**labels, "le": le})[1]]
+        for le in [repr(b) for b in looplag.BUCKETS] + ["+Inf"]
+    ]
+    assert buckets == sorted(buckets)  # cumulative, as Prometheus reads them
+    assert buckets[-1] == count

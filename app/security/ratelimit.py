@@ -14,6 +14,7 @@ import math
 import time
 from typing import Any
 
+import redis.asyncio
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -34,23 +35,31 @@ def parse_limit(limit_string: str) -> RateLimitItem:
 
 
 def open_storage(redis_url: str, key_prefix: str) -> RedisStorage:
-    # limits takes "async+redis://..." and, with implementation="redispy", builds a
-    # redis.asyncio client from it (limits docs: "Storage backends"). Its pool gets the
-    # web's own size: redis-py's default of 100 ran dry under 1,000 connects at once.
-    return RedisStorage(
-        "async+" + redis_url,
-        implementation="redispy",
-        key_prefix=key_prefix,
-        socket_connect_timeout=5,
+    # limits takes "async+redis://..." and, with implementation="redispy", a redis.asyncio
+    # connection pool of ours (limits/aio/storage/redis/redispy.py, use_basic). A blocking
+    # one, as the web's own (app/resources.py): redis-py's default pool refuses at once
+    # past max_connections, so a burst of POSTs beyond REDIS_POOL_MAX got 503s
+    # (scripts/bench_chat_concurrency.py, K=500); waiting for a connection is right.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        redis_url,
         max_connections=settings.REDIS_POOL_MAX,
+        timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
+        socket_connect_timeout=5,
+    )
+    # limits types its options as scalars; it hands them to redis-py as they are.
+    options: dict[str, Any] = {"connection_pool": pool}
+    return RedisStorage(
+        "async+" + redis_url, implementation="redispy", key_prefix=key_prefix, **options
     )
 
 
 async def close_storage(storage: RedisStorage) -> None:
     # limits has no close(); its redis-py client is the bridge's ``storage``
-    # (limits/aio/storage/redis/redispy.py, untyped on the base bridge).
+    # (limits/aio/storage/redis/redispy.py, untyped on the base bridge). A client given
+    # a pool does not close it.
     bridge: Any = storage.bridge
     await bridge.storage.aclose()
+    await bridge.storage.connection_pool.disconnect()
 
 
 class RateLimiter:

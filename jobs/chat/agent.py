@@ -201,7 +201,9 @@ async def _unlimited() -> AsyncIterator[None]:
     yield
 
 
-def after_guard(state: ChatState) -> str:
+async def after_guard(state: ChatState) -> str:
+    # A coroutine: LangGraph runs a plain function in a thread of the loop's executor
+    # (langgraph/_internal/_runnable.py, coerce_to_runnable), a hop per reply.
     return "persist" if state.get("error_code") else "respond"
 
 

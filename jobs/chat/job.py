@@ -26,6 +26,7 @@ from typing import Any
 import redis
 import redis.asyncio
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from redis.asyncio.client import Pipeline
 from rq import get_current_job
 
 from core import settings
@@ -41,6 +42,7 @@ from core.statuses import FINAL_REPLY_STATUSES, MessageStatus
 from jobs.chat.agent import GRAPH, AgentContext, ChatState
 from jobs.chat.breaker import Breaker
 from jobs.chat.llm import configured_model
+from jobs.chat.outbox import Outbox
 from jobs.chat.runtime import ChatRuntime, chat_runtime
 from jobs.worker.asyncworker import STOP, TIMEOUT, cancel_reason
 
@@ -80,7 +82,7 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
     base = {"conversation_id": str(row["conversation_id"]), "message_id": message_id}
     if row["reply_status"] in FINAL_REPLY_STATUSES:
         # A retry of a turn that already finished: say how it ended, once more.
-        await _announce_end(rt.events, owner.key, base, row)
+        await _announce_end(rt, owner.key, base, row)
         return {"outcome": "replayed"}
     # One round trip: did an earlier run stream chunks (its draft is dropped: this run
     # streams from index 0), and was a stop asked for before this run started (the web
@@ -90,8 +92,9 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
         pipe.exists(_key("cancel", message_id))
         streamed, cancel_asked = await pipe.execute()
     if streamed:
-        await _publish(rt.events, owner.key, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
-    chunks = ChunkPublisher(rt.redis, rt.events, owner.key, base, started, labels)
+        await _publish(rt, owner.key, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
+    bus = None if rt.events is rt.redis else rt.events
+    chunks = ChunkPublisher(rt.outbox, bus, owner.key, base, started, labels)
     parts: list[str] = []  # the reply so far, filled by the agent's respond node
     if cancel_asked:
         await _stop(rt, owner.key, base, "")
@@ -119,7 +122,7 @@ async def _fail_if_last_try(
         return  # RQ runs it again; the client hears of the end from that run
     message = ERROR_MESSAGES.get(code, ERROR_MESSAGES["internal_error"])
     error = {**base, "code": code, "message": message}
-    await _publish(rt.events, owner, EventKind.CHAT_ERROR, error)
+    await _publish(rt, owner, EventKind.CHAT_ERROR, error)
     _metric(rt.redis_sync, "herald_chat_jobs_total", labels, outcome=code)
     await _mark_failed(rt, owner, base, code)
 
@@ -137,7 +140,7 @@ async def _stop(rt: ChatRuntime, owner: str, base: dict[str, Any], partial: str)
     if stored:
         await ainvalidate_history(rt.redis, owner, base["conversation_id"])
         done = {**base, "text": partial, "model": rt.handle.provider.model, "cancelled": True}
-        await _publish(rt.events, owner, EventKind.CHAT_DONE, done)
+        await _publish(rt, owner, EventKind.CHAT_DONE, done)
 
 
 async def _mark_failed(rt: ChatRuntime, owner: str, base: dict[str, Any], code: str) -> None:
@@ -179,14 +182,14 @@ class ChunkPublisher:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
-        bus: AsyncEventsClient,
+        outbox: Outbox,
+        bus: AsyncEventsClient | None,
         owner: str,
         base: dict[str, Any],
         started: float,
         labels: dict[str, str],
     ) -> None:
-        self.client, self.bus, self.owner, self.base = client, bus, owner, base
+        self.outbox, self.bus, self.owner, self.base = outbox, bus, owner, base
         self.started, self.labels = started, labels
         self.window = settings.CHAT_CHUNK_COALESCE_SECONDS
         self.events = 0
@@ -224,27 +227,27 @@ class ChunkPublisher:
             # The draft before the event, in one round trip where the bus is the same
             # Redis (else two): whoever saw the event and reloads finds the chunk in
             # the draft (core/drafts.py).
-            shared = self.bus is self.client
-            async with self.client.pipeline(transaction=False) as pipe:
+            shared = self.bus is None
+
+            async def write(pipe: Pipeline) -> None:
                 add_chunk(pipe, self.base["message_id"], index, text)
                 if shared:
                     await aqueue_event(pipe, EventKind.CHAT_CHUNK, data, owner=self.owner)
-                await pipe.execute()
-            if not shared:
-                await apublish_event(self.bus, EventKind.CHAT_CHUNK, data, owner=self.owner)
-            if index == 0:
-                await self._first()
+                if index == 0:
+                    self._first(pipe)
 
-    async def _first(self) -> None:
+            await self.outbox.send(write)
+            if self.bus is not None:
+                await apublish_event(self.bus, EventKind.CHAT_CHUNK, data, owner=self.owner)
+
+    def _first(self, pipe: Pipeline) -> None:
         first = max(0.0, time.time() - self.started)
-        async with self.client.pipeline(transaction=False) as pipe:
-            for name, amount in (
-                ("herald_chat_first_chunk_seconds_sum_total", first),
-                ("herald_chat_first_chunk_seconds_count_total", 1.0),
-            ):
-                pipe.hincrbyfloat(*metric_field(name, self.labels), amount)
-            pipe.hset(*metric_field("herald_chat_first_chunk_seconds_last", self.labels), first)
-            await pipe.execute()
+        for name, amount in (
+            ("herald_chat_first_chunk_seconds_sum_total", first),
+            ("herald_chat_first_chunk_seconds_count_total", 1.0),
+        ):
+            pipe.hincrbyfloat(*metric_field(name, self.labels), amount)
+        pipe.hset(*metric_field("herald_chat_first_chunk_seconds_last", self.labels), first)
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -291,26 +294,30 @@ async def _turn(
     # token (a crashed turn is re-run whole by the RQ retry anyway).
     state: dict[str, Any] = await graph.ainvoke(turn, config, context=ctx, durability="exit")
     await chunks.close()
-    client = rt.redis
     code = state.get("error_code", "")
-    async with client.pipeline(transaction=False) as pipe:
+    outcome = code or "completed"
+    if code:
+        kind, end = EventKind.CHAT_ERROR, {**base, "code": code, "message": state["error_message"]}
+    else:
+        done = {**base, "text": state.get("reply", ""), "model": handle.provider.model}
+        kind, end = EventKind.CHAT_DONE, done
+
+    async def write(pipe: Pipeline) -> None:
         # The reply row is stored (the graph's persist node): the draft has served.
         pipe.delete(*draft_keys(base["message_id"]))
         if chunks.events:
             pipe.hincrbyfloat(*metric_field("herald_chat_tokens_total", labels), len(parts))
         if code == "message_blocked":
             pipe.hincrbyfloat(*metric_field("herald_chat_blocked_total", labels), 1)
-        outcome = code or "completed"
         pipe.hincrbyfloat(
             *metric_field("herald_chat_jobs_total", {**labels, "outcome": outcome}), 1
         )
-        await pipe.execute()
-    if code:
-        error = {**base, "code": code, "message": state["error_message"]}
-        await _publish(rt.events, owner.key, EventKind.CHAT_ERROR, error)
-    else:
-        done = {**base, "text": state.get("reply", ""), "model": handle.provider.model}
-        await _publish(rt.events, owner.key, EventKind.CHAT_DONE, done)
+        if rt.events is rt.redis:
+            await aqueue_event(pipe, kind, end, owner=owner.key)
+
+    await rt.outbox.send(write)
+    if rt.events is not rt.redis:
+        await apublish_event(rt.events, kind, end, owner=owner.key)
     return {"outcome": outcome, "chunks": len(parts), "events": chunks.events}
 
 
@@ -318,20 +325,18 @@ GRAPH_COMPILED = GRAPH.compile()
 
 
 async def _announce_end(
-    client: AsyncEventsClient, owner: str, base: dict[str, Any], row: dict[str, Any]
+    rt: ChatRuntime, owner: str, base: dict[str, Any], row: dict[str, Any]
 ) -> None:
     if row["reply_status"] == MessageStatus.COMPLETED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"]}
-        await _publish(client, owner, EventKind.CHAT_DONE, data)
+        await _publish(rt, owner, EventKind.CHAT_DONE, data)
     elif row["reply_status"] == MessageStatus.CANCELLED:
         data = {**base, "text": row["reply_text"], "model": row["reply_model"], "cancelled": True}
-        await _publish(client, owner, EventKind.CHAT_DONE, data)
+        await _publish(rt, owner, EventKind.CHAT_DONE, data)
     else:
         code = row["reply_error"] or "internal_error"
         message = ERROR_MESSAGES.get(code, "The reply failed.")
-        await _publish(
-            client, owner, EventKind.CHAT_ERROR, {**base, "code": code, "message": message}
-        )
+        await _publish(rt, owner, EventKind.CHAT_ERROR, {**base, "code": code, "message": message})
 
 
 def _metric(
@@ -340,10 +345,12 @@ def _metric(
     record_job_metric(client, name, amount, **{**labels, **extra})
 
 
-async def _publish(
-    client: AsyncEventsClient, owner: str, event: EventKind, data: dict[str, Any]
-) -> None:
-    await apublish_event(client, event, data, owner=owner)
+async def _publish(rt: ChatRuntime, owner: str, event: EventKind, data: dict[str, Any]) -> None:
+    """One event, with the loop's other Redis writes when the bus is the same Redis."""
+    if rt.events is rt.redis:
+        await rt.outbox.send(lambda pipe: aqueue_event(pipe, event, data, owner=owner))
+    else:
+        await apublish_event(rt.events, event, data, owner=owner)
 
 
 def _enqueued_at() -> float:

@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from core import eventclients, settings
 from core.eventclients import AsyncEventsClient
 from jobs.chat.llm import ProviderHandle, open_provider
+from jobs.chat.outbox import Outbox
 
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ChatRuntime] = (
     weakref.WeakKeyDictionary()
@@ -45,6 +46,8 @@ class ChatRuntime:
         self.redis = aredis
         # The event bus (EVENTS_REDIS_URL): the same client unless it is another Redis.
         self.events: AsyncEventsClient = aredis if events is None else events
+        # Chunk and event writes of every reply on the loop, batched (jobs/chat/outbox.py).
+        self.outbox = Outbox(aredis)
         # The circuit breaker's Lua calls are synchronous (shared with the web's view of
         # it); one round trip each, twice per reply.
         self.redis_sync = redis_sync

@@ -51,6 +51,8 @@ from rq.queue import Queue
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
 
+from jobs.worker.looplag import LagHistogram, probe_loop_lag
+
 logger = logging.getLogger("herald.worker")
 
 STOP = "STOP"  # cancel message: the job was stopped on request (rq stop-job)
@@ -126,12 +128,17 @@ class AsyncWorker(SimpleWorker):
         concurrency: int = 100,
         grace_seconds: float = 20.0,
         lifespan: Lifespan | None = None,
+        loop_lag_tick: float = 0.0,
+        loop_lag_window: float = 10.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.concurrency = max(1, concurrency)
         self.grace_seconds = grace_seconds
         self._lifespan = lifespan
+        # The loop-lag probe (jobs/worker/looplag.py): off when the tick is 0.
+        self.loop_lag_tick = loop_lag_tick
+        self.loop_lag_window = loop_lag_window
         self._slots = threading.BoundedSemaphore(self.concurrency)
         self._inflight: dict[str, _InFlight] = {}
         self._inflight_lock = threading.Lock()
@@ -150,8 +157,11 @@ class AsyncWorker(SimpleWorker):
         async def main() -> None:
             async with self._lifespan() if self._lifespan else _nothing():
                 self._stop_loop = asyncio.Event()
+                probe = self._start_probe()
                 self._loop_ready.set()
                 await self._stop_loop.wait()
+                if probe is not None:
+                    probe.cancel()
                 # Lifespan resources close only after every task has ended.
                 tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -171,6 +181,19 @@ class AsyncWorker(SimpleWorker):
         self._loop_ready.wait()
         if self._loop_error is not None:
             raise RuntimeError("the worker's event loop did not start") from self._loop_error
+
+    def _start_probe(self) -> asyncio.Task[None] | None:
+        if self.loop_lag_tick <= 0:
+            return None
+        labels = {"queue": ",".join(self.queue_names())}
+
+        def report(samples: LagHistogram) -> None:
+            samples.record(self.connection, labels)
+
+        return asyncio.create_task(
+            probe_loop_lag(self.loop_lag_tick, self.loop_lag_window, report),
+            name="herald-loop-lag",
+        )
 
     def _stop_loop_thread(self) -> None:
         loop, thread = self._loop, self._loop_thread

@@ -66,6 +66,8 @@ def run_worker(kind: JobKind, name: str | None = None) -> None:
             maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
             concurrency=kind.concurrency,
             grace_seconds=settings.CHAT_WORKER_GRACE_SECONDS,
+            loop_lag_tick=settings.WORKER_LOOP_LAG_TICK_SECONDS,
+            loop_lag_window=settings.WORKER_LOOP_LAG_REPORT_SECONDS,
             lifespan=(
                 getattr(importlib.import_module(lifespan_module), lifespan_name)
                 if kind.lifespan
