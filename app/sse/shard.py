@@ -230,7 +230,9 @@ class Shard:
                 continue
             silent = loop.time() - self._last_seen
             if silent >= 2 * self._health_check:
-                logger.warning("pub/sub to %s silent for %.1f s; dropping", self.address, silent)
+                logger.warning(
+                    "pub/sub connection to %s silent for %.1f s; dropping", self.address, silent
+                )
                 self._last_seen = loop.time()
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
