@@ -324,31 +324,34 @@ def test_sanitizer_strips_markers_split_across_chunks() -> None:
     assert s.feed("a < b and c [1] ") + s.flush() == "a < b and c [1] "
 
 
-def test_half_open_admits_exactly_one_probe(redis_client: redis.Redis) -> None:
+@pytest.mark.anyio
+async def test_half_open_admits_exactly_one_probe(redis_client: redis.Redis) -> None:
+    import redis.asyncio
+
     from jobs.chat.breaker import Breaker, BreakerOpen
 
-    breaker = Breaker(
-        redis_client, "probe-test", failures=2, reset_seconds=60, probe_ttl_seconds=30
-    )
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    breaker = Breaker(client, "probe-test", failures=2, reset_seconds=60, probe_ttl_seconds=30)
     key = f"{settings.REDIS_PREFIX}:breaker:probe-test"
     try:
-        breaker.failed(breaker.before_call())
-        breaker.failed(breaker.before_call())
-        assert breaker.state() == "open"
+        await breaker.failed(await breaker.before_call())
+        await breaker.failed(await breaker.before_call())
+        assert await breaker.state() == "open"
         with pytest.raises(BreakerOpen):
-            breaker.before_call()
+            await breaker.before_call()
         redis_client.hset(key, "open_until", 0)  # the reset period is over
-        probe = breaker.before_call()
-        assert probe.is_probe and breaker.state() == "half_open"
+        probe = await breaker.before_call()
+        assert probe.is_probe and await breaker.state() == "half_open"
         # Every other worker is refused while the probe is out.
         for _ in range(3):
             with pytest.raises(BreakerOpen):
-                breaker.before_call()
-        breaker.succeeded(probe)
-        assert breaker.state() == "closed"
-        assert not breaker.before_call().is_probe
+                await breaker.before_call()
+        await breaker.succeeded(probe)
+        assert await breaker.state() == "closed"
+        assert not (await breaker.before_call()).is_probe
     finally:
         redis_client.delete(key, key + ":probe")
+        await client.aclose()
 
 
 def test_crash_without_retries_left_is_internal_error(

@@ -150,7 +150,7 @@ def prompt(state: ChatState) -> list[Message]:
 async def respond(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState:
     ctx = runtime.context
     try:
-        permit = ctx.breaker.before_call()
+        permit = await ctx.breaker.before_call()
     except BreakerOpen:
         return _fail("llm_unavailable", "The language model is unavailable; retry later.")
     parts = ctx.parts
@@ -163,14 +163,14 @@ async def respond(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
                 await ctx.on_chunk(text)
     except LLMError as exc:
         if exc.breaker:
-            ctx.breaker.failed(permit)
+            await ctx.breaker.failed(permit)
         else:
-            ctx.breaker.succeeded(permit)  # the upstream answered; the request was at fault
+            await ctx.breaker.succeeded(permit)  # the upstream answered; the request was at fault
         return {"error_code": exc.code, "error_message": exc.message, "reply": "".join(parts)}
     except BaseException:
-        ctx.breaker.release(permit)
+        await ctx.breaker.release(permit)
         raise
-    ctx.breaker.succeeded(permit)
+    await ctx.breaker.succeeded(permit)
     reply = "".join(parts)
     turn: list[AnyMessage] = [
         HumanMessage(state["text"], id=state["message_id"]),

@@ -11,7 +11,8 @@ process decides on its own clock when the open period is over and every process 
 lets a trial call through (no single probe), and its transitions are read-then-write
 from Python, so two workers can interleave them. Here each transition is one Lua script,
 atomic in Redis, timed by the Redis server's clock (``TIME``) so workers on machines with
-skewed clocks agree.
+skewed clocks agree. The calls are awaited on the worker's loop (redis.asyncio): a
+round trip must not stall the other replies streaming on it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-import redis
+import redis.asyncio
 
 from core import settings
-from core.jobmetrics import record_job_metric
+from core.jobmetrics import metric_field
 
 logger = logging.getLogger("herald.breaker")
 
@@ -111,7 +112,7 @@ class Permit:
 class Breaker:
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.asyncio.Redis,
         name: str,
         *,
         failures: int,
@@ -134,7 +135,7 @@ class Breaker:
         self._release = client.register_script(_RELEASE)
 
     @classmethod
-    def for_llm(cls, client: redis.Redis, provider: str, model: str) -> Breaker:
+    def for_llm(cls, client: redis.asyncio.Redis, provider: str, model: str) -> Breaker:
         return cls(
             client,
             f"llm:{provider}",
@@ -145,42 +146,45 @@ class Breaker:
             labels={"provider": provider, "model": model},
         )
 
-    def before_call(self) -> Permit:
+    async def before_call(self) -> Permit:
         token = uuid.uuid4().hex
         verdict, before, after = _text(
-            self._acquire(keys=self._keys, args=[token, self._probe_ttl_ms])
+            await self._acquire(keys=self._keys, args=[token, self._probe_ttl_ms])
         )
-        self._note(before, after)
+        await self._note(before, after)
         if verdict == "reject":
             raise BreakerOpen("The LLM circuit breaker is open.")
         return Permit(token if verdict == "probe" else "")
 
-    def succeeded(self, permit: Permit) -> None:
-        before, after = _text(self._success(keys=self._keys, args=[permit.probe_token]))
-        self._note(before, after)
+    async def succeeded(self, permit: Permit) -> None:
+        before, after = _text(await self._success(keys=self._keys, args=[permit.probe_token]))
+        await self._note(before, after)
 
-    def failed(self, permit: Permit) -> None:
+    async def failed(self, permit: Permit) -> None:
         args: list[str | int] = [permit.probe_token, self._failures, self._reset_ms]
-        before, after = _text(self._failure(keys=self._keys, args=args))
-        self._note(before, after)
+        before, after = _text(await self._failure(keys=self._keys, args=args))
+        await self._note(before, after)
 
-    def release(self, permit: Permit) -> None:
+    async def release(self, permit: Permit) -> None:
         if permit.is_probe:
-            self._release(keys=self._keys, args=[permit.probe_token])
+            await self._release(keys=self._keys, args=[permit.probe_token])
 
-    def state(self) -> str:
-        raw = self._client.hget(self._keys[0], "state")
+    async def state(self) -> str:
+        raw = await self._client.hget(self._keys[0], "state")
         return raw.decode() if isinstance(raw, bytes) else "closed"
 
-    def _note(self, before: str, after: str) -> None:
+    async def _note(self, before: str, after: str) -> None:
         if before == after:
             return
         logger.warning("llm circuit breaker %s -> %s", before, after, extra=self._labels)
-        labels = dict(self._labels)
-        record_job_metric(
-            self._client, "herald_llm_breaker_transitions_total", 1, **labels, to=after
+        counter = metric_field(
+            "herald_llm_breaker_transitions_total", {**self._labels, "to": after}
         )
-        record_job_metric(self._client, "herald_llm_breaker_state", STATE_VALUES[after], **labels)
+        gauge = metric_field("herald_llm_breaker_state", self._labels)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hincrbyfloat(*counter, 1)
+            pipe.hset(*gauge, STATE_VALUES[after])
+            await pipe.execute()
 
 
 def _text(values: list[bytes | str]) -> list[str]:

@@ -23,8 +23,6 @@ import logging
 import time
 from typing import Any
 
-import redis
-import redis.asyncio
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from redis.asyncio.client import Pipeline
 from rq import get_current_job
@@ -35,12 +33,11 @@ from core.eventclients import AsyncEventsClient
 from core.eventkinds import EventKind
 from core.events import apublish_event, aqueue_event
 from core.history import ainvalidate_history
-from core.jobmetrics import metric_field, record_job_metric
+from core.jobmetrics import metric_field
 from core.principal import Identity
 from core.replies import reply_id, store_reply
 from core.statuses import FINAL_REPLY_STATUSES, MessageStatus
 from jobs.chat.agent import GRAPH, AgentContext, ChatState
-from jobs.chat.breaker import Breaker
 from jobs.chat.llm import configured_model
 from jobs.chat.outbox import Outbox
 from jobs.chat.runtime import ChatRuntime, chat_runtime
@@ -123,7 +120,12 @@ async def _fail_if_last_try(
     message = ERROR_MESSAGES.get(code, ERROR_MESSAGES["internal_error"])
     error = {**base, "code": code, "message": message}
     await _publish(rt, owner, EventKind.CHAT_ERROR, error)
-    _metric(rt.redis_sync, "herald_chat_jobs_total", labels, outcome=code)
+    counter = metric_field("herald_chat_jobs_total", {**labels, "outcome": code})
+
+    async def count(pipe: Pipeline) -> None:
+        pipe.hincrbyfloat(*counter, 1)
+
+    await rt.outbox.send(count)
     await _mark_failed(rt, owner, base, code)
 
 
@@ -274,7 +276,7 @@ async def _turn(
         pool=rt.pool,
         redis=rt.redis,
         provider=handle.provider,
-        breaker=Breaker.for_llm(rt.redis_sync, handle.provider.name, configured_model()),
+        breaker=rt.breaker,
         owner=owner,
         on_chunk=chunks.add,
         upstream=rt.upstream,
@@ -337,12 +339,6 @@ async def _announce_end(
         code = row["reply_error"] or "internal_error"
         message = ERROR_MESSAGES.get(code, "The reply failed.")
         await _publish(rt, owner, EventKind.CHAT_ERROR, {**base, "code": code, "message": message})
-
-
-def _metric(
-    client: redis.Redis, name: str, labels: dict[str, str], amount: float = 1, **extra: str
-) -> None:
-    record_job_metric(client, name, amount, **{**labels, **extra})
 
 
 async def _publish(rt: ChatRuntime, owner: str, event: EventKind, data: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ import httpx
 import orjson
 
 from core import settings
+from jobs.chat.transport import SpreadTransport
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
@@ -273,7 +274,8 @@ def open_provider() -> ProviderHandle:
         write=settings.LLM_CONNECT_TIMEOUT_SECONDS,
         pool=settings.LLM_CONNECT_TIMEOUT_SECONDS,
     )
-    client = httpx.AsyncClient(timeout=timeout, verify=ssl_context())
+    transport = SpreadTransport(settings.LLM_MAX_CONCURRENCY, ssl_context())
+    client = httpx.AsyncClient(timeout=timeout, transport=transport)
     provider = OpenAIProvider(
         client,
         base_url=settings.LLM_BASE_URL,

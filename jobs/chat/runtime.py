@@ -1,5 +1,5 @@
 """What chat jobs on one event loop share: a PostgreSQL pool, the upstream HTTP client
-with its keep-alive pool and concurrency cap, and Redis clients.
+with its keep-alive pool and concurrency cap, the circuit breaker, and Redis clients.
 
 A chat worker (``jobs.worker.asyncworker.AsyncWorker``) opens one ``ChatRuntime`` as the
 lifespan of its loop, so a job starts streaming without connecting anywhere first (a TLS
@@ -16,7 +16,6 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis
 import redis.asyncio
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -24,7 +23,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from core import eventclients, settings
 from core.eventclients import AsyncEventsClient
-from jobs.chat.llm import ProviderHandle, open_provider
+from jobs.chat.breaker import Breaker
+from jobs.chat.llm import ProviderHandle, configured_model, open_provider
 from jobs.chat.outbox import Outbox
 
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ChatRuntime] = (
@@ -38,7 +38,6 @@ class ChatRuntime:
         pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]],
         handle: ProviderHandle,
         aredis: redis.asyncio.Redis,
-        redis_sync: redis.Redis,
         events: AsyncEventsClient | None = None,
     ) -> None:
         self.pool = pool
@@ -48,9 +47,8 @@ class ChatRuntime:
         self.events: AsyncEventsClient = aredis if events is None else events
         # Chunk and event writes of every reply on the loop, batched (jobs/chat/outbox.py).
         self.outbox = Outbox(aredis)
-        # The circuit breaker's Lua calls are synchronous (shared with the web's view of
-        # it); one round trip each, twice per reply.
-        self.redis_sync = redis_sync
+        # One breaker per process, shared by its replies (its state lives in Redis).
+        self.breaker = Breaker.for_llm(aredis, handle.provider.name, configured_model())
         # Replies streaming from the upstream at once, per process: real APIs rate-limit
         # concurrent requests. Beyond it a reply waits here, inside its job timeout.
         self.upstream = asyncio.Semaphore(max(1, settings.LLM_MAX_CONCURRENCY))
@@ -80,7 +78,6 @@ async def open_runtime(pool_size: int | None = None) -> AsyncIterator[ChatRuntim
     aredis = redis.asyncio.Redis.from_url(
         settings.REDIS_URL, socket_connect_timeout=5, max_connections=None
     )
-    redis_sync = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
     events = (
         eventclients.open_async_events_client(
             max_connections=settings.REDIS_POOL_MAX, timeout=settings.REDIS_POOL_TIMEOUT_SECONDS
@@ -89,7 +86,7 @@ async def open_runtime(pool_size: int | None = None) -> AsyncIterator[ChatRuntim
         else aredis
     )
     handle = open_provider()
-    runtime = ChatRuntime(pool, handle, aredis, redis_sync, events)
+    runtime = ChatRuntime(pool, handle, aredis, events)
     loop = asyncio.get_running_loop()
     _by_loop[loop] = runtime
     try:
@@ -100,7 +97,6 @@ async def open_runtime(pool_size: int | None = None) -> AsyncIterator[ChatRuntim
         if events is not aredis:
             await events.aclose()
         await aredis.aclose()
-        redis_sync.close()
         await pool.close()
 
 

@@ -7,9 +7,11 @@ the main thread, and every job goes through RQ's ``prepare_execution`` (an execu
 the StartedJobRegistry, owned by this worker) and RQ's own success/failure handling
 (finished and failed registries, retries, callbacks, rate-limit slots). What differs:
 
-- ``execute_job`` hands the job to the loop thread and returns at once; it blocks only
-  while ``concurrency`` jobs are in flight, so a full worker stops dequeuing and the
-  next job goes to a worker with room.
+- Dequeuing waits for a free slot first, so a full worker stops dequeuing and the next
+  job goes to a worker with room. With several slots free it takes up to
+  ``dequeue_batch`` jobs in three round trips (``jobs/worker/prefetch.py``) instead of
+  RQ's six or seven per job.
+- ``execute_job`` hands the job to the loop thread and returns at once.
 - A job's timeout is a loop timer that cancels its own task (RQ's SIGALRM death penalty
   is per process); it ends that job only, as ``JobTimeoutException``
   (``cancel_reason()`` answers ``TIMEOUT`` inside the job).
@@ -29,6 +31,7 @@ its concurrency wait as ``rate_limited`` and are promoted when a slot frees.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import datetime as dt
@@ -42,6 +45,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions
 from redis.client import Pipeline
 from rq import SimpleWorker
 from rq.command import parse_payload
@@ -52,6 +56,7 @@ from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
 
 from jobs.worker.looplag import LagHistogram, probe_loop_lag
+from jobs.worker.prefetch import Taken, take_jobs
 
 logger = logging.getLogger("herald.worker")
 
@@ -126,6 +131,7 @@ class AsyncWorker(SimpleWorker):
         self,
         *args: Any,
         concurrency: int = 100,
+        dequeue_batch: int = 20,
         grace_seconds: float = 20.0,
         lifespan: Lifespan | None = None,
         loop_lag_tick: float = 0.0,
@@ -134,6 +140,8 @@ class AsyncWorker(SimpleWorker):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.concurrency = max(1, concurrency)
+        self.dequeue_batch = max(1, dequeue_batch)
+        self._taken: collections.deque[Taken] = collections.deque()  # each holds a slot
         self.grace_seconds = grace_seconds
         self._lifespan = lifespan
         # The loop-lag probe (jobs/worker/looplag.py): off when the tick is 0.
@@ -211,12 +219,55 @@ class AsyncWorker(SimpleWorker):
             self._stop_loop_thread()
 
     # --- taking jobs ----------------------------------------------------------------
-    def execute_job(self, job: Job, queue: Queue) -> None:
+    def check_for_suspension(self, burst: bool) -> None:
+        if not self._taken:  # jobs already taken were taken after a check
+            super().check_for_suspension(burst)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        if not self._taken:
+            self._take_batch()
+        if self._taken:
+            head = self._taken[0]
+            return head.job, head.queue
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def _take_batch(self) -> None:
+        """Wait for one free slot, then take as many queued jobs as there are free slots
+        (up to ``dequeue_batch``) without blocking."""
         while not self._slots.acquire(timeout=5):
             self.heartbeat()  # a long wait for room must not let the worker key lapse
+        held = 1
+        while held < self.dequeue_batch and self._slots.acquire(blocking=False):
+            held += 1
+        taken: list[Taken] = []
         try:
-            execution = self.prepare_execution(job)
-            self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+            taken = take_jobs(self, self._ordered_queues, held)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # RQ's own dequeue (next) waits for Redis with back-off; ids already moved
+            # sit in the intermediate list, which the supervisor re-queues.
+            logger.warning("batched dequeue failed; Redis unreachable", exc_info=True)
+        finally:
+            for _ in range(held - len(taken)):
+                self._slots.release()
+        self._taken.extend(taken)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        if self._taken and self._taken[0].job is job:
+            execution = self._taken.popleft().execution  # prepared and holding a slot
+        else:  # RQ's own blocking dequeue took it: a slot is free (checked just before)
+            while not self._slots.acquire(timeout=5):
+                self.heartbeat()
+            try:
+                execution = self.prepare_execution(job)
+                self.prepare_job_execution(
+                    job, remove_from_intermediate_queue=len(self.queues) == 1
+                )
+            except BaseException:
+                self._slots.release()
+                raise
+        try:
             job.started_at = now()
             assert self._loop is not None
             with self._inflight_lock:
@@ -322,6 +373,10 @@ class AsyncWorker(SimpleWorker):
         return True
 
     def teardown(self) -> None:
+        while self._taken:  # taken but not started when the loop stopped
+            t = self._taken.popleft()
+            self._hand_back(t.job, t.queue, t.execution)
+            self._slots.release()
         self._drain()
         super().teardown()  # type: ignore[no-untyped-call]
 

@@ -65,6 +65,7 @@ def run_worker(kind: JobKind, name: str | None = None) -> None:
             name=name,
             maintenance_interval=settings.WORKER_MAINTENANCE_SECONDS,
             concurrency=kind.concurrency,
+            dequeue_batch=settings.CHAT_WORKER_DEQUEUE_BATCH,
             grace_seconds=settings.CHAT_WORKER_GRACE_SECONDS,
             loop_lag_tick=settings.WORKER_LOOP_LAG_TICK_SECONDS,
             loop_lag_window=settings.WORKER_LOOP_LAG_REPORT_SECONDS,
