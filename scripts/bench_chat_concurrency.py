@@ -187,6 +187,8 @@ class Load:
         self.host, port = base.removeprefix("http://").split(":")
         self.port = int(port)
         self.replies: dict[str, Reply] = {}
+        # Events that beat their POST's 202 to this (niced) client, replayed once it lands.
+        self.early: dict[str, list[tuple[str, dict[str, Any], float]]] = {}
         self.ended = 0
         self.changed = asyncio.Event()
 
@@ -210,7 +212,10 @@ class Load:
 
     def on_event(self, kind: str, data: dict[str, Any], now: float) -> None:
         reply = self.replies.get(data.get("message_id", ""))
-        if reply is None or reply.done is not None:
+        if reply is None:
+            self.early.setdefault(data.get("message_id", ""), []).append((kind, data, now))
+            return
+        if reply.done is not None:
             return
         if kind == "chat.chunk":
             reply.first = reply.first or now
@@ -229,7 +234,10 @@ class Load:
         if status != 202:
             return f"HTTP {status}"
         answered = time.perf_counter()
-        self.replies[orjson.loads(body)["message_id"]] = Reply(sent, wall, answered)
+        message_id = orjson.loads(body)["message_id"]
+        self.replies[message_id] = Reply(sent, wall, answered)
+        for kind, data, now in self.early.pop(message_id, []):
+            self.on_event(kind, data, now)
         return None
 
     async def wait_ended(self, n: int, timeout: float) -> None:
@@ -571,6 +579,11 @@ def main() -> None:
                 )
                 if result["errors"]:
                     extra.append(f"{name}/{worker} errors: {sorted(set(result['errors']))}")
+                if result["missing"] or result["wrong_text"]:
+                    extra.append(
+                        f"{name}/{worker}: {result['missing']} never ended,"
+                        f" {result['wrong_text']} with a wrong text"
+                    )
                 if result["direct_first"]:
                     over = statistics.median(result["first"]) - statistics.median(
                         result["direct_first"]
