@@ -38,7 +38,6 @@ import asyncio
 import itertools
 import json
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -49,29 +48,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# Processes this script starts (--serve-worker, --serve-web-hops) inherit the run.
-RUN = os.environ.setdefault("BENCH_CHAT_RUN", secrets.token_hex(4))
-# Settings are read once at import: the environment is set before any app import.
 from app.dev import embedded  # noqa: E402 - embedded reads no settings
+from tests.support.benchenv import isolate_run  # noqa: E402 - sets the environment first
 
-embedded.ensure_services()
-_base_db = os.environ.setdefault("BENCH_CHAT_DATABASE_URL", os.environ["DATABASE_URL"])
-SCHEMA = f"bench_{RUN}"
-_sep = "&" if "?" in _base_db else "?"
-os.environ.update(
-    DATABASE_URL=f"{_base_db}{_sep}options=-csearch_path%3D{SCHEMA}",
-    REDIS_PREFIX=f"bench-chat-{RUN}",
-    # rq reads it when first imported (below): its keys then sit under our prefix too.
-    RQ_KEY_PREFIX=f"bench-chat-{RUN}:rq",
-    JWT_SECRET=os.environ.get("JWT_SECRET") or "bench-" + secrets.token_hex(24),
-    LOG_LEVEL="WARNING",
-    CHAT_RATE_LIMIT="1000000/hour",
-    LLM_PROVIDER="openai",
-    LLM_MODEL="loopback-bench",
-    LLM_API_KEY="not-a-key",
-    # Its own queue: workers of a dev stack on the same Redis never see bench jobs.
-    CHAT_QUEUE=f"bench-chat-{RUN}",
+BENCH = isolate_run(
+    "chat",
 )
+RUN = BENCH.run
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
@@ -558,8 +541,7 @@ def main() -> None:
         serve_web_hops(args.serve_web_hops)
         return
 
-    with psycopg.connect(_base_db, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{SCHEMA}"')
+    BENCH.create_schema()
     server = OpenAIServer().start()
     os.environ["LLM_BASE_URL"] = server.base_url
     from core import settings
@@ -586,15 +568,7 @@ def main() -> None:
         )
     finally:
         server.stop()
-        client = redis.Redis.from_url(os.environ["REDIS_URL"])
-        try:
-            keys = list(client.scan_iter(match=f"bench-chat-{RUN}:*", count=1000))
-            for i in range(0, len(keys), 500):
-                client.unlink(*keys[i : i + 500])
-        finally:
-            client.close()
-        with psycopg.connect(_base_db, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
+        BENCH.remove()
 
     b, j = summary(first), summary(job)
     c, s, f = summary(chat["ttfc"]), summary(simple["ttfc"]), summary(fork["ttfc"])

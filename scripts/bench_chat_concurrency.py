@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import signal
 import statistics
 import sys
@@ -52,36 +51,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# The processes this script starts (--serve-*) inherit the run: same prefix and schema.
-RUN = os.environ.setdefault("BENCH_CONC_RUN", secrets.token_hex(4))
-from app.dev import embedded  # noqa: E402 - embedded reads no settings
+from tests.support.benchenv import isolate_run  # noqa: E402 - sets the environment first
 
-embedded.ensure_services()
-_base_db = os.environ.setdefault("BENCH_CONC_DATABASE_URL", os.environ["DATABASE_URL"])
-SCHEMA = f"bench_{RUN}"
-_sep = "&" if "?" in _base_db else "?"
-os.environ.update(
-    DATABASE_URL=f"{_base_db}{_sep}options=-csearch_path%3D{SCHEMA}",
-    REDIS_PREFIX=f"bench-conc-{RUN}",
-    RQ_KEY_PREFIX=f"bench-conc-{RUN}:rq",
-    CHAT_QUEUE=f"bench-conc-{RUN}",
-    JWT_SECRET=os.environ.get("JWT_SECRET") or "bench-" + secrets.token_hex(24),
-    LOG_LEVEL="WARNING",
+BENCH = isolate_run(
+    "conc",
     # Nothing but the worker may limit the run: distinct users, no rate limits.
-    CHAT_RATE_LIMIT="1000000/hour",
     CHAT_USER_CONCURRENCY="100000",
-    LLM_PROVIDER="openai",
-    LLM_MODEL="loopback-bench",
-    LLM_API_KEY="not-a-key",
     WORKER_CHAT_PROCESSES="1",
     WORKER_UPLOAD_PROCESSES="0",
     WORKER_LOOP_LAG_TICK_SECONDS="0.01",
     WORKER_LOOP_LAG_REPORT_SECONDS="0.5",
 )
+RUN = BENCH.run
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
-import psycopg  # noqa: E402
 import redis  # noqa: E402
 
 from tests.support.procs import Proc, start, start_web, start_worker, stop_all, wait_until  # noqa: E402  # noqa: E402
@@ -550,8 +534,7 @@ def main() -> None:
 
     if args.coalesce is not None:
         os.environ["CHAT_CHUNK_COALESCE_SECONDS"] = str(args.coalesce)
-    with psycopg.connect(_base_db, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{SCHEMA}"')
+    BENCH.create_schema()
     rows: list[str] = []
     extra: list[str] = []
     try:
@@ -595,15 +578,7 @@ def main() -> None:
                         f" ms; overhead {over * 1000:.1f} ms"
                     )
     finally:
-        client = redis.Redis.from_url(os.environ["REDIS_URL"])
-        try:
-            keys = list(client.scan_iter(match=f"bench-conc-{RUN}:*", count=1000))
-            for i in range(0, len(keys), 500):
-                client.unlink(*keys[i : i + 500])
-        finally:
-            client.close()
-        with psycopg.connect(_base_db, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
+        BENCH.remove()
     print(
         f"\nmachine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release};"
         f" load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"

@@ -11,21 +11,18 @@ import pytest
 
 from core import settings
 from jobs.chat.job import run_chat
-from tests.support.asgi import running_app, token
+from tests.support.asgi import app_client, bearer, running_app
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app() as app:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with app_client() as c:
+        yield c
 
 
-def auth(user: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token(user)}"}
+auth = bearer
 
 
 def user_id() -> str:

@@ -20,21 +20,18 @@ from core import events
 from core.jobkinds import chat_job_id
 from core.principal import Identity
 from core.replies import reply_id
-from tests.support.asgi import running_app, token
+from tests.support.asgi import app_client, bearer
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app() as app:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with app_client() as c:
+        yield c
 
 
-def auth(user: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token(user)}"}
+auth = bearer
 
 
 def done_events(client: redis.Redis, user: str, message_id: str) -> list[dict[str, object]]:

@@ -28,6 +28,15 @@ class Stack:
         self.pg = pg
         self.procs: list[Proc] = []
 
+    def flush_private_redis(self) -> None:
+        """FLUSHALL, allowed here only: this Redis was started by the fault suite for
+        itself alone (a free port, a temp dir); no one else's data can be on it."""
+        client = self.redis.client()
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
     def env(self, **extra: str) -> dict[str, str]:
         env = {
             **os.environ,

@@ -257,7 +257,7 @@ async def under_load(
 
 async def test_redis_flushed_mid_load(stack: Stack) -> None:
     async def flush(load: Load, worker: Proc) -> float:
-        stack.redis.flushall_private()
+        stack.flush_private_redis()
         return time.monotonic()
 
     outcome = await under_load(stack, flush, "flushall")

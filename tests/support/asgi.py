@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import httpx
 from starlette.applications import Starlette
 
 from app.main import create_app
@@ -23,8 +24,21 @@ async def running_app() -> AsyncIterator[Starlette]:
         yield app
 
 
+@contextlib.asynccontextmanager
+async def app_client() -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client calling the running app in-process."""
+    async with running_app() as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
 def token(user: str = "alice", org: str | None = None, ttl: int = 3600) -> str:
     return mint_token(user, org_id=org, ttl_seconds=ttl)
+
+
+def bearer(user: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token(user)}"}
 
 
 class StreamCall:

@@ -75,15 +75,6 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
 
-    def flushall_private(self) -> None:
-        """FLUSHALL, allowed here only: this server was started by the fault suite for
-        itself alone (a free port, a temp dir); no one else's data can be on it."""
-        client = self.client()
-        try:
-            client.flushall()
-        finally:
-            client.close()
-
 
 class PostgresServer:
     """pgserver's bundled PostgreSQL in a temp dir, on a TCP port we choose."""
