@@ -68,8 +68,12 @@ def _key(kind: str, message_id: str) -> str:
 async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
     started = _enqueued_at()
     labels = _labels()
-    async with rt.pool.connection() as conn:
-        row = await _load(conn, message_id)
+    # The message row and, beside it, one Redis round trip: did an earlier run stream
+    # chunks (its draft is dropped: this run streams from index 0), and was a stop asked
+    # for before this run started (the web sets the flag before it looks at the job)?
+    row, (streamed, cancel_asked) = await asyncio.gather(
+        _load(rt, message_id), _restart_state(rt, message_id)
+    )
     if row is None:
         logger.warning("chat message %s no longer exists; nothing to do", message_id)
         return {"outcome": "missing"}
@@ -81,13 +85,6 @@ async def _run(rt: ChatRuntime, message_id: str) -> dict[str, Any]:
         # A retry of a turn that already finished: say how it ended, once more.
         await _announce_end(rt, owner.key, base, row)
         return {"outcome": "replayed"}
-    # One round trip: did an earlier run stream chunks (its draft is dropped: this run
-    # streams from index 0), and was a stop asked for before this run started (the web
-    # sets the flag before it looks at the job)?
-    async with rt.redis.pipeline(transaction=False) as pipe:
-        pipe.delete(*draft_keys(message_id))
-        pipe.exists(_key("cancel", message_id))
-        streamed, cancel_asked = await pipe.execute()
     if streamed:
         await _publish(rt, owner.key, EventKind.CHAT_RESTART, {**base, "reason": "retried"})
     bus = None if rt.events is rt.redis else rt.events
@@ -161,16 +158,24 @@ async def _mark_failed(rt: ChatRuntime, owner: str, base: dict[str, Any], code: 
         logger.warning("could not mark chat message %s failed", base["message_id"], exc_info=True)
 
 
-async def _load(conn: Any, message_id: str) -> dict[str, Any] | None:
-    cur = await conn.execute(
-        "SELECT m.text, m.conversation_id, c.tenant, c.user_id, r.status AS reply_status,"
-        " r.text AS reply_text, r.model AS reply_model, r.error_code AS reply_error"
-        " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
-        " LEFT JOIN messages r ON r.id = %s"
-        " WHERE m.id = %s AND m.role = 'user'",
-        (reply_id(message_id), message_id),
-    )
-    row: dict[str, Any] | None = await cur.fetchone()
+async def _restart_state(rt: ChatRuntime, message_id: str) -> list[Any]:
+    async with rt.redis.pipeline(transaction=False) as pipe:
+        pipe.delete(*draft_keys(message_id))
+        pipe.exists(_key("cancel", message_id))
+        return list(await pipe.execute())
+
+
+async def _load(rt: ChatRuntime, message_id: str) -> dict[str, Any] | None:
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT m.text, m.conversation_id, c.tenant, c.user_id, r.status AS reply_status,"
+            " r.text AS reply_text, r.model AS reply_model, r.error_code AS reply_error"
+            " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+            " LEFT JOIN messages r ON r.id = %s"
+            " WHERE m.id = %s AND m.role = 'user'",
+            (reply_id(message_id), message_id),
+        )
+        row: dict[str, Any] | None = await cur.fetchone()
     return row
 
 
