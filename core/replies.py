@@ -34,7 +34,7 @@ async def store_reply(
     flagged: bool = False,
     cancelled: bool = False,
 ) -> bool:
-    """Store how a turn ended, in one transaction: the assistant's row (upserted under
+    """Store how a turn ended, atomically: the assistant's row (upserted under
     its fixed id), the user message's status and the conversation's recency.
 
     ``flagged``: the guard flagged the message in GUARD_MODE=flag and the reply went
@@ -50,32 +50,41 @@ async def store_reply(
     else:
         reply_status = MessageStatus.COMPLETED
         user_status = MessageStatus.FLAGGED if flagged else MessageStatus.ANSWERED
-    async with conn.transaction():
-        cur = await conn.execute(
-            "INSERT INTO messages (id, conversation_id, role, text, status, model, error_code,"
-            " reply_to) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, status = EXCLUDED.status,"
-            " model = EXCLUDED.model, error_code = EXCLUDED.error_code"
-            " WHERE NOT %s OR messages.status <> ALL(%s)"
-            " RETURNING id",
-            (
-                reply_id(message_id),
-                conversation_id,
-                text,
-                reply_status,
-                model,
-                error_code or None,
-                message_id,
-                cancelled,
-                list(FINAL_REPLY_STATUSES),
-            ),
-        )
-        if await cur.fetchone() is None:
-            return False
-        await conn.execute(
-            "UPDATE messages SET status = %s WHERE id = %s", (user_status, message_id)
-        )
-        await conn.execute(
-            "UPDATE conversations SET updated_at = now() WHERE id = %s", (conversation_id,)
-        )
-    return True
+    # One statement, so one round trip and atomic on its own: the two UPDATEs run only
+    # when the upsert wrote a row (data-modifying CTEs share one snapshot and touch
+    # different rows here; PostgreSQL docs, "Data-Modifying Statements in WITH").
+    cur = await conn.execute(
+        "WITH reply AS ("
+        " INSERT INTO messages (id, conversation_id, role, text, status, model, error_code,"
+        " reply_to) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, status = EXCLUDED.status,"
+        " model = EXCLUDED.model, error_code = EXCLUDED.error_code"
+        " WHERE NOT %s OR messages.status <> ALL(%s)"
+        " RETURNING id),"
+        " asked AS (UPDATE messages SET status = %s"
+        " WHERE id = %s AND EXISTS (SELECT FROM reply)),"
+        " recent AS (UPDATE conversations SET updated_at = now()"
+        " WHERE id = %s AND EXISTS (SELECT FROM reply))"
+        " SELECT count(*) AS written FROM reply",
+        (
+            reply_id(message_id),
+            conversation_id,
+            text,
+            reply_status,
+            model,
+            error_code or None,
+            message_id,
+            cancelled,
+            list(FINAL_REPLY_STATUSES),
+            user_status,
+            message_id,
+            conversation_id,
+        ),
+    )
+    row = await cur.fetchone()
+    return bool(row and _first(row))
+
+
+def _first(row: Any) -> Any:
+    # Rows are tuples or dicts, depending on the connection's row factory.
+    return row["written"] if isinstance(row, dict) else row[0]

@@ -12,6 +12,7 @@ worker. Failures are ``LLMError`` with the ``chat.error`` code they map to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import ssl
@@ -188,6 +189,7 @@ class OpenAIProvider:
                         raise timeout_error(f"The model stalled waiting for {what}.") from None
                     text, done = parse_line(line)
                     if done:
+                        await _drain(lines, min(self._idle, _DRAIN_SECONDS))
                         return
                     if text:
                         got_text = True
@@ -200,6 +202,19 @@ class OpenAIProvider:
             raise LLMError(
                 "llm_error", f"Could not reach the model ({type(exc).__name__}).", transient=True
             ) from exc
+
+
+# After [DONE] the body's end (the last chunk of the chunked encoding) is a moment
+# away; reading it lets httpcore keep the connection alive for the next reply, where
+# leaving it unread closes the connection (a TCP, or TLS, handshake per reply).
+_DRAIN_SECONDS = 0.5
+
+
+async def _drain(lines: AsyncIterator[str], seconds: float) -> None:
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(seconds):
+            async for _ in lines:
+                pass
 
 
 async def _check_status(response: httpx.Response) -> None:
