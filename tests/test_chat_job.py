@@ -408,3 +408,24 @@ def test_issue10_long_reply_cut_by_total_timeout_does_not_trip_breaker(
     failing = [post(db, user, f"fail {i}")[1] for i in range(3)]
     run_jobs(redis_client, *failing)
     assert redis_client.hget(_breaker_keys()[0], "state") == b"open"
+
+
+@pytest.mark.anyio
+async def test_issue12_replies_reuse_the_upstream_connection(upstream: OpenAIServer) -> None:
+    """After [DONE] the body's end is read, so the next reply rides the same connection
+    (no TCP or TLS handshake per reply)."""
+    from jobs.chat.llm import open_provider
+
+    handle = open_provider()
+    try:
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            deadline = loop.time() + 5
+            got = [
+                t
+                async for t in handle.provider.stream([{"role": "user", "content": "hi"}], deadline)
+            ]
+            assert "".join(got) == "".join(DEFAULT_REPLY)
+    finally:
+        await handle.aclose()
+    assert len(upstream.peers) == 3 and len(set(upstream.peers)) == 1

@@ -5,17 +5,17 @@ httpx's default pool (``httpx.Limits``: 100 connections, 20 kept alive) would qu
 httpcore's pool scans every connection for every queued request each time a request
 starts or a response closes (``AsyncConnectionPool._assign_requests_to_connections``),
 so one pool of n streaming connections costs O(n) per event, O(n²) per burst: at 500
-streams it was a third of the chat worker's loop (docs/benchmarks.md). Here requests
-are spread round-robin over pools of about ``SHARD_SIZE`` connections each; the total
-is bounded by ``LLM_MAX_CONCURRENCY`` (the semaphore in ``ChatRuntime``), so a shard
-never makes a request wait for a connection while another has room.
+streams it was a third of the chat worker's loop (docs/benchmarks.md). Here requests go
+to pools of ``SHARD_SIZE`` streams each, filling the first pool with room, so a quiet
+worker keeps reusing one warm connection; the total is bounded by
+``LLM_MAX_CONCURRENCY`` (the semaphore in ``ChatRuntime``).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import ssl
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
@@ -23,24 +23,61 @@ SHARD_SIZE = 32
 
 
 class SpreadTransport(httpx.AsyncBaseTransport):
-    """Round-robin over several ``httpx.AsyncHTTPTransport`` pools."""
+    """Several ``httpx.AsyncHTTPTransport`` pools; a request goes to the first with
+    fewer than ``SHARD_SIZE`` open responses (else to the least busy)."""
 
     def __init__(self, max_concurrency: int, verify: ssl.SSLContext) -> None:
         shards = max(1, math.ceil(max_concurrency / SHARD_SIZE))
-        # Each pool may open as many connections as the whole cap allows (round-robin is
-        # even in requests, not in their lengths) but keeps only its share alive.
-        limits = httpx.Limits(
-            max_connections=max_concurrency,
-            max_keepalive_connections=math.ceil(max_concurrency / shards),
-        )
+        # A pool may open more than its share when the others are full; it keeps its
+        # share alive.
+        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=SHARD_SIZE)
         self._pools = [
             httpx.AsyncHTTPTransport(verify=verify, limits=limits) for _ in range(shards)
         ]
-        self._next = itertools.cycle(self._pools)
+        self._open = [0] * shards
+
+    def _pick(self) -> int:
+        for i, n in enumerate(self._open):
+            if n < SHARD_SIZE:
+                return i
+        return min(range(len(self._open)), key=self._open.__getitem__)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await next(self._next).handle_async_request(request)
+        i = self._pick()
+        self._open[i] += 1
+        try:
+            response = await self._pools[i].handle_async_request(request)
+        except BaseException:
+            self._open[i] -= 1
+            raise
+
+        def closed() -> None:
+            self._open[i] -= 1
+
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _Counted(response.stream, closed)
+        return response
 
     async def aclose(self) -> None:
         for pool in self._pools:
             await pool.aclose()
+
+
+class _Counted(httpx.AsyncByteStream):
+    """A response body that reports its close once."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, closed: Callable[[], None]) -> None:
+        self._stream = stream
+        self._closed: Callable[[], None] | None = closed
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            closed, self._closed = self._closed, None
+            if closed is not None:
+                closed()

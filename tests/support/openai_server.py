@@ -55,6 +55,8 @@ class OpenAIServer:
         self.max_in_flight = 0
         self.faults: deque[Fault] = deque()
         self.requests: list[dict[str, object]] = []
+        self.peers: list[tuple[str, int]] = []  # each request's client address: a reused
+        # connection shows up as the same address twice
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -92,6 +94,8 @@ class OpenAIServer:
     async def _complete(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(body)
+        if request.client is not None:
+            self.peers.append((request.client.host, request.client.port))
         fault = self._take_fault(body)
         if fault.kind == "500":
             return JSONResponse({"error": {"message": "upstream exploded"}}, status_code=500)
