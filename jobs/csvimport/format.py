@@ -66,6 +66,8 @@ def warning(code: str, message: str, **details: Any) -> dict[str, Any]:
 # --- encoding ------------------------------------------------------------------------------
 
 _TEXT_CONTROLS: Final = frozenset(b"\t\n\r\x0b\x0c\x1b")
+# The other C0 bytes; counted by deleting them (bytes.translate), not a Python step per byte.
+_CONTROLS: Final = bytes(b for b in range(0x20) if b not in _TEXT_CONTROLS)
 # Single-byte Latin-script code pages charset-normalizer tends to pick for Western European
 # text (it chose cp1250 for both the latin-1 and cp1252 fixtures); for these we apply the
 # deterministic cp1252/latin-1 rule instead. Other scripts (Cyrillic, CJK, ...) are trusted.
@@ -94,7 +96,7 @@ def detect_encoding(sample: bytes, *, is_final: bool) -> str:
         return "utf-8-sig"
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"  # the decoder consumes the BOM and picks the byte order from it
-    controls = sum(1 for b in sample if b < 0x20 and b not in _TEXT_CONTROLS)
+    controls = len(sample) - len(sample.translate(None, _CONTROLS))
     if b"\x00" in sample or controls > MAX_CONTROL_RATIO * max(len(sample), 1):
         raise CsvFormatError("not_text", "the file looks binary (NUL or control bytes), not CSV")
     try:
