@@ -251,6 +251,7 @@ class Run:
                         with conn.transaction():
                             file = itertools.chain(head, chunks)
                             result = self.load_passthrough(conn, table, fmt, file)
+                        logger.info("upload %s: parsed by PostgreSQL's COPY", self.upload_id)
                     except passthrough.Unsuitable as why:
                         logger.info("upload %s: the Python path loads it: %s", self.upload_id, why)
                         head, chunks = [], self.chunks()
