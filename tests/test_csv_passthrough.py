@@ -152,6 +152,28 @@ def test_a_misfit_after_the_first_mib_goes_the_python_way(
     assert out["result"]["rows_valid"] == 120_001
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"a,b\n1,x\n2,y",  # no line break at the end
+        b"a,b\n",  # a header and nothing else
+        b"a\tb\n1\t2.5\n",
+        b"\xef\xbb\xbfa,b\n1,x\n",  # BOM
+        "a,b\n1,Caf\u00e9\n".encode("utf-16"),
+        "a,b\n1,Caf\u00e9 \u20ac\n".encode("cp1252"),
+    ],
+)
+def test_copy_takes_these_as_they_are(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    data: bytes,
+) -> None:
+    _, way = both_ways(db, redis_client, data, caplog, monkeypatch)
+    assert way == "copy"
+
+
 def test_cr_line_ends_are_copy_s_too(
     db: psycopg.Connection,
     redis_client: redis.Redis,

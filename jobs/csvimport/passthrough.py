@@ -10,7 +10,7 @@ NULL). Anything else raises `Unsuitable` and the caller rolls back to its savepo
 the file through the Python path (jobs.csvimport.load), which rejects rows, re-decides
 misguessed types and raises the format errors as before; a PostgreSQL error on the COPY does
 the same. The two processes overlap: PostgreSQL parses, types and stores block n while this
-one checks it (docs/csv.md, "Speed").
+one checks it (docs/csv.md, "PostgreSQL parses well-formed files").
 """
 
 from __future__ import annotations
@@ -169,9 +169,9 @@ def copy_checked(
     names = sql.SQL(", ").join(sql.Identifier(c.sql_name) for c in fmt.columns)
     # FREEZE: the table was created in this subtransaction, so the rows can be written
     # frozen and the profile's scan need not set hint bits on (and rewrite) every page.
-    query = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, DELIMITER {}, FREEZE)").format(
-        sql.Identifier(table), names, sql.Literal(fmt.delimiter)
-    )
+    query = sql.SQL(
+        "COPY {} ({}) FROM STDIN (FORMAT csv, DELIMITER {}, ENCODING 'UTF8', FREEZE)"
+    ).format(sql.Identifier(table), names, sql.Literal(fmt.delimiter))
     checker = Checker(fmt.columns)
     try:
         with conn.cursor() as cur:
