@@ -224,7 +224,6 @@ class Run:
         tally = csvload.Tally(fmt.columns, fmt.delimiter)
         width = len(fmt.columns)
         result = csvload.table_result(conn, table, fmt, tally, checker.rows, 0, [0] * width)
-        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
         result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
         result["storage"] = "columns"
         return result
