@@ -124,7 +124,7 @@ def detect_encoding(sample: bytes, *, is_final: bool) -> str:
 # --- line splitting and parsing ------------------------------------------------------------
 
 
-def _blocks(texts: Iterable[str]) -> Iterator[str]:
+def line_blocks(texts: Iterable[str]) -> Iterator[str]:
     """Regroup decoded text into blocks that end at a line break, so lines never straddle
     two blocks. A trailing "\r" is held back: its "\n" may start the next piece."""
     tail = ""
@@ -144,15 +144,17 @@ def _blocks(texts: Iterable[str]) -> Iterator[str]:
         yield tail
 
 
-def _lines(texts: Iterable[str]) -> Iterator[str]:
+def split_lines(texts: Iterable[str]) -> Iterator[str]:
     """Split decoded text into lines ending in \r\n, \r or \n (kept), like a file opened
     with newline='' which the csv docs require so quoted newlines survive; io.StringIO with
     newline='' splits exactly there, in C. str.splitlines is not usable: it also splits on
     \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029."""
-    return itertools.chain.from_iterable(io.StringIO(block, newline="") for block in _blocks(texts))
+    return itertools.chain.from_iterable(
+        io.StringIO(block, newline="") for block in line_blocks(texts)
+    )
 
 
-def _decode(chunks: Iterable[bytes], encoding: str) -> Iterator[str]:
+def decode(chunks: Iterable[bytes], encoding: str) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     offset = 0
     try:
@@ -193,7 +195,7 @@ def iter_rows(chunks: Iterable[bytes], fmt: CsvFormat) -> Iterator[tuple[int, li
     """Yield (1-based data row number, fields), header excluded, blank lines skipped.
 
     Rows are yielded as parsed; use `fit_row` to report ragged ones."""
-    records = _records(_lines(_decode(chunks, fmt.encoding)), fmt.delimiter)
+    records = _records(split_lines(decode(chunks, fmt.encoding)), fmt.delimiter)
     if fmt.has_header:
         next(records, None)
     yield from enumerate(records, start=1)
@@ -203,7 +205,7 @@ def iter_rows(chunks: Iterable[bytes], fmt: CsvFormat) -> Iterator[tuple[int, li
 
 
 def _sample_records(text: str, delimiter: str, is_final: bool) -> list[list[str]]:
-    records = list(_records(_lines([text]), delimiter))
+    records = list(_records(split_lines([text]), delimiter))
     if not is_final and records:
         records.pop()  # the sample may end inside the last record
     return records

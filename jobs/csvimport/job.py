@@ -44,7 +44,7 @@ from core.principal import Identity
 from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
 from jobs.csvimport import load as csvload
 from jobs.csvimport import passthrough
-from jobs.csvimport.format import CsvFormat, CsvFormatError, _decode, detect_format, iter_rows
+from jobs.csvimport.format import CsvFormat, CsvFormatError, decode, detect_format, iter_rows
 from jobs.csvimport.inference import decide
 
 logger = logging.getLogger("herald.csv_import")
@@ -217,7 +217,7 @@ class Run:
     ) -> dict[str, Any]:
         """PostgreSQL parses the file (jobs.csvimport.passthrough); raises Unsuitable."""
         csvload.create_table(conn, table, fmt.columns, numbered=True)
-        texts = _decode(chunks, fmt.encoding)
+        texts = decode(chunks, fmt.encoding)
         checker = passthrough.copy_checked(conn, table, fmt, texts, self.after_batch)
         self.settle()
         passthrough.settle_table(conn, table, fmt.columns, checker)

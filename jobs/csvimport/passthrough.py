@@ -33,8 +33,8 @@ from jobs.csvimport.format import (
     QUOTECHAR,
     CsvFormat,
     CsvFormatError,
-    _blocks,
-    _lines,
+    line_blocks,
+    split_lines,
 )
 from jobs.csvimport.load import BATCH_MAX_CHARS, BATCH_SLICE_ROWS, is_wide
 
@@ -187,11 +187,11 @@ def copy_checked(
         with conn.cursor() as cur:
             with cur.copy(query) as copy:
                 sent = Sent(copy)
-                body = sent(_body(_blocks(texts), fmt.delimiter))
+                body = sent(_body(line_blocks(texts), fmt.delimiter))
                 # The reader's rows go straight into slices: a generator step per row (as in
                 # format._records) cost ~0.3 s per 1M rows.
                 csv.field_size_limit(settings.UPLOAD_MAX_FIELD_BYTES)
-                reader = csv.reader(_lines(body), delimiter=fmt.delimiter, quotechar=QUOTECHAR)
+                reader = csv.reader(split_lines(body), delimiter=fmt.delimiter, quotechar=QUOTECHAR)
                 for batch in batches(filter(None, reader), sent):
                     checker.check(batch)
                     after_batch(checker.rows)
