@@ -103,9 +103,9 @@ def _on_calendar(cells: Sequence[str], parse: Callable[[str], object]) -> bool:
 
 
 def _matchers(col: ColumnSpec) -> _Matchers | None:
+    # Dates and date-times: the plain form is ISO 8601 whatever the column's pattern, since
+    # every pattern also reads ISO (celltypes.read_date) and none matches an ISO cell itself.
     t = col.type
-    if t in (ColumnType.DATE, ColumnType.DATETIME) and col.date_format not in (None, "%Y-%m-%d"):
-        return None
     if t == ColumnType.FLOAT and col.decimal_comma:
         t = ColumnType.INT  # "1.5" is not a number with a decimal comma; "15" is
     return _MATCHERS.get(t)

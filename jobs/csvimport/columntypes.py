@@ -27,8 +27,8 @@ from jobs.csvimport.celltypes import (
 # Plain forms: cells PostgreSQL's input function reads to exactly the value the reader gives,
 # so they go to COPY as written. Integers of at most 18 digits (always inside bigint) without
 # a leading zero; decimals without exponent or leading zero (and at most FLOAT_PLAIN_CHARS
-# long, so exact and in range); ISO dates; ISO date-times with zones up to +-15:59, the range
-# PostgreSQL's timestamptz input accepts (datetime.c).
+# long, so exact and in range); ISO dates; ISO date-times (or bare dates) with zones up to
+# +-15:59, the range PostgreSQL's timestamptz input accepts (datetime.c).
 _INT: Final = r"[+-]?(?:0|[1-9][0-9]{0,17})"
 _FLOAT: Final = r"[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)"
 FLOAT_PLAIN_CHARS: Final = 15  # <= 15 significant digits: exact in a double (C11 DBL_DIG)
@@ -96,7 +96,8 @@ RECORDS: Final = {
             8,
             read_datetime,
             "not a datetime",
-            Plain(_YMD + _HMS, _YMD_SAFE + _HMS, dt.datetime.fromisoformat),
+            # A bare date is midnight UTC to both readers (the import's time zone is UTC).
+            Plain(f"{_YMD}(?:{_HMS})?", f"{_YMD_SAFE}(?:{_HMS})?", dt.datetime.fromisoformat),
             mean_key="extract(epoch FROM {})",
         ),
         TypeRecord(ColumnType.TEXT, "text", 0, read_text, "", None, None),

@@ -43,7 +43,8 @@ from core.eventkinds import EventKind
 from core.principal import Identity
 from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
 from jobs.csvimport import load as csvload
-from jobs.csvimport.format import CsvFormat, CsvFormatError, detect_format, iter_rows
+from jobs.csvimport import passthrough
+from jobs.csvimport.format import CsvFormat, CsvFormatError, decode, detect_format, iter_rows
 from jobs.csvimport.inference import decide
 
 logger = logging.getLogger("herald.csv_import")
@@ -211,6 +212,22 @@ class Run:
         result["storage"] = "jsonb" if csvload.is_wide(fmt.columns) else "columns"
         return result
 
+    def load_passthrough(
+        self, conn: psycopg.Connection[Any], table: str, fmt: CsvFormat, chunks: Iterator[bytes]
+    ) -> dict[str, Any]:
+        """PostgreSQL parses the file (jobs.csvimport.passthrough); raises Unsuitable."""
+        csvload.create_table(conn, table, fmt.columns, numbered=True)
+        texts = decode(chunks, fmt.encoding)
+        checker = passthrough.copy_checked(conn, table, fmt, texts, self.after_batch)
+        self.settle()
+        passthrough.settle_table(conn, table, fmt.columns, checker)
+        tally = csvload.Tally(fmt.columns, fmt.delimiter)
+        width = len(fmt.columns)
+        result = csvload.table_result(conn, table, fmt, tally, checker.rows, 0, [0] * width)
+        result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
+        result["storage"] = "columns"
+        return result
+
     def load(self, conn: psycopg.Connection[Any], column_types: dict[str, str] | None) -> Any:
         """Everything inside the one transaction; returns the result of API.md."""
         self.set_status(UploadStatus.VALIDATING)
@@ -227,8 +244,20 @@ class Run:
         table = table_name(self.upload_id)
         try:
             with conn.transaction():  # a savepoint: a misguess rolls back to here
-                rows = iter_rows(itertools.chain(head, chunks), fmt)
-                result = self.load_table(conn, table, fmt, rows)
+                result = None
+                if passthrough.eligible(fmt):
+                    try:
+                        with conn.transaction():
+                            file = itertools.chain(head, chunks)
+                            result = self.load_passthrough(conn, table, fmt, file)
+                        logger.info("upload %s: parsed by PostgreSQL's COPY", self.upload_id)
+                    except passthrough.Unsuitable as why:
+                        logger.info("upload %s: the Python path loads it: %s", self.upload_id, why)
+                        head, chunks = [], self.chunks()
+                        self.next_pass(1)
+                if result is None:
+                    rows = iter_rows(itertools.chain(head, chunks), fmt)
+                    result = self.load_table(conn, table, fmt, rows)
         except csvload.Misguessed as wrong:
             columns = wrong.columns
             if columns is None:

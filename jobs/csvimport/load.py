@@ -218,9 +218,22 @@ def load_columns(
         # a row wider than a heap page: the file cannot be stored as it is.
         raise CsvFormatError("unloadable_row", str(exc).splitlines()[0]) from exc
     tally.settle()
-    profiles, _ = profile_table(conn, table, columns, invalid_cells)
+    return table_result(conn, table, fmt, tally, valid, invalid, invalid_cells)
+
+
+def table_result(
+    conn: psycopg.Connection[Any],
+    table: str,
+    fmt: CsvFormat,
+    tally: Tally,
+    valid: int,
+    invalid: int,
+    invalid_cells: list[int],
+) -> dict[str, Any]:
+    """The result of API.md for a loaded typed table, profiled by PostgreSQL."""
+    profiles, _ = profile_table(conn, table, fmt.columns, invalid_cells, valid)
     nulls = sum(p["nulls"] for p in profiles)
-    result = summarise(valid, invalid, profiles, valid * len(columns), nulls)
+    result = summarise(valid, invalid, profiles, valid * len(fmt.columns), nulls)
     result["warnings"] = fmt.warnings + tally.warnings(valid, valid + invalid)
     return result
 
@@ -282,8 +295,13 @@ def is_wide(columns: list[ColumnSpec]) -> bool:
     return len(columns) > PG_MAX_COLUMNS or estimate > WIDE_ROW_BYTES
 
 
-def create_table(conn: psycopg.Connection[Any], table: str, columns: list[ColumnSpec]) -> None:
-    defs: list[sql.Composable] = [sql.SQL("_row bigint NOT NULL")]
+def create_table(
+    conn: psycopg.Connection[Any], table: str, columns: list[ColumnSpec], numbered: bool = False
+) -> None:
+    """`numbered`: PostgreSQL numbers `_row` 1, 2, ... in COPY order and indexes it as it
+    goes (the pass-through, where its process has time to spare while Python checks)."""
+    row = "GENERATED ALWAYS AS IDENTITY (CACHE 10000) PRIMARY KEY" if numbered else "NOT NULL"
+    defs: list[sql.Composable] = [sql.SQL("_row bigint " + row)]
     if is_wide(columns):
         defs.append(sql.SQL("data jsonb NOT NULL"))
     else:

@@ -1,0 +1,219 @@
+"""The pass-through load: PostgreSQL's own COPY ... (FORMAT csv) parses the file straight into
+the typed table, while this process reads the same text with Python's `csv` only to confirm,
+column by column, that PostgreSQL reads every cell exactly as the Python path would.
+
+It applies when every cell is in its column's plain form (`batch.all_plain`: digits without
+a leading zero, short exact decimals, ISO dates, true/false, ...), every row has the header's
+width, and no text cell holds a quote or is all whitespace (where PostgreSQL's CSV reading
+and Python's part ways: a quote inside an unquoted field, "" and "  " that Python reads as
+NULL). Anything else raises `Unsuitable` and the caller rolls back to its savepoint and loads
+the file through the Python path (jobs.csvimport.load), which rejects rows, re-decides
+misguessed types and raises the format errors as before; a PostgreSQL error on the COPY does
+the same. The two processes overlap: PostgreSQL parses, types and stores block n while this
+one checks it (docs/csv.md, "PostgreSQL parses well-formed files").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from core import settings
+from core.columntypes import ColumnType
+from jobs.csvimport.batch import all_plain
+from jobs.csvimport.celltypes import ColumnSpec
+from jobs.csvimport.format import (
+    QUOTECHAR,
+    CsvFormat,
+    CsvFormatError,
+    line_blocks,
+    split_lines,
+)
+from jobs.csvimport.load import BATCH_MAX_CHARS, BATCH_SLICE_ROWS, is_wide
+
+# Spellings PostgreSQL's boolean input reads as Python's reader does (docs 8.6), NULL aside.
+_BOOL_WORDS: Final = frozenset(
+    s for word in ("true", "false", "yes", "no") for s in (word, word.upper(), word.capitalize())
+)
+
+
+# "\." alone on a line ends COPY's input even inside quotes (PostgreSQL docs, COPY); any
+# line starting with it sends the file the Python way.
+_END_MARKER: Final = re.compile(r"(?:^|[\r\n])\\\.")
+
+
+class Unsuitable(Exception):
+    """The file needs the Python path; the message says why (logged)."""
+
+
+def eligible(fmt: CsvFormat) -> bool:
+    """Can this format's columns take the pass-through at all? (Cells are checked later.)"""
+    return (
+        len(fmt.columns) >= 2  # one column: a blank line would be a NULL row to COPY
+        and fmt.quotechar == QUOTECHAR
+        and not is_wide(fmt.columns)
+        and all(_column_eligible(c) for c in fmt.columns)
+    )
+
+
+def _column_eligible(col: ColumnSpec) -> bool:
+    if col.type in (ColumnType.INT, ColumnType.FLOAT):
+        return not col.decimal_comma and col.thousands_sep is None
+    if col.type in (ColumnType.DATE, ColumnType.DATETIME):
+        return col.date_format in (None, "%Y-%m-%d")
+    return True  # text, bool
+
+
+class Checker:
+    """Checks the rows Python's `csv` reads, batch by batch, against what COPY stores."""
+
+    def __init__(self, columns: list[ColumnSpec]) -> None:
+        self.columns = columns
+        self.width = len(columns)
+        self.rows = 0
+        # Text columns with an empty cell: "" (quoted) is '' to COPY but NULL here.
+        self.empty_text: set[int] = set()
+        self.many: set[int] = set()  # typed columns with many distinct values per batch
+
+    def check(self, fields: Sequence[list[str]]) -> None:
+        if set(map(len, fields)) != {self.width}:
+            raise Unsuitable("a row does not have the header's width")
+        for j, (cells, col) in enumerate(zip(zip(*fields, strict=True), self.columns, strict=True)):
+            self._check_column(j, cells, col)
+        self.rows += len(fields)
+
+    def _check_column(self, j: int, cells: Sequence[str], col: ColumnSpec) -> None:
+        if col.type == ColumnType.TEXT:
+            if '"' in "".join(cells) or any(map(str.isspace, cells)):
+                raise Unsuitable(f"column {col.name!r}: a quote or an all-whitespace cell")
+            if col.undecided and any(cells):
+                # Typed from its values by the Python path (load.Tally.settle).
+                raise Unsuitable(f"column {col.name!r}: values after the first MiB only")
+            if "" in cells:
+                self.empty_text.add(j)
+            return
+        if "" in cells:
+            cells = [c for c in cells if c]  # unquoted empty: NULL to both
+            if not cells:
+                return
+        if col.type == ColumnType.BOOL:
+            ok = set(cells) <= _BOOL_WORDS
+        elif j in self.many:
+            ok = all_plain(cells, col)
+        else:
+            # A column of few distinct values (dates, codes) is checked once per value; one
+            # that has many in a batch is checked cell by cell from then on.
+            values = set(cells)
+            if 4 * len(values) >= len(cells):
+                self.many.add(j)
+            ok = all_plain(list(values), col)
+        if not ok:
+            raise Unsuitable(f"column {col.name!r}: a cell not in its plain form")
+
+
+def _body(blocks: Iterator[str], delimiter: str) -> Iterator[str]:
+    """The text after the header line; Unsuitable if the header record is not exactly the
+    first line (a quoted line break in it) or a line starts with COPY's end marker."""
+    first = next(blocks, "")
+    header = io.StringIO(first, newline="").readline()
+    parsed = list(csv.reader([header], delimiter=delimiter, quotechar=QUOTECHAR))
+    if len(parsed) != 1 or not parsed[0] or any("\n" in f or "\r" in f for f in parsed[0]):
+        raise Unsuitable("the header is not one line")
+    for block in itertools.chain([first[len(header) :]], blocks):
+        if "\\." in block and _END_MARKER.search(block):
+            raise Unsuitable("a line starts with \\.")
+        yield block
+
+
+class Sent:
+    """The blocks of text written to COPY, counted (to bound a batch by the text read for it)."""
+
+    def __init__(self, copy: psycopg.Copy) -> None:
+        self.copy = copy
+        self.chars = 0
+
+    def __call__(self, blocks: Iterable[str]) -> Iterator[str]:
+        for block in blocks:
+            self.copy.write(block.encode())  # PostgreSQL parses it while this process does
+            self.chars += len(block)
+            yield block
+
+
+def batches(rows: Iterator[list[str]], sent: Sent) -> Iterator[list[list[str]]]:
+    """Up to UPLOAD_BATCH_ROWS rows, fewer once BATCH_MAX_CHARS of text were read for them.
+    Rows are taken in slices doubling from one (like `load.take_batch`, without its count of
+    every row's characters, ~1 µs a row)."""
+    limit = settings.UPLOAD_BATCH_ROWS
+    while True:
+        start = sent.chars
+        batch: list[list[str]] = []
+        step = 1
+        while len(batch) < limit and sent.chars - start < BATCH_MAX_CHARS:
+            n = min(step, limit - len(batch))
+            part = list(itertools.islice(rows, n))
+            batch += part
+            if len(part) < n:
+                if batch:
+                    yield batch
+                return
+            step = min(2 * step, BATCH_SLICE_ROWS)
+        yield batch
+
+
+def copy_checked(
+    conn: psycopg.Connection[Any],
+    table: str,
+    fmt: CsvFormat,
+    texts: Iterable[str],
+    after_batch: Callable[[int], None],
+) -> Checker:
+    """COPY the decoded file `texts` into `table` (created with `_row` numbered by PostgreSQL)
+    while checking it; returns the checker (rows read, text columns with empty cells)."""
+    names = sql.SQL(", ").join(sql.Identifier(c.sql_name) for c in fmt.columns)
+    # FREEZE: the table was created in this subtransaction, so the rows can be written
+    # frozen and the profile's scan need not set hint bits on (and rewrite) every page.
+    query = sql.SQL(
+        "COPY {} ({}) FROM STDIN (FORMAT csv, DELIMITER {}, ENCODING 'UTF8', FREEZE)"
+    ).format(sql.Identifier(table), names, sql.Literal(fmt.delimiter))
+    checker = Checker(fmt.columns)
+    try:
+        with conn.cursor() as cur:
+            with cur.copy(query) as copy:
+                sent = Sent(copy)
+                body = sent(_body(line_blocks(texts), fmt.delimiter))
+                # The reader's rows go straight into slices: a generator step per row (as in
+                # format._records) cost ~0.3 s per 1M rows.
+                csv.field_size_limit(settings.UPLOAD_MAX_FIELD_BYTES)
+                reader = csv.reader(split_lines(body), delimiter=fmt.delimiter, quotechar=QUOTECHAR)
+                for batch in batches(filter(None, reader), sent):
+                    checker.check(batch)
+                    after_batch(checker.rows)
+            if cur.rowcount != checker.rows:  # e.g. blank lines, which csv skips
+                raise Unsuitable(f"COPY read {cur.rowcount} rows, csv {checker.rows}")
+    except (CsvFormatError, csv.Error) as exc:
+        # The Python path raises it again, with line numbers that count the header.
+        raise Unsuitable(str(exc)) from exc
+    except (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
+        raise Unsuitable(str(exc).splitlines()[0]) from exc
+    return checker
+
+
+def settle_table(
+    conn: psycopg.Connection[Any], table: str, columns: list[ColumnSpec], checker: Checker
+) -> None:
+    """Make the table what the Python path leaves: `_row` a plain column, "" cells NULL."""
+    ident = sql.Identifier(table)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN _row DROP IDENTITY").format(ident))
+    if not checker.empty_text:
+        return
+    names = [sql.Identifier(columns[j].sql_name) for j in sorted(checker.empty_text)]
+    sets = sql.SQL(", ").join(sql.SQL("{0} = NULLIF({0}, '')").format(n) for n in names)
+    where = sql.SQL(" OR ").join(sql.SQL("{} = ''").format(n) for n in names)
+    conn.execute(sql.SQL("UPDATE {} SET {} WHERE {}").format(ident, sets, where))

@@ -1,0 +1,259 @@
+"""The pass-through load (jobs/csvimport/passthrough.py): a file PostgreSQL's COPY parses must
+come out exactly as the Python path loads it, and every file where the two readers could part
+ways must be handed to the Python path. Each case imports the same bytes both ways and
+compares the outcome: status, result, table rows, rejected cells, error."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobs.csvimport import passthrough
+from tests.support.uploads import (
+    chunk_count,
+    error_rows,
+    run_import,
+    stage,
+    table_exists,
+    table_rows,
+    upload_row,
+)
+from tests.test_csv_import import enqueue, large_file, start_worker, wait_until_loading
+
+PARSED = "parsed by PostgreSQL's COPY"
+HANDED_BACK = "the Python path loads it"
+
+
+def outcome(
+    db: psycopg.Connection, client: redis.Redis, data: bytes, **kwargs: Any
+) -> dict[str, Any]:
+    upload_id, _ = stage(db, data, **kwargs)
+    run_import(client, upload_id)
+    row = upload_row(db, upload_id)
+    done = row["status"] == "completed"
+    return {
+        "status": row["status"],
+        "result": row["result"],
+        "error": row["error"],
+        "rows": table_rows(db, upload_id) if done else None,
+        "errors": error_rows(db, upload_id),
+    }
+
+
+def both_ways(
+    db: psycopg.Connection,
+    client: redis.Redis,
+    data: bytes,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], str]:
+    """(the outcome, which loader took it), after checking the Python path's is the same."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="herald.csv_import"):
+        fast = outcome(db, client, data, **kwargs)
+    logged = caplog.text
+    way = "copy" if PARSED in logged else "python" if HANDED_BACK in logged else "ineligible"
+    with monkeypatch.context() as m:
+        m.setattr(passthrough, "eligible", lambda fmt: False)
+        slow = outcome(db, client, data, **kwargs)
+    assert fast == slow
+    return fast, way
+
+
+WELL_FORMED = (
+    b"id,amount,name,day,active,seen,qty,note\n"
+    b'1,2360.48,Zo\xc3\xab,2024-01-31,true,2024-05-01T10:00:00Z,-7,"a, b"\n'
+    b'2,-0.5,,2024-02-29,False,2024-05-01 10:00:00.123+02:00,0,"line\none"\n'
+    b"3,.25,  padded  ,,YES,2024-05-02,18,plain\n"
+    b"4,,x,2000-12-01,,,,\n"
+)
+
+
+def test_a_well_formed_file_is_parsed_by_copy_as_python_reads_it(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out, way = both_ways(db, redis_client, WELL_FORMED, caplog, monkeypatch)
+    assert way == "copy"
+    assert out["result"]["rows_valid"] == 4
+    assert [r[0] for r in out["rows"]] == [1, 2, 3, 4]
+    assert [r[3] for r in out["rows"]] == ["Zoë", None, "  padded  ", "x"]
+
+
+def test_quoted_empty_text_is_null_after_copy(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = b'a,b\n1,""\n2,x\n3,\n'
+    out, way = both_ways(db, redis_client, data, caplog, monkeypatch)
+    assert way == "copy"
+    assert [r[2] for r in out["rows"]] == [None, "x", None]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"a,b\n1,x\n\n2,y\n",  # a blank line: csv skips it, COPY would fail on it
+        b"a,b\n1,x\n2,y\n\n",
+        b"a,b\n1,  \n2,y\n",  # all-whitespace text is NULL to Python
+        b'a,b\n1,ab"c\n2,y\n',  # a stray quote is data to csv, a quote to COPY
+        b'a,b\n1,"say ""hi"""\n',
+        b'a,b\n1,"x\n\\.\ny"\n2,z\n',  # COPY's end marker inside a quoted field
+        b'"a\nx",b\n1,2\n',  # the header spans two lines
+        b"a,b,c\n1,2,3\n4,5\n",  # ragged
+        b"a,b,c\n1,2,3\n4,5,6,,\n",  # padded with empty fields
+        b"a,b\r\n1,x\n2,y\r\n",  # mixed line ends
+        b"a,b\n1,x\nNA,y\n",  # a null token in an int column
+        b"a,b\n1e5,x\n2.5,y\n",  # an exponent
+        b"a,b\n0.1234567890123456,x\n",  # more digits than a double holds
+        b"a,b\n1/2/2024,x\n12/31/2024,y\n",  # not ISO
+        b"a,b\nt,x\nf,y\n",  # booleans spelled t/f
+        b"a,b\n1,x\x00y\n",  # NUL: the file cannot be stored
+        b"a\n1\n2\n",  # one column
+        b"a;b\n1,5;x\n2,25;y\n",  # decimal comma
+    ],
+)
+def test_files_copy_could_misread_go_the_python_way(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    data: bytes,
+) -> None:
+    _, way = both_ways(db, redis_client, data, caplog, monkeypatch)
+    assert way != "copy"
+
+
+@pytest.mark.parametrize("late", [b"007", b"2A004", b"1.5", b" 12"])
+def test_a_misfit_after_the_first_mib_goes_the_python_way(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    late: bytes,
+) -> None:
+    # Typed int from the first MiB; the late cell makes it another type (text, float).
+    data = b"code,name\n" + b"".join(b"%d,n%d\n" % (i, i) for i in range(120_000))
+    out, way = both_ways(db, redis_client, data + late + b",last\n", caplog, monkeypatch)
+    assert way == "python"
+    assert out["result"]["rows_valid"] == 120_001
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"a,b\n1,x\n2,y",  # no line break at the end
+        b"a,b\n",  # a header and nothing else
+        b"a\tb\n1\t2.5\n",
+        b"\xef\xbb\xbfa,b\n1,x\n",  # BOM
+        "a,b\n1,Caf\u00e9\n".encode("utf-16"),
+        "a,b\n1,Caf\u00e9 \u20ac\n".encode("cp1252"),
+    ],
+)
+def test_copy_takes_these_as_they_are(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    data: bytes,
+) -> None:
+    _, way = both_ways(db, redis_client, data, caplog, monkeypatch)
+    assert way == "copy"
+
+
+def test_cr_line_ends_are_copy_s_too(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, way = both_ways(db, redis_client, b"a,b\r1,x\r2,y\r", caplog, monkeypatch)
+    assert way == "copy"
+
+
+def test_forced_types_with_misfits_go_the_python_way(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = b"a,b\n1,x\nabc,y\n3,z\n"
+    out, way = both_ways(db, redis_client, data, caplog, monkeypatch, columns={"a": "int"})
+    assert way == "python"
+    assert out["result"]["rows_invalid"] == 1
+
+
+CELLS = st.one_of(
+    st.sampled_from(["", "0", "-3", "42", "007", "1.5", "2.50", ".5", "1e3", "NA", "true"]),
+    st.sampled_from(["No", "2024-01-31", "2024-02-30", "2024-05-01T10:00:00Z", " ", '""']),
+    st.text(alphabet='ab ,"\n\r\\.é', max_size=6),
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.lists(st.lists(CELLS, min_size=3, max_size=3), min_size=1, max_size=6))
+def test_any_file_loads_the_same_either_way(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: list[list[str]],
+) -> None:
+    def field(cell: str) -> str:
+        # Quote some cells as a spreadsheet would, and write others raw to stress the readers.
+        if cell.startswith('"') or cell in ("", " "):
+            return cell
+        if any(ch in cell for ch in ',"\n\r'):
+            return '"' + cell.replace('"', '""') + '"'
+        return cell
+
+    text = "x,y,z\n" + "".join(",".join(map(field, r)) + "\n" for r in rows)
+    both_ways(db, redis_client, text.encode(), caplog, monkeypatch)
+
+
+def test_sigkill_mid_copy_then_rerun_leaves_exactly_one_copy(
+    db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    # "oops" in the first MiB makes `amount` text: the whole file takes the pass-through.
+    total = 200_000
+    upload_id, _ = stage(db, large_file(total))
+    enqueue(redis_client, upload_id)
+    proc = start_worker()
+    try:
+        wait_until_loading(db, upload_id, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert upload_row(db, upload_id)["status"] == "processing"
+    assert not table_exists(db, upload_id)
+    assert chunk_count(db, upload_id) > 0
+    run_import(redis_client, upload_id)  # the retry
+    row = upload_row(db, upload_id)
+    assert row["status"] == "completed"
+    assert (row["result"]["rows_valid"], row["result"]["rows_invalid"]) == (total, 0)
+    rows = table_rows(db, upload_id)
+    assert [r[0] for r in rows] == list(range(1, total + 1))
+    assert rows[-1][1:3] == (total - 1, f"name {total - 1}")
+    # Past 100,000 rows, typed columns' distinct counts are estimates, text ones exact.
+    columns = {c["name"]: c for c in row["result"]["columns"]}
+    assert columns["id"]["distinct_approximate"] is True
+    assert columns["id"]["distinct"] > 0.9 * total
+    assert (columns["name"]["distinct"], columns["name"]["distinct_approximate"]) == (total, False)
