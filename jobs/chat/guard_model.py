@@ -46,11 +46,11 @@ _SECOND = operator.itemgetter(1)
 # Words whose summed weights are kept per process; past this the cache starts again, so
 # memory stays bounded whatever is sent.
 CACHE_WORDS = GUARD_CACHE_WORDS
-# Characters of never-seen words whose n-grams one message may read (each costs two slices
-# and two lookups). A message of pure gibberish would otherwise cost about 4 µs a word; past
-# the budget a new word weighs nothing and is not cached, so the next message reads it again.
-# Words of the model's own vocabulary are valued at load and never count against it.
-NEW_WORD_CHARS = 1500
+# Characters of never-seen words whose n-grams one message may read (each character costs
+# two slices and two lookups, about 0.5 µs here). Past the budget a new word weighs nothing
+# and is not cached, so the next message reads it again: 5,000 characters of gibberish cost
+# a bounded amount. Words of the model's own vocabulary are valued at load and never count.
+NEW_WORD_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -148,23 +148,20 @@ def _word_values(m: Model, words: list[str]) -> list[tuple[float, int]]:
 
 
 def _value_of_new(m: Model, words: list[str]) -> list[tuple[float, int]]:
-    """(weight, feature count) of each word, for many words at once: the padded words are
-    joined into one string, its n-grams are looked up in one pass and each word's share is a
-    difference of prefix sums (``map`` over C functions rather than a Python call per word).
-    N-grams that span the separator are in no model and weigh nothing."""
-    joined = "\0".join(f" {w} " for w in words) + "\0" * max(m.char_sizes, default=0)
-    # Each word occupies len + 2 characters plus a separator.
-    starts = [0, *itertools.accumulate(len(w) + 3 for w in words)][:-1]
+    """(weight, feature count) of each word, for many words at once: the n-grams of all the
+    padded words are looked up in one pass and each word's share is a difference of prefix
+    sums (``map`` over C functions rather than a Python call per word)."""
+    padded = [f" {w} " for w in words]
     totals = list(map(m.words.get, words, _ZEROES))
     counts = [1] * len(words)
-    lengths = list(map(len, words))
     for n in m.char_sizes:
-        grams = [joined[i : i + n] for i in range(len(joined) - n + 1)]
-        prefix = [0.0, *itertools.accumulate(map(m.chars.get, grams, _ZEROES))]
         # A padded word of len + 2 characters has len + 3 - n n-grams of size n.
-        per_word = [max(0, k + 3 - n) for k in lengths]
-        ends = map(operator.add, starts, per_word)
-        sums = map(operator.sub, map(prefix.__getitem__, ends), map(prefix.__getitem__, starts))
+        per_word = [max(0, len(p) - n + 1) for p in padded]
+        grams = [p[i : i + n] for p in padded for i in range(len(p) - n + 1)]
+        prefix = [0.0, *itertools.accumulate(map(m.chars.get, grams, _ZEROES))]
+        ends = list(itertools.accumulate(per_word))
+        starts = map(prefix.__getitem__, [0, *ends[:-1]])
+        sums = map(operator.sub, map(prefix.__getitem__, ends), starts)
         totals = list(map(operator.add, totals, sums))
         counts = list(map(operator.add, counts, per_word))
     return list(zip(totals, counts, strict=True))
