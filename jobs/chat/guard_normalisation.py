@@ -133,6 +133,7 @@ _HAS_CONFUSABLE = re.compile(
     "[" + re.escape("асеһіјорԛѕухԝүѵԁАВСЕНІЈКМОРЅТХУαοριβκνυΑΒΕΗΙΚΜΝΟΡΤΥΧΖ") + "]"
 )
 _TAG_ASCII = re.compile("[\U000e0020-\U000e007e]+")
+_LATIN = re.compile("[A-Za-z]")
 _WORD = re.compile(r"[a-z]+")
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
 _SHIFTS = [
@@ -225,20 +226,30 @@ def _unspace(m: re.Match[str]) -> str:
     return " ".join(re.sub(r"[ .\-_]", "", part) for part in m.group().split("  "))
 
 
-def _fold_word(m: re.Match[str]) -> str:
-    # Fold only mixed-script words or words made wholly of lookalikes (the UTS #39
-    # mixed-script test), so genuine Russian or Greek text is left readable.
-    word = m.group()
-    folded = word.translate(_CONFUSABLES)
-    mixed = any("a" <= c <= "z" or "A" <= c <= "Z" for c in word)
-    return folded if mixed or folded.isascii() else word
+def _fold_confusables(text: str) -> str:
+    """Lookalikes to Latin, but only in mixed-script words and in words made wholly of
+    lookalikes (the UTS #39 mixed-script test), so genuine Russian or Greek text is left
+    readable. The table maps one character to one, so the folded text lines up with the
+    original and is translated in one call rather than word by word."""
+    folded = text.translate(_CONFUSABLES)
+    if folded.isascii():
+        return folded
+    pieces: list[str] = []
+    last = 0
+    for m in _NON_ASCII_WORD.finditer(text):
+        s, e = m.span()
+        if not folded[s:e].isascii() and not _LATIN.search(text, s, e):
+            pieces += (folded[last:s], text[s:e])
+            last = e
+    pieces.append(folded[last:])
+    return "".join(pieces)
 
 
 def fold(text: str) -> str:
     """One spelling: lookalikes to Latin, casefolded, spaced letters and leetspeak undone,
     whitespace collapsed (newlines kept once: a fake "SYSTEM:" line matters at a line start)."""
     if not text.isascii() and _HAS_CONFUSABLE.search(text):
-        text = _NON_ASCII_WORD.sub(_fold_word, text)
+        text = _fold_confusables(text)
     text = text.casefold()
     # Word gaps inside spaced-out text are usually wider ("s a y  t h a t"): keep those.
     if _SPACED_HINT.search(" " + text):
