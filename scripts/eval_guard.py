@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from guard_data import Row, load_rows  # noqa: E402
-from train_guard import SEED, train  # noqa: E402
+from train_guard import SEED, train_with_choice  # noqa: E402
 
 from jobs.chat import guard_model  # noqa: E402
 from jobs.chat.guard import check_message  # noqa: E402
@@ -146,27 +146,35 @@ def main() -> int:
     args = parser.parse_args()
     rows = load_rows()
     kfold, by_language = Tally.empty(), Tally.empty()
+    chosen = []
     for i, test in enumerate(folds(rows, args.folds)):
         held = {id(r) for r in test}
-        model = train([r for r in rows if id(r) not in held])
+        model, l2 = train_with_choice([r for r in rows if id(r) not in held])
+        chosen.append(f"{l2:g}")
         kfold.score(test, model, [r.source for r in test])
         by_language.score(test, model, [language(r.text) for r in test])
         print(f"fold {i + 1}/{args.folds} done", file=sys.stderr)
-    note = f"Seed {SEED}; threshold {THRESHOLD}."
+    note = (
+        f"Seed {SEED}; threshold {THRESHOLD}; L2 chosen inside each fold's training rows: "
+        f"{', '.join(chosen)}."
+    )
     print(table(f"{args.folds}-fold, by source", kfold, note), flush=True)
     print(
         table(f"{args.folds}-fold, by language", by_language, "Same refits, grouped by language.")
     )
     loso = Tally.empty()
     sources = sorted({r.source for r in rows})
+    chosen = []
     for source in sources:
         test = [r for r in rows if r.source == source]
         if len(test) < MIN_SOURCE_ROWS:
             continue
-        model = train([r for r in rows if r.source != source])
+        model, l2 = train_with_choice([r for r in rows if r.source != source])
+        chosen.append(f"{source} {l2:g}")
         loso.score(test, model, [source] * len(test))
         print(f"left out {source}", file=sys.stderr)
-    print(table("Leave one source out", loso, "Fitted without that source."), flush=True)
+    note = f"Fitted without that source; L2 chosen inside: {', '.join(chosen)}."
+    print(table("Leave one source out", loso, note), flush=True)
     return 0
 
 

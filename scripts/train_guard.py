@@ -30,7 +30,10 @@ from jobs.chat.guard_normalisation import normalize_text  # noqa: E402
 
 SEED = 20251126
 EPOCHS = 6
-L2 = 1e-5
+# L2 strengths tried, strongest first (a tie keeps the simpler model). Each refit picks one by
+# an inner cross-validation over its own training rows (``choose``), so the choice never
+# sees the rows it is scored on (docs/guard.md "Figures").
+L2_CHOICES = (1e-3, 1e-4, 1e-5)
 LEARNING_RATE = 0.3
 # An n-gram seen in a single training text is a name or a typo more often than a signal.
 MIN_TEXTS = 2
@@ -48,38 +51,61 @@ CHAR_SIZES = (3, 5)
 normalized = functools.lru_cache(maxsize=None)(normalize_text)
 
 
-def samples(rows: list[Row]) -> list[tuple[list[str], float, int]]:
-    """(feature keys, scale, label) per window of each row's normalised text."""
+@functools.cache
+def _windows_of(text: str) -> list[tuple[list[str], float]]:
+    words = guard_model.words_of(normalized(text))
     out = []
-    for row in rows:
-        words = guard_model.words_of(normalized(row.text))
-        for s, e in guard_model.windows(len(words)):
-            keys = guard_model.features(words[s:e], CHAR_SIZES)
-            out.append((keys, guard_model.scale(len(keys)), row.label))
+    for s, e in guard_model.windows(len(words)):
+        keys = guard_model.features(words[s:e], CHAR_SIZES)
+        out.append((keys, guard_model.scale(len(keys))))
     return out
 
 
+def samples(rows: list[Row]) -> list[tuple[list[str], float, int]]:
+    """(feature keys, scale, label) per window of each row's normalised text."""
+    return [(keys, s, row.label) for row in rows for keys, s in _windows_of(row.text)]
+
+
 def train(rows: list[Row]) -> guard_model.Model:
-    """Fit on ``rows``, then move the bias so that the model alone flags at most TARGET_FPR
-    of benign rows, as measured out of fold within ``rows`` (never on rows scored later)."""
-    model = fit(rows)
+    return train_with_choice(rows)[0]
+
+
+def train_with_choice(rows: list[Row]) -> tuple[guard_model.Model, float]:
+    """Fit on ``rows`` with the L2 strength ``choose`` picks, then move the bias so that the
+    model alone flags at most TARGET_FPR of benign rows, as measured out of fold within
+    ``rows`` (never on rows scored later). Returns the model and its L2 strength."""
+    l2, cut = choose(rows)
+    model = fit(rows, l2)
+    # Only ever raise the bar: a model that is already strict keeps its 0.5.
+    shift = max(0.0, cut + 1e-6)
+    return dataclasses.replace(model, bias=round(model.bias - shift, 5), cache={}), l2
+
+
+def choose(rows: list[Row]) -> tuple[float, float]:
+    """(L2 strength, logit cut) by CALIBRATION_FOLDS-fold cross-validation inside ``rows``:
+    the strength whose out-of-fold scores find the most attacks at the cut that flags
+    TARGET_FPR of the benign rows, and that cut."""
     rng = random.Random(SEED)
     fold_of = {text: rng.randrange(CALIBRATION_FOLDS) for text in sorted({r.text for r in rows})}
-    benign_logits: list[float] = []
-    for k in range(CALIBRATION_FOLDS):
-        inner = fit([r for r in rows if fold_of[r.text] != k])
-        for r in rows:
-            if fold_of[r.text] == k and r.label == 0:
-                p = guard_model.score(normalized(r.text), inner)
-                benign_logits.append(math.log(max(p, 1e-12) / max(1 - p, 1e-12)))
-    benign_logits.sort()
-    cut = benign_logits[min(len(benign_logits) - 1, int((1 - TARGET_FPR) * len(benign_logits)))]
-    # Only ever raise the bar: a model that is already strict keeps its 0.5.
-    shift = max(0.0, cut + 1e-6) if benign_logits else 0.0
-    return dataclasses.replace(model, bias=round(model.bias - shift, 5), cache={})
+    best: tuple[float, float, float] | None = None
+    for l2 in L2_CHOICES:
+        logits: tuple[list[float], list[float]] = ([], [])
+        for k in range(CALIBRATION_FOLDS):
+            inner = fit([r for r in rows if fold_of[r.text] != k], l2)
+            for r in rows:
+                if fold_of[r.text] == k:
+                    p = guard_model.score(normalized(r.text), inner)
+                    logits[r.label].append(math.log(max(p, 1e-12) / max(1 - p, 1e-12)))
+        benign = sorted(logits[0])
+        cut = benign[min(len(benign) - 1, int((1 - TARGET_FPR) * len(benign)))] if benign else 0.0
+        recall = sum(z > cut for z in logits[1]) / max(1, len(logits[1]))
+        if best is None or recall > best[0]:
+            best = (recall, l2, cut)
+    assert best is not None
+    return best[1], best[2]
 
 
-def fit(rows: list[Row]) -> guard_model.Model:
+def fit(rows: list[Row], l2: float) -> guard_model.Model:
     data = samples(rows)
     df = Counter(k for keys, _, _ in data for k in set(keys))
     vocab = {k: i for i, k in enumerate(sorted(k for k, n in df.items() if n >= MIN_TEXTS))}
@@ -105,7 +131,7 @@ def fit(rows: list[Row]) -> guard_model.Model:
             bias_sq += g * g
             bias -= LEARNING_RATE * g / math.sqrt(bias_sq)
             for f, n in feats:
-                gf = g * s * n + L2 * weights[f]
+                gf = g * s * n + l2 * weights[f]
                 grad_sq[f] += gf * gf
                 weights[f] -= LEARNING_RATE * gf / math.sqrt(grad_sq[f])
     kinds: dict[str, dict[str, float]] = {"c": {}, "w": {}, "p": {}}
@@ -123,11 +149,12 @@ def fit(rows: list[Row]) -> guard_model.Model:
 
 def main() -> int:
     rows = load_rows()
-    model = train(rows)
+    model, l2 = train_with_choice(rows)
     counts = Counter(r.source for r in rows)
     payload = {
         "format": guard_model.FORMAT,
         "trained_on": dict(sorted(counts.items())),
+        "l2": l2,
         "bias": model.bias,
         "char_sizes": list(model.char_sizes),
         "chars": dict(sorted(model.chars.items())),
@@ -138,7 +165,7 @@ def main() -> int:
     path.write_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n", "utf-8")
     size_kib = path.stat().st_size / 1024
     n = len(model.chars) + len(model.words) + len(model.pairs)
-    print(f"wrote {path.name}: {n} weights from {len(rows)} rows, {size_kib:.0f} KiB")
+    print(f"wrote {path.name}: {n} weights from {len(rows)} rows, L2 {l2:g}, {size_kib:.0f} KiB")
     return 0
 
 

@@ -261,3 +261,36 @@ def test_word_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(20):
         guard_model.score(" ".join(f"w{i}x{j}" for j in range(30)), model)
         assert len(model.cache) <= 50 + 30
+
+
+def test_new_words_past_the_budget_weigh_nothing_until_read() -> None:
+    # Cost bound (docs/guard.md "Cost"): one message reads the n-grams of at most
+    # NEW_WORD_CHARS characters of never-seen words; later ones weigh nothing, are not cached,
+    # and a later message reads them in full.
+    from jobs.chat import guard_model
+
+    model = guard_model.load_model()
+    model.cache.clear()
+    new = [f"qzx{i:04d}" for i in range(guard_model.NEW_WORD_CHARS // 7 + 50)]
+    assert not set(new) & set(model.known)
+    values = guard_model._word_values(model, new)
+    read = guard_model.NEW_WORD_CHARS // 7
+    assert all(w in model.cache for w in new[:read])
+    assert not any(w in model.cache for w in new[read:])
+    expected = guard_model._value_of_new(model, new[read:])
+    assert [v[1] for v in values[read:]] == [c for _, c in expected]
+    assert all(v[0] == 0.0 for v in values[read:])
+    later = guard_model._word_values(model, new[read:])
+    assert [c for _, c in later] == [c for _, c in expected]
+    assert [w for w, _ in later] == pytest.approx([w for w, _ in expected])
+
+
+def test_vocabulary_words_are_valued_at_load() -> None:
+    from jobs.chat import guard_model
+
+    model = guard_model.load_model()
+    assert set(model.known) == set(model.words)
+    words = list(model.words)[:50]
+    expected = guard_model._value_of_new(model, words)
+    assert [model.known[w][1] for w in words] == [c for _, c in expected]
+    assert [model.known[w][0] for w in words] == pytest.approx([w for w, _ in expected])

@@ -14,6 +14,7 @@ highest one counts, so harmless filler cannot dilute a payload. Pure stdlib at r
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import json
@@ -45,6 +46,11 @@ _SECOND = operator.itemgetter(1)
 # Words whose summed weights are kept per process; past this the cache starts again, so
 # memory stays bounded whatever is sent.
 CACHE_WORDS = GUARD_CACHE_WORDS
+# Characters of never-seen words whose n-grams one message may read (each character costs
+# two slices and two lookups, about 0.5 µs here). Past the budget a new word weighs nothing
+# and is not cached, so the next message reads it again: 5,000 characters of gibberish cost
+# a bounded amount. Words of the model's own vocabulary are valued at load and never count.
+NEW_WORD_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,14 @@ class Model:
     char_sizes: tuple[int, ...] = (3, 5)
     # word -> (its weight plus its n-grams' weights, its feature count)
     cache: dict[str, tuple[float, int]] = field(default_factory=dict, compare=False, repr=False)
+    # The same for every word of ``words``, filled once at load and never cleared.
+    known: dict[str, tuple[float, int]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        vocab = list(self.words)
+        self.known.update(zip(vocab, _value_of_new(self, vocab), strict=True))
 
 
 def words_of(normalized: str) -> list[str]:
@@ -114,35 +128,42 @@ def _word_values(m: Model, words: list[str]) -> list[tuple[float, int]]:
     cache = m.cache
     if len(cache) > CACHE_WORDS:
         cache.clear()
-    missing = list(set(words).difference(cache))
-    if missing:
-        cache.update(zip(missing, _value_of_new(m, missing), strict=True))
-    return list(map(cache.__getitem__, words))
+    # In order of first appearance, so the budget falls on the same words every time.
+    missing = [w for w in dict.fromkeys(words) if w not in cache]
+    if not missing:
+        return list(map(cache.__getitem__, words))
+    known = m.known
+    cache.update((w, known[w]) for w in missing if w in known)
+    new = [w for w in missing if w not in known]
+    lengths = list(itertools.accumulate(len(w) for w in new))
+    read = bisect.bisect_right(lengths, NEW_WORD_CHARS)
+    if read:
+        cache.update(zip(new[:read], _value_of_new(m, new[:read]), strict=True))
+    if read == len(new):
+        return list(map(cache.__getitem__, words))
+    # Over budget: the rest weigh nothing but count their features, as when read in full.
+    counts = [1 + sum(max(0, k + 3 - n) for n in m.char_sizes) for k in range(26)]
+    rest = {w: (0.0, counts[len(w)]) for w in new[read:]}
+    return [cache.get(w) or rest[w] for w in words]
 
 
 def _value_of_new(m: Model, words: list[str]) -> list[tuple[float, int]]:
-    """(weight, feature count) of each word, for many words at once: the padded words are
-    joined into one string, its n-grams are looked up in one pass and each word's share is a
-    difference of prefix sums (``map`` over C functions rather than a Python call per word).
-    N-grams that span the separator are in no model and weigh nothing."""
-    joined = "\0".join(f" {w} " for w in words) + "\0" * max(m.char_sizes, default=0)
-    # Each word occupies len + 2 characters plus a separator.
-    starts = [0, *itertools.accumulate(len(w) + 3 for w in words)][:-1]
+    """(weight, feature count) of each word, for many words at once: the n-grams of all the
+    padded words are looked up in one pass and each word's share is a difference of prefix
+    sums (``map`` over C functions rather than a Python call per word)."""
+    padded = [f" {w} " for w in words]
     totals = list(map(m.words.get, words, _ZEROES))
     counts = [1] * len(words)
     for n in m.char_sizes:
-        grams = [joined[i : i + n] for i in range(len(joined) - n + 1)]
-        prefix = [0.0, *itertools.accumulate(map(m.chars.get, grams, _ZEROES))]
         # A padded word of len + 2 characters has len + 3 - n n-grams of size n.
-        ends = [s + max(0, len(w) + 3 - n) for s, w in zip(starts, words, strict=True)]
-        totals = list(
-            map(
-                operator.add,
-                totals,
-                map(operator.sub, map(prefix.__getitem__, ends), map(prefix.__getitem__, starts)),
-            )
-        )
-        counts = [c + max(0, len(w) + 3 - n) for c, w in zip(counts, words, strict=True)]
+        per_word = [max(0, len(p) - n + 1) for p in padded]
+        grams = [p[i : i + n] for p in padded for i in range(len(p) - n + 1)]
+        prefix = [0.0, *itertools.accumulate(map(m.chars.get, grams, _ZEROES))]
+        ends = list(itertools.accumulate(per_word))
+        starts = map(prefix.__getitem__, [0, *ends[:-1]])
+        sums = map(operator.sub, map(prefix.__getitem__, ends), starts)
+        totals = list(map(operator.add, totals, sums))
+        counts = list(map(operator.add, counts, per_word))
     return list(zip(totals, counts, strict=True))
 
 
