@@ -7,6 +7,9 @@ enough to outlive a blocking dequeue), and RQ's registries.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import psycopg
 import redis
 from rq import Queue
@@ -43,6 +46,31 @@ def test_chat_jobs_run_on_async_worker(
     assert queue.started_job_registry.get_job_ids() == []
     # Other tests of the run share the queue: ours are among the finished.
     assert {f"chat-{m}" for m in ids} <= set(queue.finished_job_registry.get_job_ids())
+
+
+def test_issue12_shutdown_closes_the_lifespan_once_the_jobs_are_done(
+    redis_client: redis.Redis,
+    db: psycopg.Connection,
+    upstream: object,  # noqa: F811 - the loopback OpenAI server fixture
+) -> None:
+    """The loop waits for the jobs' tasks, not for every task: the lifespan's own (the
+    PostgreSQL pool's workers) end only when it closes, so waiting for them held the
+    worker until the loop thread's join timed out and never closed the lifespan."""
+    closed: list[bool] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan() -> AsyncIterator[object]:
+        async with open_runtime() as runtime:
+            yield runtime
+        closed.append(True)
+
+    queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
+    message_id = post(db, "cw-close", "hello")[1]
+    queue.enqueue(jobkinds.CHAT.target, message_id, job_id=f"chat-{message_id}")
+    worker = AsyncWorker([queue], connection=redis_client, lifespan=lifespan)
+    assert worker.work(burst=True)
+    assert closed == [True]
+    assert Job.fetch(f"chat-{message_id}", connection=redis_client).get_status() == "finished"
 
 
 def test_heartbeat_is_one_round_trip_and_skipped_only_after_a_default_one(

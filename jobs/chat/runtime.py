@@ -75,8 +75,15 @@ async def open_runtime(pool_size: int | None = None) -> AsyncIterator[ChatRuntim
         reconnect_timeout=settings.DB_RECONNECT_SECONDS,
     )
     await pool.open()
-    aredis = redis.asyncio.Redis.from_url(
-        settings.REDIS_URL, socket_connect_timeout=5, max_connections=None
+    # A blocking pool: a burst of replies past REDIS_POOL_MAX waits for a connection
+    # (redis-py's default pool refuses at once past its size, 100 when none is given).
+    aredis = redis.asyncio.Redis.from_pool(
+        redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            socket_connect_timeout=5,
+            max_connections=settings.REDIS_POOL_MAX,
+            timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
+        )
     )
     events = (
         eventclients.open_async_events_client(

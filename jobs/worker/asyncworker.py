@@ -142,6 +142,7 @@ class AsyncWorker(SimpleWorker):
         self.concurrency = max(1, concurrency)
         self.dequeue_batch = max(1, dequeue_batch)
         self._taken: collections.deque[Taken] = collections.deque()  # each holds a slot
+        self._job_tasks: set[asyncio.Task[Any]] = set()  # on the loop thread only
         self.grace_seconds = grace_seconds
         self._lifespan = lifespan
         # The loop-lag probe (jobs/worker/looplag.py): off when the tick is 0.
@@ -171,9 +172,12 @@ class AsyncWorker(SimpleWorker):
                 await self._stop_loop.wait()
                 if probe is not None:
                     probe.cancel()
-                # Lifespan resources close only after every task has ended.
-                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # Lifespan resources close only after every job's task has ended. Not
+                # every task: the lifespan's own (a connection pool's workers) end only
+                # when it closes, so waiting for them held shutdown for the thread's
+                # 30 s join timeout and left the lifespan unclosed.
+                ending = [*self._job_tasks, *([probe] if probe is not None else [])]
+                await asyncio.gather(*ending, return_exceptions=True)
 
         def run() -> None:
             try:
@@ -288,17 +292,20 @@ class AsyncWorker(SimpleWorker):
     async def _perform(
         self, job: Job, queue: Queue, execution: Execution, control: _Control
     ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
         with self._inflight_lock:
             entry = self._inflight.get(job.id)
             if entry is not None:
-                entry.task = asyncio.current_task()
+                entry.task = task
         _control.set(control)
         token = _current_job.set(job)  # what rq.get_current_job() reads
         loop = asyncio.get_running_loop()
         timeout = job.timeout or queue.DEFAULT_TIMEOUT
-        task = asyncio.current_task()
         timer = None
-        if timeout and timeout > 0 and task is not None:
+        if timeout and timeout > 0:
             timer = loop.call_later(timeout, _expire, control, task)
         try:
             coro = job.func(*job.args, **job.kwargs)
