@@ -19,7 +19,7 @@ import redis
 
 from core import drafts, replies, settings
 from jobs.chat.job import run_chat
-from tests.support.asgi import running_app, token
+from tests.support.asgi import app_client, token
 from tests.support.openai_server import DEFAULT_REPLY, Fault, OpenAIServer
 from tests.test_chat_job import chat_events, post, upstream  # noqa: F401
 
@@ -28,10 +28,8 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 async def web() -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app() as app:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield client
+    async with app_client() as client:
+        yield client
 
 
 async def messages(client: httpx.AsyncClient, user: str, conversation: str) -> list[Any]:

@@ -660,6 +660,18 @@ def start_worker() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
 
 
+def kill_worker_mid_load(db: psycopg.Connection, redis_client: redis.Redis, upload_id: str) -> None:
+    """Enqueue the import, start a worker, SIGKILL it once rows are loading."""
+    enqueue(redis_client, upload_id)
+    proc = start_worker()
+    try:
+        wait_until_loading(db, upload_id, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
 def wait_until_loading(
     db: psycopg.Connection, upload_id: str, proc: subprocess.Popen[bytes]
 ) -> None:
@@ -683,14 +695,7 @@ def test_sigkill_mid_load_then_rerun_leaves_exactly_one_copy(
 ) -> None:
     total = 200_000
     upload_id, _ = stage(db, large_file(total), columns=FORCED)
-    enqueue(redis_client, upload_id)
-    proc = start_worker()
-    try:
-        wait_until_loading(db, upload_id, proc)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_worker_mid_load(db, redis_client, upload_id)
     # Killed mid-load: nothing of it is visible, and the file is still there to re-run.
     assert upload_row(db, upload_id)["status"] == "processing"
     assert not table_exists(db, upload_id)

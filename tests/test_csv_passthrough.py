@@ -6,8 +6,6 @@ compares the outcome: status, result, table rows, rejected cells, error."""
 from __future__ import annotations
 
 import logging
-import os
-import signal
 from typing import Any
 
 import psycopg
@@ -26,7 +24,7 @@ from tests.support.uploads import (
     table_rows,
     upload_row,
 )
-from tests.test_csv_import import enqueue, large_file, start_worker, wait_until_loading
+from tests.test_csv_import import kill_worker_mid_load, large_file
 
 PARSED = "parsed by PostgreSQL's COPY"
 HANDED_BACK = "the Python path loads it"
@@ -234,14 +232,7 @@ def test_sigkill_mid_copy_then_rerun_leaves_exactly_one_copy(
     # "oops" in the first MiB makes `amount` text: the whole file takes the pass-through.
     total = 200_000
     upload_id, _ = stage(db, large_file(total))
-    enqueue(redis_client, upload_id)
-    proc = start_worker()
-    try:
-        wait_until_loading(db, upload_id, proc)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_worker_mid_load(db, redis_client, upload_id)
     assert upload_row(db, upload_id)["status"] == "processing"
     assert not table_exists(db, upload_id)
     assert chunk_count(db, upload_id) > 0

@@ -24,7 +24,7 @@ from app.migrations import MIGRATIONS_DIR, apply_migrations
 from core import events, settings
 from core.principal import Identity
 from tests.conftest import DATABASE_URL
-from tests.support.asgi import StreamCall, running_app, token
+from tests.support.asgi import StreamCall, app_client, running_app, token
 
 pytestmark = pytest.mark.anyio
 
@@ -33,10 +33,8 @@ CSV = b"a,b\n1,2\n"
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app() as app:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with app_client() as c:
+        yield c
 
 
 def bearer(user: str, org: str | None = None) -> dict[str, str]:

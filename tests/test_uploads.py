@@ -18,7 +18,7 @@ from rq import Queue, SimpleWorker
 
 from app.security.auth import mint_token
 from core import settings
-from tests.support.asgi import running_app, token
+from tests.support.asgi import app_client, token
 from tests.support.uploads import chunk_count, table_exists, upload_events
 
 pytestmark = pytest.mark.anyio
@@ -41,10 +41,8 @@ def auth(user: str, org: str) -> dict[str, str]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app() as app:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with app_client() as c:
+        yield c
 
 
 def work(redis_client: redis.Redis) -> None:
