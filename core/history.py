@@ -23,13 +23,20 @@ def cache_key(kind: str, owner: str, generation: bytes | str | None) -> str:
     return f"{settings.REDIS_PREFIX}:chat:cache:{kind}:{owner}:{gen}"
 
 
+def queue_invalidation(
+    pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, owner: str, conversation_id: str
+) -> None:
+    """Add the invalidation to a pipeline that another write is sending anyway."""
+    for kind, part in (("messages", conversation_id), ("conversations", owner)):
+        pipe.incr(generation_key(kind, part))
+        pipe.expire(generation_key(kind, part), 86400)
+
+
 def invalidate_history(client: redis.Redis, owner: str, conversation_id: str) -> None:
     """Make cached history of this conversation and its owner's list unreadable (worker
     side). ``owner`` is ``Identity.key`` (core/principal.py), never ``sub`` alone."""
     pipe = client.pipeline(transaction=False)
-    for kind, part in (("messages", conversation_id), ("conversations", owner)):
-        pipe.incr(generation_key(kind, part))
-        pipe.expire(generation_key(kind, part), 86400)
+    queue_invalidation(pipe, owner, conversation_id)
     pipe.execute()
 
 
@@ -37,7 +44,5 @@ async def ainvalidate_history(
     client: redis.asyncio.Redis, owner: str, conversation_id: str
 ) -> None:
     pipe = client.pipeline(transaction=False)
-    for kind, part in (("messages", conversation_id), ("conversations", owner)):
-        pipe.incr(generation_key(kind, part))
-        pipe.expire(generation_key(kind, part), 86400)
+    queue_invalidation(pipe, owner, conversation_id)
     await pipe.execute()

@@ -30,7 +30,6 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from core import settings
-from core.history import ainvalidate_history
 from core.principal import Identity
 from core.replies import reply_id, store_reply
 from jobs.chat.breaker import Breaker, BreakerOpen
@@ -192,7 +191,8 @@ async def persist(state: ChatState, runtime: Runtime[AgentContext]) -> ChatState
             error_code=code,
             flagged=state.get("flagged", False),
         )
-    await ainvalidate_history(ctx.redis, ctx.owner.key, state["conversation_id"])
+    # The history cache is invalidated by the job's end write (jobs/chat/job.py), in the
+    # round trip that carries chat.done, before a client could refetch.
     return {}
 
 

@@ -32,7 +32,7 @@ from core.drafts import add_chunk, draft_keys
 from core.eventclients import AsyncEventsClient
 from core.eventkinds import EventKind
 from core.events import apublish_event, aqueue_event
-from core.history import ainvalidate_history
+from core.history import ainvalidate_history, queue_invalidation
 from core.jobmetrics import metric_field
 from core.principal import Identity
 from core.replies import reply_id, store_reply
@@ -310,8 +310,10 @@ async def _turn(
         kind, end = EventKind.CHAT_DONE, done
 
     async def write(pipe: Pipeline) -> None:
-        # The reply row is stored (the graph's persist node): the draft has served.
+        # The reply row is stored (the graph's persist node): the draft has served, and
+        # cached history is stale.
         pipe.delete(*draft_keys(base["message_id"]))
+        queue_invalidation(pipe, owner.key, base["conversation_id"])
         if chunks.events:
             pipe.hincrbyfloat(*metric_field("herald_chat_tokens_total", labels), len(parts))
         if code == "message_blocked":

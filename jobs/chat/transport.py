@@ -5,10 +5,13 @@ httpx's default pool (``httpx.Limits``: 100 connections, 20 kept alive) would qu
 httpcore's pool scans every connection for every queued request each time a request
 starts or a response closes (``AsyncConnectionPool._assign_requests_to_connections``),
 so one pool of n streaming connections costs O(n) per event, O(n²) per burst: at 500
-streams it was a third of the chat worker's loop (docs/benchmarks.md). Here requests go
-to pools of ``SHARD_SIZE`` streams each, filling the first pool with room, so a quiet
-worker keeps reusing one warm connection; the total is bounded by
-``LLM_MAX_CONCURRENCY`` (the semaphore in ``ChatRuntime``).
+streams it was a third of the chat worker's loop (docs/benchmarks.md). Its idle check is
+itself O(n) per idle connection (httpcore 1.0.9 builds the whole ``is_idle`` list for each
+one), so a pool of n mostly idle keep-alive connections costs O(n²) per event: with 32 per
+pool that was ~20 % of a reply's CPU. Here requests go to pools of ``SHARD_SIZE`` streams
+each (4: 6.5 -> 5.0 ms of worker CPU per reply against 32, 200 replies at once), filling
+the first pool with room, so a quiet worker keeps reusing one warm connection; the total
+is bounded by ``LLM_MAX_CONCURRENCY`` (the semaphore in ``ChatRuntime``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-SHARD_SIZE = 32
+SHARD_SIZE = 4
 
 
 class SpreadTransport(httpx.AsyncBaseTransport):
