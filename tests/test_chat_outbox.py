@@ -7,6 +7,8 @@ On real Redis: the keys are under the test run's prefix.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -100,4 +102,32 @@ async def test_a_cancelled_caller_still_sends_its_write(
         await second
     await outbox.send(_append(key, "3"))
     assert redis_client.lrange(key, 0, -1) == [b"1", b"2", b"3"]
+    redis_client.delete(key)
+
+
+async def test_a_script_redis_has_forgotten_is_sent_again_with_its_text(
+    aredis: redis.asyncio.Redis, redis_client: redis.Redis
+) -> None:
+    # After a script ran once the outbox skips redis-py's SCRIPT EXISTS question; a Redis
+    # that lost its script cache meanwhile (restart, failover) answers NOSCRIPT. A script
+    # text never sent before (a unique comment) stands in for a forgotten one, without
+    # flushing the script cache that other programs on this server share.
+    outbox = Outbox(aredis)
+    key = _key("forgotten-script")
+    body = f"return redis.call('RPUSH', KEYS[1], ARGV[1]) -- {uuid.uuid4()}"
+    outbox._loaded.add(hashlib.sha1(body.encode()).hexdigest())
+
+    def run_script(value: str) -> Write:
+        async def write(pipe: Pipeline) -> None:
+            pipe.rpush(key, f"draft {value}")
+            await pipe.register_script(body)(keys=[key], args=[value], client=pipe)
+
+        return write
+
+    await asyncio.gather(*(outbox.send(run_script(str(n))) for n in range(3)))
+    await outbox.send(run_script("3"))  # loaded now, by the EVAL: no question, no error
+
+    values = [v.decode() for v in redis_client.lrange(key, 0, -1)]
+    assert [v for v in values if not v.startswith("draft")] == ["0", "1", "2", "3"]
+    assert len(values) == 8
     redis_client.delete(key)

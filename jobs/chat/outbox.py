@@ -11,6 +11,12 @@ timer.
 
 Writes of one caller keep their order (a batch is sent whole, batches one after the
 other); a command that fails fails only the write that queued it.
+
+redis-py's pipeline asks ``SCRIPT EXISTS`` before every execute that carries a script
+(``Pipeline.load_scripts``): a second round trip per batch. Once a script ran here, later
+batches skip the question; if Redis has forgotten it meanwhile (a restart, a failover,
+``SCRIPT FLUSH``), the commands that got ``NOSCRIPT`` are sent again as ``EVAL`` with the
+script's text, in their order, and the check comes back until the script runs again.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 # Queues its commands on the pipeline it is given (it may await, e.g. an event script).
 Write = Callable[[Pipeline], Awaitable[None]]
@@ -39,6 +47,7 @@ class Outbox:
         self.writes = 0  # writes they carried
         self._queue: list[_Queued] = []
         self._sender: asyncio.Task[None] | None = None
+        self._loaded: set[str] = set()  # SHAs of scripts that ran through this outbox
 
     async def send(self, write: Write) -> None:
         """Queue ``write`` for the next batch; returns once Redis has executed it."""
@@ -73,7 +82,16 @@ class Outbox:
                         _settle(queued.done, exc)
                         continue
                     sent.append((queued, start, len(pipe.command_stack)))
+                scripts = {script.sha: script.script for script in pipe.scripts}
+                if scripts.keys() <= self._loaded:
+                    pipe.scripts.clear()  # no SCRIPT EXISTS round trip
+                stack = list(pipe.command_stack)
                 results = await pipe.execute(raise_on_error=False) if sent else []
+            if any(isinstance(r, NoScriptError) for r in results):
+                self._loaded.clear()
+                results = await self._evaluate(stack, results, scripts)
+            else:
+                self._loaded |= scripts.keys()
         except Exception as exc:  # the connection: every write of the batch failed
             for queued, _start, _end in sent:
                 _settle(queued.done, exc)
@@ -83,6 +101,21 @@ class Outbox:
         for queued, start, end in sent:
             error = next((r for r in results[start:end] if isinstance(r, Exception)), None)
             _settle(queued.done, error)
+
+    async def _evaluate(
+        self, stack: list[Any], results: list[Any], scripts: dict[str, Any]
+    ) -> list[Any]:
+        """Send again, as EVAL, the EVALSHA commands that Redis answered NOSCRIPT."""
+        again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i in again:
+                args, options = stack[i]
+                pipe.execute_command("EVAL", scripts[args[1]], *args[2:], **options)
+            retried = await pipe.execute(raise_on_error=False)
+        results = list(results)
+        for i, result in zip(again, retried, strict=True):
+            results[i] = result
+        return results
 
 
 def _retrieved(done: asyncio.Future[None]) -> None:
