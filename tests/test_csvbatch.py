@@ -138,6 +138,21 @@ def test_same_verdicts_and_values_as_parse_cell(
     check_like_parse_cell(utc_db, spec, [c for c in cells if parse_cell(c, spec)[1] is None])
 
 
+@pytest.mark.parametrize("forced", [False, True])
+def test_issue14_decimal_comma_float_keeps_integers_past_2_to_the_53(
+    utc_db: psycopg.Connection, forced: bool
+) -> None:
+    # 2**53 + 1 has no float8 of its own: stored, it would read back 9007199254740992. With a
+    # decimal comma the column's plain form is integer digits; the per-cell path rejects the
+    # cell when the type was inferred (a user who forced float accepts the rounding), so the
+    # column path must not wave it through (Hypothesis found it).
+    spec = ColumnSpec("c", "c", ColumnType.FLOAT, decimal_comma=True, forced=forced)
+    for cells in (["9007199254740993"], ["12", "9007199254740993", "3,5"]):
+        check_like_parse_cell(utc_db, spec, cells)
+    _, errors = check_column(["9007199254740993"], spec)
+    assert errors == ([] if forced else [(0, "not a number")])
+
+
 def check_like_parse_cell(db: psycopg.Connection, spec: ColumnSpec, cells: list[str]) -> None:
     if not cells:
         return

@@ -13,6 +13,7 @@ a normalised one as the text of its parsed value.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from typing import Final
 
 from core.columntypes import ColumnType
 from jobs.csvimport.celltypes import ColumnSpec, Value, two_digit_year
-from jobs.csvimport.columntypes import RECORDS, parse_cell
+from jobs.csvimport.columntypes import FLOAT_PLAIN_CHARS, RECORDS, parse_cell
 
 # A rejected value is kept for the error report up to this many characters.
 ERROR_VALUE_MAX_CHARS: Final = 1000
@@ -67,6 +68,9 @@ _MATCHERS: Final = {
     for name, r in RECORDS.items()
     if r.plain is not None
 }
+# With a decimal comma "1.5" is not a plain number but "15" is: integer digits, as short as a
+# float's plain form, so that no integer past float8's exact range (2**53) passes unread.
+_COMMA_FLOAT: Final = dataclasses.replace(_MATCHERS[ColumnType.INT], max_chars=FLOAT_PLAIN_CHARS)
 _BOOL_PLAIN: Final = {
     spelling: "t" if word in ("true", "yes") else "f"
     for word in ("true", "false", "yes", "no")
@@ -105,10 +109,9 @@ def _on_calendar(cells: Sequence[str], parse: Callable[[str], object]) -> bool:
 def _matchers(col: ColumnSpec) -> _Matchers | None:
     # Dates and date-times: the plain form is ISO 8601 whatever the column's pattern, since
     # every pattern also reads ISO (celltypes.read_date) and none matches an ISO cell itself.
-    t = col.type
-    if t == ColumnType.FLOAT and col.decimal_comma:
-        t = ColumnType.INT  # "1.5" is not a number with a decimal comma; "15" is
-    return _MATCHERS.get(t)
+    if col.type == ColumnType.FLOAT and col.decimal_comma:
+        return _COMMA_FLOAT
+    return _MATCHERS.get(col.type)
 
 
 def all_plain(cells: Sequence[str], col: ColumnSpec) -> bool:
