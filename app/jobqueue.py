@@ -59,37 +59,28 @@ class JobQueue:
         n jobs of this key queued-and-running at once; the rest wait as ``rate_limited``
         (RQ's RateLimit) and run as slots free."""
         queue = self.queue(kind.queue)
+        options: dict[str, Any] = {
+            "args": args,
+            "job_id": job_id,
+            "timeout": kind.timeout_seconds,
+            "retry": kind.retry(),
+            "result_ttl": RESULT_TTL_SECONDS,
+            "failure_ttl": FAILURE_TTL_SECONDS,
+        }
 
         def enqueue_limited() -> Job:
             # RQ promotes waiting jobs inside its own transaction, so a rate-limited job
             # cannot ride on our pipeline (rq Queue.enqueue_job).
             assert limit is not None
-            return queue.enqueue_call(
-                kind.target,
-                args=args,
-                job_id=job_id,
-                timeout=kind.timeout_seconds,
-                retry=kind.retry(),
-                result_ttl=RESULT_TTL_SECONDS,
-                failure_ttl=FAILURE_TTL_SECONDS,
-                rate_limit=RateLimit(key=limit[0], concurrency=max(1, limit[1])),
-            )
+            rate_limit = RateLimit(key=limit[0], concurrency=max(1, limit[1]))
+            return queue.enqueue_call(kind.target, rate_limit=rate_limit, **options)
 
         def enqueue() -> Job:
             # Through our own pipeline, so RQ's writes (queue registration, job hash,
             # RPUSH) go in one round trip instead of two (rq Queue.enqueue_job runs the
             # queue-set SADD on its own pipeline when none is given).
             with self._client.pipeline() as pipe:
-                job = queue.enqueue_call(
-                    kind.target,
-                    args=args,
-                    job_id=job_id,
-                    timeout=kind.timeout_seconds,
-                    retry=kind.retry(),
-                    result_ttl=RESULT_TTL_SECONDS,
-                    failure_ttl=FAILURE_TTL_SECONDS,
-                    pipeline=pipe,
-                )
+                job = queue.enqueue_call(kind.target, pipeline=pipe, **options)
                 pipe.execute()
             return job
 

@@ -63,7 +63,7 @@ import redis.asyncio  # noqa: E402
 
 from app.security.auth import mint_token  # noqa: E402
 from core import events as event_streams  # noqa: E402
-from tests.support.openai_server import OpenAIServer  # noqa: E402
+from tests.support.openai_server import OpenAIServer, call_directly  # noqa: E402
 from tests.support.procs import Proc, start_web, start_worker, stop_all  # noqa: E402
 from tests.support.sse import EventStream, SSEParser  # noqa: E402
 
@@ -79,35 +79,6 @@ def ms(v: float) -> str:
 
 def summary(values: list[float]) -> dict[str, float]:
     return {"p50": statistics.median(values), "p99": pct(values, 0.99), "n": len(values)}
-
-
-# --- Baseline: the upstream called directly ---------------------------------------------
-async def baseline(base_url: str, n: int) -> tuple[list[float], list[float]]:
-    from core import settings
-    from jobs.chat.llm import OpenAIProvider
-
-    first: list[float] = []
-    whole: list[float] = []
-    async with httpx.AsyncClient() as client:
-        provider = OpenAIProvider(
-            client,
-            base_url=base_url,
-            api_key="",
-            model="loopback-bench",
-            first_token_timeout=10,
-            idle_timeout=10,
-            max_tokens=settings.LLM_MAX_TOKENS,  # the same request body as a chat job sends
-        )
-        messages = [{"role": "user", "content": "hello"}]
-        for _ in range(n):
-            t0 = time.perf_counter()
-            got_first = False
-            async for _text in provider.stream(messages, asyncio.get_running_loop().time() + 30):
-                if not got_first:
-                    first.append(time.perf_counter() - t0)
-                    got_first = True
-            whole.append(time.perf_counter() - t0)
-    return first, whole
 
 
 # --- The job in-process --------------------------------------------------------------------
@@ -497,7 +468,7 @@ def hops_run(n: int, worker_kind: str) -> None:
 def compare_run(args: argparse.Namespace, other: Path) -> None:
     """This tree and ``other`` (e.g. ``git archive <commit> | tar -x -C dir``), one web
     process and one chat worker each, in alternating rounds, so both see the same load."""
-    first, _whole = asyncio.run(baseline(os.environ["LLM_BASE_URL"], args.chats))
+    first, _whole = asyncio.run(call_directly(os.environ["LLM_BASE_URL"], args.chats))
     rounds = 4
     per = argparse.Namespace(chats=args.chats // rounds, concurrency=1, parallel=0)
     got: dict[str, list[float]] = {"this": [], "other": []}
@@ -558,7 +529,7 @@ def main() -> None:
             hops_run(args.chats, "simple")
             hops_run(args.chats, "chat")
             return
-        first, whole = asyncio.run(baseline(server.base_url, args.chats))
+        first, whole = asyncio.run(call_directly(server.base_url, args.chats))
         job = job_in_process(args.chats)
         chat = stack_run(args, "chat", args.workers)
         simple = stack_run(args, "simple", args.workers)

@@ -64,11 +64,11 @@ BENCH = isolate_run(
 )
 RUN = BENCH.run
 
-import httpx  # noqa: E402
 import orjson  # noqa: E402
 import redis  # noqa: E402
 
-from tests.support.procs import Proc, start, start_web, start_worker, stop_all, wait_until  # noqa: E402  # noqa: E402
+from tests.support.openai_server import call_directly  # noqa: E402
+from tests.support.procs import Proc, start, start_web, start_worker, stop_all, wait_until  # noqa: E402
 from tests.support.sse import ChunkedDecoder, SSEParser, open_sse, status_of  # noqa: E402
 
 NICE = ["nice", "-n", "10"]
@@ -320,30 +320,6 @@ def lag_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     return {"samples": total, "p99_le": p99, "max_le": top}
 
 
-async def direct_first_chunk(base_url: str, n: int) -> list[float]:
-    """The upstream called directly, as the job's provider calls it."""
-    from core import settings
-    from jobs.chat.llm import OpenAIProvider
-
-    first: list[float] = []
-    async with httpx.AsyncClient() as client:
-        provider = OpenAIProvider(
-            client,
-            base_url=base_url,
-            api_key="",
-            model="loopback-bench",
-            first_token_timeout=10,
-            idle_timeout=10,
-            max_tokens=settings.LLM_MAX_TOKENS,
-        )
-        for _ in range(n):
-            t0 = time.perf_counter()
-            async for _text in provider.stream([{"role": "user", "content": "hello"}], 1e12):
-                first.append(time.perf_counter() - t0)
-                break
-    return first
-
-
 async def run_load(spec: dict[str, Any]) -> dict[str, Any]:
     from app.security.auth import mint_token
 
@@ -408,7 +384,7 @@ async def run_load(spec: dict[str, Any]) -> dict[str, Any]:
     for task in streams:
         task.cancel()
     await asyncio.gather(*streams, return_exceptions=True)
-    direct = await direct_first_chunk(spec["upstream"], 100) if spec.get("sequential") else []
+    direct = (await call_directly(spec["upstream"], 100))[0] if spec.get("sequential") else []
     replies = list(load.replies.values())
     errors = [r.error for r in replies if r.error] + post_errors
     missing = sum(1 for r in replies if r.done is None)

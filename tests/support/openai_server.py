@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -166,3 +167,34 @@ def openai_server(
         yield server
     finally:
         server.stop()
+
+
+async def call_directly(base_url: str, n: int) -> tuple[list[float], list[float]]:
+    """The baseline of the chat benchmarks: ``n`` requests, one after the other, made as a
+    chat job's provider makes them (``OpenAIProvider`` on httpx, the same request body, one
+    keep-alive connection); returns the seconds to each first piece and to each whole reply."""
+    from core import settings
+    from jobs.chat.llm import OpenAIProvider
+
+    first: list[float] = []
+    whole: list[float] = []
+    async with httpx.AsyncClient() as client:
+        provider = OpenAIProvider(
+            client,
+            base_url=base_url,
+            api_key="",
+            model="loopback-bench",
+            first_token_timeout=10,
+            idle_timeout=10,
+            max_tokens=settings.LLM_MAX_TOKENS,
+        )
+        messages = [{"role": "user", "content": "hello"}]
+        for _ in range(n):
+            t0 = time.perf_counter()
+            got_first = False
+            async for _text in provider.stream(messages, asyncio.get_running_loop().time() + 30):
+                if not got_first:
+                    first.append(time.perf_counter() - t0)
+                    got_first = True
+            whole.append(time.perf_counter() - t0)
+    return first, whole
