@@ -18,6 +18,7 @@ from app.security.throttle import AuthThrottle
 from app.sse.hub import Hub
 from app.sse.leases import StreamLeases
 from core import eventclients, redispolicy, settings
+from core.collector import gen0_threshold
 
 logger = logging.getLogger("herald.resources")
 
@@ -83,7 +84,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     await state.leases.start()
     await _warn_of_eviction(state.redis)
     try:
-        yield
+        with gen0_threshold(settings.GC_GEN0_THRESHOLD):  # core/collector.py
+            yield
     finally:
         await state.leases.stop()
         await state.hub.stop()

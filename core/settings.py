@@ -45,6 +45,9 @@ REDIS_POOL_TIMEOUT_SECONDS = config("REDIS_POOL_TIMEOUT_SECONDS", cast=float, de
 DB_POOL_MIN = config("DB_POOL_MIN", cast=int, default=1)
 DB_POOL_MAX = config("DB_POOL_MAX", cast=int, default=10)
 DB_RECONNECT_SECONDS = config("DB_RECONNECT_SECONDS", cast=float, default=3.0)
+# The cyclic garbage collector's gen-0 threshold in web and chat worker processes
+# (core/collector.py); CPython's default is 700. 0 leaves CPython's.
+GC_GEN0_THRESHOLD = config("GC_GEN0_THRESHOLD", cast=int, default=10_000)
 LOG_LEVEL = config("LOG_LEVEL", default="INFO")
 SECURITY_LOG_FILE = config("SECURITY_LOG_FILE", default="")
 DEV_MODE = config("HERALD_DEV", cast=bool, default=False)

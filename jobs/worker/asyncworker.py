@@ -55,6 +55,7 @@ from rq.queue import Queue
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
 
+from core.collector import gen0_threshold
 from jobs.worker.looplag import LagHistogram, probe_loop_lag
 from jobs.worker.prefetch import Taken, take_jobs
 
@@ -136,6 +137,7 @@ class AsyncWorker(SimpleWorker):
         lifespan: Lifespan | None = None,
         loop_lag_tick: float = 0.0,
         loop_lag_window: float = 10.0,
+        gc_gen0_threshold: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -148,6 +150,8 @@ class AsyncWorker(SimpleWorker):
         # The loop-lag probe (jobs/worker/looplag.py): off when the tick is 0.
         self.loop_lag_tick = loop_lag_tick
         self.loop_lag_window = loop_lag_window
+        # Hundreds of jobs allocate fast on a large heap (core/collector.py); 0: CPython's.
+        self.gc_gen0_threshold = gc_gen0_threshold
         self._slots = threading.BoundedSemaphore(self.concurrency)
         self._inflight: dict[str, _InFlight] = {}
         self._inflight_lock = threading.Lock()
@@ -217,11 +221,12 @@ class AsyncWorker(SimpleWorker):
         thread.join(timeout=30)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        self._start_loop()
-        try:
-            return bool(super().work(*args, **kwargs))
-        finally:
-            self._stop_loop_thread()
+        with gen0_threshold(self.gc_gen0_threshold):
+            self._start_loop()
+            try:
+                return bool(super().work(*args, **kwargs))
+            finally:
+                self._stop_loop_thread()
 
     # --- taking jobs ----------------------------------------------------------------
     def check_for_suspension(self, burst: bool) -> None:

@@ -69,6 +69,7 @@ def run_worker(kind: JobKind, name: str | None = None) -> None:
             grace_seconds=settings.CHAT_WORKER_GRACE_SECONDS,
             loop_lag_tick=settings.WORKER_LOOP_LAG_TICK_SECONDS,
             loop_lag_window=settings.WORKER_LOOP_LAG_REPORT_SECONDS,
+            gc_gen0_threshold=settings.GC_GEN0_THRESHOLD,
             lifespan=(
                 getattr(importlib.import_module(lifespan_module), lifespan_name)
                 if kind.lifespan
