@@ -36,7 +36,7 @@ def upstream(monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis) -> Iter
         monkeypatch.setattr(settings, "LLM_TIMEOUT_SECONDS", 5.0)
         monkeypatch.setattr(settings, "LLM_BREAKER_FAILURES", 3)
         # One chat.chunk per upstream piece, so tests can count them (coalescing has
-        # its own tests in tests/test_chat_concurrency.py).
+        # its own tests in tests/test_chat_coalescing.py).
         monkeypatch.setattr(settings, "CHAT_CHUNK_COALESCE_SECONDS", 0.0)
         redis_client.delete(*_breaker_keys())
         yield server

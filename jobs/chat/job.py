@@ -182,9 +182,14 @@ async def _load(rt: ChatRuntime, message_id: str) -> dict[str, Any] | None:
 class ChunkPublisher:
     """Publishes reply pieces as ``chat.chunk`` events, coalescing within a window.
 
-    The first piece goes out at once; a piece arriving within the window of the last
-    event waits for the window's end and leaves with everything that came meanwhile.
-    Events leave one at a time, in order (one lock), so indexes are gapless.
+    The first piece goes out at once. After it, a piece never waits for an event to be
+    written: it joins the pending text, and the next event leaves when the window since the
+    last one has passed and that one is written, carrying everything that came meanwhile.
+    So a busy loop, whose writes take longer than the window, sends fewer, larger events
+    instead of one per piece (an awaited write per piece held the reading of the stream
+    back and made every piece its own event under load). Events leave one at a time, in
+    order (one lock), so indexes are gapless; a write that failed fails the next ``add``
+    or ``close``, as an awaited one would have. A window of 0 sends one event per piece.
     """
 
     def __init__(
@@ -203,26 +208,42 @@ class ChunkPublisher:
         self._pending: list[str] = []
         self._last = float("-inf")
         self._lock = asyncio.Lock()
+        self._due = False  # a flush is scheduled or waiting for the lock: it takes new pieces
         self._timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self._error: BaseException | None = None
 
     async def add(self, text: str) -> None:
+        if self._error is not None:
+            raise self._error
         self._pending.append(text)
+        if self._due:
+            return
+        if self.window <= 0 or (self.events == 0 and not self._lock.locked()):
+            await self.flush()  # the first piece, or no coalescing: at once
+            return
+        self._due = True
         loop = asyncio.get_running_loop()
         wait = self._last + self.window - loop.time()
-        if wait <= 0 and self._timer is None:
-            await self.flush()
-        elif self._timer is None:
+        if wait > 0:
             self._timer = loop.call_later(wait, self._flush_later)
+        else:
+            self._flush_later()
 
     def _flush_later(self) -> None:
         self._timer = None
         task = asyncio.get_running_loop().create_task(self.flush())
         self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._error is None:
+            self._error = task.exception()
 
     async def flush(self) -> None:
         async with self._lock:
+            self._due = False  # pieces from now on need another flush
             if not self._pending:
                 return
             text = "".join(self._pending)
@@ -257,11 +278,14 @@ class ChunkPublisher:
         pipe.hset(*metric_field("herald_chat_first_chunk_seconds_last", self.labels), first)
 
     async def close(self) -> None:
+        """Send what is pending now, after the events on their way; raises a failed write."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
+        if self._error is not None:
+            raise self._error
         await self.flush()
 
 
