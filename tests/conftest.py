@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import quote
 
 import psycopg
 import redis
+import redis.asyncio
 
 # Overridable so a test that runs the suite in a subprocess knows what that run owns.
 RUN_ID = os.environ.get("HERALD_TEST_RUN_ID") or uuid.uuid4().hex[:10]
@@ -94,6 +95,16 @@ def redis_client() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(REDIS_URL)
     yield client
     client.close()
+
+
+@pytest.fixture
+async def aredis() -> AsyncIterator[redis.asyncio.Redis]:
+    """An asyncio client of the run's Redis, for async tests (anyio)."""
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -37,15 +36,6 @@ class SlowOutbox(Outbox):
     async def send(self, write: Write) -> None:
         await asyncio.sleep(self.delay)
         await super().send(write)
-
-
-@pytest.fixture
-async def aredis() -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def publish(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -20,15 +19,6 @@ from core import settings
 from jobs.chat.outbox import Outbox, Write
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def aredis() -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def _key(name: str) -> str:
