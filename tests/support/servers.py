@@ -57,11 +57,24 @@ class RedisServer:
         wait_until(self.ping, STARTUP_SECONDS, "redis-server")
 
     def ping(self) -> bool:
+        """Does *this* server answer? The one on the port must be the process started here
+        (INFO's process_id): a free port can be taken by another program's Redis between
+        choosing it and binding it, and a test flushes this server."""
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
         try:
-            return bool(client.ping())
+            return self.proc is not None and client.info("server")["process_id"] == self.proc.pid
         except redis.ConnectionError:
             return False
+        finally:
+            client.close()
+
+    def flushall(self) -> None:
+        """FLUSHALL, only once the server on the port is proven to be the one started here."""
+        if not self.ping():
+            raise RuntimeError(f"the Redis on port {self.port} is not the one this run started")
+        client = self.client()
+        try:
+            client.flushall()
         finally:
             client.close()
 
