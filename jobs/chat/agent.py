@@ -20,8 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
-import redis
-import redis.asyncio
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
@@ -56,7 +54,6 @@ class AgentContext:
     # Connections are borrowed per statement: hundreds of replies stream at once per
     # process, and none holds a PostgreSQL connection while it waits on the model.
     pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
-    redis: redis.asyncio.Redis
     provider: Provider
     breaker: Breaker
     owner: Identity

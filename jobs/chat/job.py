@@ -303,7 +303,6 @@ async def _turn(
     handle = rt.handle
     ctx = AgentContext(
         pool=rt.pool,
-        redis=rt.redis,
         provider=handle.provider,
         breaker=rt.breaker,
         owner=owner,
