@@ -194,6 +194,9 @@ WORKER_CHAT_PROCESSES = config("WORKER_CHAT_PROCESSES", cast=int, default=2)
 WORKER_UPLOAD_PROCESSES = config("WORKER_UPLOAD_PROCESSES", cast=int, default=1)
 # RQ registry maintenance (abandoned jobs of a crashed machine); RQ's default is 600 s.
 WORKER_MAINTENANCE_SECONDS = config("WORKER_MAINTENANCE_SECONDS", cast=int, default=60)
+# What a dead worker left running (RQ's scheduler, a work horse) gets this long after
+# SIGTERM before SIGKILL (jobs/worker/orphans.py); the scheduler needs about its 1 s tick.
+WORKER_ORPHAN_GRACE_SECONDS = config("WORKER_ORPHAN_GRACE_SECONDS", cast=float, default=3.0)
 
 # --- Chat workers (jobs/worker/asyncworker.py) ---------------------------------------------
 # Replies in flight at once per chat worker process (one event loop); a full worker

@@ -12,7 +12,9 @@ interval + 60 s) *and* a worker runs registry maintenance (every 10 minutes by d
 rq/worker/base.py ``should_run_maintenance_tasks``). So the supervisor, which sees the
 death at once, expires that worker's executions and runs RQ's own
 ``StartedJobRegistry.cleanup()``: the job is retried (or failed) within a second or
-two, with RQ's retry count and failure callbacks. For a crash of the whole machine, the
+two, with RQ's retry count and failure callbacks; what the dead worker left running
+(RQ's scheduler, a work horse) is stopped before its replacement starts
+(jobs/worker/orphans.py). For a crash of the whole machine, the
 supervisor vouches for its live workers in Redis (jobs/worker/liveness.py) and runs a
 reconciler process (jobs/worker/reconciler.py): the leading reconciler of another machine
 hands a dead machine's jobs back to RQ once its keys lapse, and enqueues again any work
@@ -40,7 +42,7 @@ from rq.executions import Execution
 from core import redispolicy, settings
 from core.jobkinds import JOB_KINDS, JobKind, WorkerKind
 from core.logs import configure_logging
-from jobs.worker import liveness
+from jobs.worker import liveness, orphans
 from jobs.worker.asyncworker import AsyncWorker
 from jobs.worker.reconciler import run_reconciler
 
@@ -154,6 +156,8 @@ def process_plan() -> list[JobKind]:
 
 def main() -> int:
     configure_logging()
+    # Before any worker starts: their orphans become ours (jobs/worker/orphans.py).
+    adopts = orphans.become_subreaper()
     workers = [WorkerProcess.spawn(kind) for kind in process_plan()]
     # One reconciler per machine; a Redis lock makes one of them lead (jobs/worker/reconciler.py).
     reconciler = _spawn_reconciler()
@@ -187,6 +191,8 @@ def main() -> int:
                         worker.process.exitcode,
                     )
                     _reap_quietly(connection, worker.name, [worker.kind.queue])
+                    if adopts:
+                        _stop_orphans(workers, reconciler, worker.name)
                     workers[i] = WorkerProcess.spawn(worker.kind)
                     vouched = 0.0
             if not reconciler.is_alive() and not stopping:
@@ -236,6 +242,17 @@ def rescue_dequeued(connection: redis.Redis, queues: list[str], settle: float = 
                 pipe.execute()
             rescued.append(job_id)
     return rescued
+
+
+def _stop_orphans(
+    workers: list[WorkerProcess], reconciler: multiprocessing.Process, dead: str
+) -> None:
+    started = [w.process.pid for w in workers] + [reconciler.pid]
+    left = orphans.stop_adopted(
+        [pid for pid in started if pid is not None], settings.WORKER_ORPHAN_GRACE_SECONDS
+    )
+    if left:
+        logger.warning("stopped %s, left running by dead worker %s", left, dead)
 
 
 def _spawn_reconciler() -> multiprocessing.Process:
