@@ -21,6 +21,11 @@ process: rq's plain ``SimpleWorker`` running the same async job (RQ runs a corou
 job under ``asyncio.run``, one at a time). The paced baselines use ``--baseline-k``
 users (default 20): one reply at a time, K=500 would take 17 minutes.
 
+For the paced scenarios a third row, ``upstream direct``, is the same K requests made at
+once straight to the upstream by the bench's own (un-niced) process through the chat
+worker's upstream transport: what this upstream and this box allow with no web, queue or
+job at all, measured in the same run.
+
 Reported: POST → first ``chat.chunk`` and → ``chat.done`` (p50/p99/max), errors (a
 POST not answered 202, ``chat.error``, a reply missing or not exactly the upstream's
 text), worker RSS per reply in flight ((peak − idle) / K, sampled from /proc), event-loop
@@ -448,6 +453,11 @@ def run_scenario(name: str, worker: str, k: int) -> dict[str, Any]:
             raise RuntimeError(f"load client failed:\n{load.log()}")
         result: dict[str, Any] = json.loads(out.read_text())
         out.unlink()
+        if worker == "async" and spec["delay"] > 0:
+            # What the upstream and the box allow at all: the same K requests made at
+            # once by this (un-niced) process straight to the upstream, no web or queue.
+            first, done = asyncio.run(call_directly(upstream, k, at_once=k))
+            result["direct_k"] = {"first": first, "done": done}
         return result
     finally:
         stop_all(procs)
@@ -464,6 +474,17 @@ def _workers() -> int:
         return len(Worker.all(queue=Queue(settings.CHAT_QUEUE, connection=connection)))
     finally:
         connection.close()
+
+
+def report_direct(name: str, r: dict[str, list[float]]) -> str:
+    """The row of K requests made straight to the upstream at once (no Herald)."""
+    ms = lambda v: f"{v * 1000:.0f}"  # noqa: E731
+    first, done = r["first"], r["done"]
+    return (
+        f"| {name} | upstream direct | {len(first)} | {ms(statistics.median(first))}"
+        f" / {ms(pct(first, 0.99))} / {ms(max(first))} | {ms(statistics.median(done))}"
+        f" / {ms(pct(done, 0.99))} / {ms(max(done))} | — | — | — | — | — |"
+    )
 
 
 def report(name: str, worker: str, r: dict[str, Any]) -> str:
@@ -543,6 +564,9 @@ def main() -> None:
                         f"{name}/{worker}: {result['missing']} never ended,"
                         f" {result['wrong_text']} with a wrong text"
                     )
+                if "direct_k" in result:
+                    rows.append(report_direct(name, result["direct_k"]))
+                    print(rows[-1], flush=True)
                 if result["direct_first"]:
                     over = statistics.median(result["first"]) - statistics.median(
                         result["direct_first"]

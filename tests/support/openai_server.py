@@ -169,32 +169,45 @@ def openai_server(
         server.stop()
 
 
-async def call_directly(base_url: str, n: int) -> tuple[list[float], list[float]]:
-    """The baseline of the chat benchmarks: ``n`` requests, one after the other, made as a
-    chat job's provider makes them (``OpenAIProvider`` on httpx, the same request body, one
-    keep-alive connection); returns the seconds to each first piece and to each whole reply."""
+async def call_directly(
+    base_url: str, n: int, *, at_once: int = 1
+) -> tuple[list[float], list[float]]:
+    """The baseline of the chat benchmarks: ``n`` requests made as a chat job's provider
+    makes them (``OpenAIProvider``, the same request body, the chat worker's upstream
+    transport with its keep-alive pools), ``at_once`` at a time (after one warm-up round
+    that opens the connections); returns the seconds to each first piece and to each
+    whole reply."""
     from core import settings
-    from jobs.chat.llm import OpenAIProvider
+    from jobs.chat.llm import OpenAIProvider, ssl_context
+    from jobs.chat.transport import SpreadTransport
 
     first: list[float] = []
     whole: list[float] = []
-    async with httpx.AsyncClient() as client:
+    transport = SpreadTransport(max(1, at_once), ssl_context())
+    async with httpx.AsyncClient(transport=transport, timeout=60) as client:
         provider = OpenAIProvider(
             client,
             base_url=base_url,
             api_key="",
             model="loopback-bench",
-            first_token_timeout=10,
-            idle_timeout=10,
+            first_token_timeout=30,
+            idle_timeout=30,
             max_tokens=settings.LLM_MAX_TOKENS,
         )
         messages = [{"role": "user", "content": "hello"}]
-        for _ in range(n):
+
+        async def one(record: bool) -> None:
             t0 = time.perf_counter()
             got_first = False
-            async for _text in provider.stream(messages, asyncio.get_running_loop().time() + 30):
-                if not got_first:
+            async for _text in provider.stream(messages, asyncio.get_running_loop().time() + 60):
+                if not got_first and record:
                     first.append(time.perf_counter() - t0)
-                    got_first = True
-            whole.append(time.perf_counter() - t0)
+                got_first = True
+            if record:
+                whole.append(time.perf_counter() - t0)
+
+        if at_once > 1:
+            await asyncio.gather(*(one(False) for _ in range(at_once)))
+        for start in range(0, n, at_once):
+            await asyncio.gather(*(one(True) for _ in range(min(at_once, n - start))))
     return first, whole
