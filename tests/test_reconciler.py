@@ -27,7 +27,8 @@ from core.principal import Identity
 from core.replies import reply_id
 from jobs.csvimport.job import lock_key
 from jobs.worker import liveness
-from jobs.worker.reconciler import CHAT, UPLOAD, Reconciler, enqueue, queued_ids
+from jobs.worker.reconciler import Reconciler, queued_ids
+from jobs.worker.recovery import CHAT, UPLOAD, enqueue
 from jobs.worker.supervisor import reap_abandoned
 from tests.conftest import DATABASE_URL
 
