@@ -26,6 +26,7 @@ from core.jobkinds import chat_job_id
 from core.principal import Identity
 from core.replies import reply_id
 from jobs.chat.runtime import open_runtime
+from jobs.worker import liveness
 from jobs.worker.asyncworker import AsyncWorker
 from tests.support.openai_server import Fault, OpenAIServer, openai_server
 from tests.test_chat_job import chat_events, post
@@ -197,6 +198,33 @@ def _when_streaming(client: redis.Redis, user: str, message_id: str, action) -> 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
+
+
+def test_the_worker_lists_the_replies_it_runs_while_it_runs_them(
+    redis_client: redis.Redis, db: psycopg.Connection, echo: OpenAIServer
+) -> None:
+    """The set the reconciler reads when Redis lost RQ's record (jobs/worker/liveness.py):
+    renewed every third of its TTL while the reply streams, removed when the worker stops."""
+    user = "running-user"
+    message_id = post(db, user, _words("r", 30))[1]  # 30 pieces 50 ms apart
+    queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
+    queue.enqueue(RUN_CHAT, message_id, job_id=chat_job_id(message_id))
+    listed: list[bool] = []
+
+    def look() -> None:
+        deadline = time.monotonic() + 1.0  # the reply streams for 1.5 s
+        while time.monotonic() < deadline and not listed:
+            if chat_job_id(message_id) in liveness.running_job_ids(redis_client):
+                listed.append(True)
+            time.sleep(0.02)
+
+    watcher = _when_streaming(redis_client, user, message_id, look)
+    worker = _worker(queue, redis_client, concurrency=10, running_ttl=0.6)
+    assert worker.work(burst=True)
+    watcher.join(timeout=5)
+    assert listed == [True]
+    assert not redis_client.exists(liveness.running_key(worker.name))
+    _assert_exact_stream(redis_client, user, message_id, _words("r", 30))
 
 
 def test_stop_a_streaming_reply_keeps_its_partial_text(

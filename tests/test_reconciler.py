@@ -243,6 +243,30 @@ def test_a_job_started_by_a_vouched_for_worker_is_left_alone(
     assert chat_job(redis_client, message).get_status() is JobStatus.STARTED
 
 
+def test_a_reply_redis_forgot_while_its_worker_runs_it_is_left_alone(
+    db: psycopg.Connection[Any], redis_client: redis.Redis, reconciler: Reconciler, clock: Clock
+) -> None:
+    """Redis lost RQ's record of a reply in progress (a restart without persistence, a
+    failover): no job at all. Its worker still says it runs it, so no second run starts
+    beside the first (the client would get two interleaved streams)."""
+    message, _, _ = make_message(db)
+    worker = f"running-{uuid.uuid4().hex[:8]}"
+    liveness.vouch_running(redis_client, worker, [chat_job_id(message)], ttl_seconds=60)
+    try:
+        for _ in range(3):
+            report = reconciler.reconcile()
+            assert message not in report.suspected + report.requeued
+            clock.now += INTERVAL
+        # The worker no longer lists it (it ended, or died and its set lapsed): the
+        # usual two passes.
+        liveness.vouch_running(redis_client, worker, [], ttl_seconds=60)
+        assert message in reconciler.reconcile().suspected
+        clock.now += INTERVAL
+        assert message in reconciler.reconcile().requeued
+    finally:
+        redis_client.delete(liveness.running_key(worker))
+
+
 def test_a_worker_no_supervisor_vouches_for_is_judged_by_rq_own_worker_key(
     db: psycopg.Connection[Any], redis_client: redis.Redis, reconciler: Reconciler
 ) -> None:

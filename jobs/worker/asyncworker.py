@@ -56,6 +56,7 @@ from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
 
 from core.collector import gen0_threshold
+from jobs.worker.liveness import running_key, vouch_running
 from jobs.worker.looplag import LagHistogram, probe_loop_lag
 from jobs.worker.prefetch import Taken, take_jobs
 
@@ -138,6 +139,7 @@ class AsyncWorker(SimpleWorker):
         loop_lag_tick: float = 0.0,
         loop_lag_window: float = 10.0,
         gc_gen0_threshold: int = 0,
+        running_ttl: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -152,6 +154,9 @@ class AsyncWorker(SimpleWorker):
         self.loop_lag_window = loop_lag_window
         # Hundreds of jobs allocate fast on a large heap (core/collector.py); 0: CPython's.
         self.gc_gen0_threshold = gc_gen0_threshold
+        # The set of jobs running here, renewed every third of this TTL (0: not kept), so
+        # the reconciler knows them when Redis loses RQ's record (jobs/worker/liveness.py).
+        self.running_ttl = running_ttl
         self._slots = threading.BoundedSemaphore(self.concurrency)
         self._inflight: dict[str, _InFlight] = {}
         self._inflight_lock = threading.Lock()
@@ -172,15 +177,17 @@ class AsyncWorker(SimpleWorker):
             async with self._lifespan() if self._lifespan else _nothing():
                 self._stop_loop = asyncio.Event()
                 probe = self._start_probe()
+                vouching = self._start_vouching()
                 self._loop_ready.set()
                 await self._stop_loop.wait()
-                if probe is not None:
-                    probe.cancel()
+                helpers = [task for task in (probe, vouching) if task is not None]
+                for task in helpers:
+                    task.cancel()
                 # Lifespan resources close only after every job's task has ended. Not
                 # every task: the lifespan's own (a connection pool's workers) end only
                 # when it closes, so waiting for them held shutdown for the thread's
                 # 30 s join timeout and left the lifespan unclosed.
-                ending = [*self._job_tasks, *([probe] if probe is not None else [])]
+                ending = [*self._job_tasks, *helpers]
                 await asyncio.gather(*ending, return_exceptions=True)
 
         def run() -> None:
@@ -212,6 +219,24 @@ class AsyncWorker(SimpleWorker):
             name="herald-loop-lag",
         )
 
+    def _start_vouching(self) -> asyncio.Task[None] | None:
+        if self.running_ttl <= 0:
+            return None
+        return asyncio.create_task(self._vouch_running(), name="herald-running-jobs")
+
+    async def _vouch_running(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._inflight_lock:
+                ids = list(self._inflight)
+            try:
+                await loop.run_in_executor(
+                    None, vouch_running, self.connection, self.name, ids, self.running_ttl
+                )
+            except (redis.exceptions.RedisError, OSError) as exc:
+                logger.warning("could not record the jobs running here: %s", exc)
+            await asyncio.sleep(self.running_ttl / 3)
+
     def _stop_loop_thread(self) -> None:
         loop, thread = self._loop, self._loop_thread
         if loop is None or thread is None or loop.is_closed():
@@ -227,6 +252,9 @@ class AsyncWorker(SimpleWorker):
                 return bool(super().work(*args, **kwargs))
             finally:
                 self._stop_loop_thread()
+                if self.running_ttl > 0:  # every job ended or was handed back
+                    with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                        self.connection.delete(running_key(self.name))
 
     # --- taking jobs ----------------------------------------------------------------
     def check_for_suspension(self, burst: bool) -> None:

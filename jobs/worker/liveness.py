@@ -9,6 +9,10 @@ while the process is alive. When the whole machine dies, the keys lapse together
 
 Workers not started by a supervisor (``rq worker`` by hand, a test's burst worker) have
 no such key; they are judged by RQ's own worker key instead.
+
+A chat worker (``AsyncWorker``) also says which jobs it runs, in a set with the same TTL
+renewed as often: when Redis loses its data, RQ's record of a reply in progress goes
+with it, and the reconciler would otherwise enqueue that reply again while it streams.
 """
 
 from __future__ import annotations
@@ -51,6 +55,33 @@ def withdraw(connection: redis.Redis, worker_name: str) -> None:
         pipe.delete(alive_key(worker_name))
         pipe.srem(supervised_key(), worker_name)
         pipe.execute()
+
+
+def running_key(worker_name: str) -> str:
+    return f"{settings.REDIS_PREFIX}:worker:running:{worker_name}"
+
+
+def vouch_running(
+    connection: redis.Redis, worker_name: str, job_ids: Iterable[str], ttl_seconds: float
+) -> None:
+    """The jobs a worker runs now, replacing what it said before, lapsing with the worker
+    (one round trip). Rewritten whole each time, so a Redis that lost its data (and with
+    it RQ's record of these jobs) learns them again and the reconciler leaves them alone."""
+    key, ids = running_key(worker_name), list(job_ids)
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        if ids:
+            pipe.sadd(key, *ids)
+            pipe.pexpire(key, max(1, int(ttl_seconds * 1000)))
+        pipe.execute()
+
+
+def running_job_ids(connection: redis.Redis) -> set[str]:
+    """Every job a live worker says it is running."""
+    ids: set[str] = set()
+    for key in connection.scan_iter(match=running_key("*"), count=1000):
+        ids.update(m.decode() if isinstance(m, bytes) else str(m) for m in connection.smembers(key))
+    return ids
 
 
 def is_alive(connection: redis.Redis, worker_name: str) -> bool:

@@ -5,7 +5,8 @@ Every accepted chat message and upload has its state in PostgreSQL. Every
 renewed each pass, so one leader across every worker machine) compares the unfinished
 work there with RQ, and judges each item's job:
 
-- **live**: queued in its queue, scheduled for a retry, or started by a live worker
+- **live**: queued in its queue, scheduled for a retry, started by a live worker, or
+  listed by a live chat worker as running even if RQ's record of it is gone
   (jobs/worker/liveness.py): left alone, so a job that still exists is never doubled;
 - **dead worker**: started by a worker whose machine stopped vouching for it: RQ's own
   abandoned-job handling is run for that worker at once (``reap_abandoned``), which
@@ -15,8 +16,8 @@ work there with RQ, and judges each item's job:
   enqueued again;
 - **missing**: no job at all (a Redis flush, failover or restart without persistence)
   or a queued job that is in no queue: enqueued again once a second pass, at least an
-  interval later, still finds it missing (a job that was running when Redis forgot it
-  has usually finished by then; an import in progress is seen by its advisory lock).
+  interval later, still finds it missing (a reply in progress is listed by its worker
+  by then; an import in progress is seen by its advisory lock).
 
 Every enqueue is under the deterministic job id and first adds one to the item's
 ``attempts`` column, in a statement that also checks the item is still unfinished (a job
@@ -164,6 +165,7 @@ class Reconciler:
     def reconcile(self) -> Report:
         report = Report()
         seen: set[str] = set()
+        running: set[str] | None = None
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
             report.orphans_removed = remove_orphan_uploads(conn)
             for kind, rows in ((CHAT, unfinished_chats(conn)), (UPLOAD, unfinished_uploads(conn))):
@@ -172,7 +174,9 @@ class Reconciler:
                     work_id = str(row["id"])
                     seen.add(work_id)
                     if listed is None:
-                        listed = queued_ids(self.redis, kind.queue)
+                        if running is None:
+                            running = liveness.running_job_ids(self.redis)
+                        listed = queued_ids(self.redis, kind.queue) | running
                     verdict, job = judge(self.redis, kind, work_id, listed)
                     if (
                         verdict is Verdict.MISSING
@@ -237,11 +241,14 @@ def queued_ids(connection: redis.Redis, queue_name: str) -> set[str]:
 def judge(
     connection: redis.Redis, kind: JobKind, work_id: str, listed: set[str]
 ) -> tuple[Verdict, Job | None]:
+    """``listed``: job ids waiting in the queue, or that a live worker says it runs."""
     job_id = job_id_for(kind, work_id)
     try:
         job = Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
-        return Verdict.MISSING, None
+        # Redis lost RQ's record; a worker still running it says so within a third of
+        # WORKER_LIVENESS_SECONDS, before a second pass would enqueue it again.
+        return (Verdict.LIVE if job_id in listed else Verdict.MISSING), None
     status = job.get_status(refresh=False)
     if status is JobStatus.QUEUED:
         return (Verdict.LIVE if job_id in listed else Verdict.MISSING), job

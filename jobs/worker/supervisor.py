@@ -72,6 +72,7 @@ def run_worker(kind: JobKind, name: str | None = None) -> None:
             loop_lag_tick=settings.WORKER_LOOP_LAG_TICK_SECONDS,
             loop_lag_window=settings.WORKER_LOOP_LAG_REPORT_SECONDS,
             gc_gen0_threshold=settings.GC_GEN0_THRESHOLD,
+            running_ttl=settings.WORKER_LIVENESS_SECONDS,
             lifespan=(
                 getattr(importlib.import_module(lifespan_module), lifespan_name)
                 if kind.lifespan
