@@ -21,6 +21,9 @@ the StartedJobRegistry, owned by this worker) and RQ's own success/failure handl
 - Warm shutdown (SIGTERM): stop dequeuing, let jobs finish until ``grace_seconds``, then
   cancel the rest (``cancel_reason()`` answers ``HANDBACK``) and put them back at the front of their
   queue (no retry is spent), so another worker resumes them.
+- With ``running_ttl``, the ids of the jobs it runs are rewritten to Redis every third
+  of it (jobs/worker/liveness.py): the reconciler's evidence that a job whose RQ record
+  Redis lost is still running.
 - A job function must be ``async def``. Other workers run the same function through
   RQ's plain ``asyncio.run`` (``rq.job.Job._execute``), so tests can use ``SimpleWorker``.
 
