@@ -264,7 +264,7 @@ def test_a_reply_redis_forgot_while_its_worker_runs_it_is_left_alone(
         clock.now += INTERVAL
         assert message in reconciler.reconcile().requeued
     finally:
-        redis_client.delete(liveness.running_key(worker))
+        liveness.withdraw_running(redis_client, worker)
 
 
 def test_a_worker_no_supervisor_vouches_for_is_judged_by_rq_own_worker_key(
@@ -435,3 +435,24 @@ def test_one_reconciler_leads_at_a_time(redis_client: redis.Redis, clock: Clock)
     finally:
         first.resign()
         second.resign()
+
+
+def test_the_running_index_forgets_a_worker_whose_set_is_gone(redis_client: redis.Redis) -> None:
+    """Readers find running sets through an index, not a SCAN of the keyspace; a dead
+    worker's name leaves it once its set lapsed (an idle one adds itself back)."""
+    busy, dead = (f"idx-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    liveness.vouch_running(redis_client, busy, ["job-a", "job-b"], ttl_seconds=60)
+    liveness.vouch_running(redis_client, dead, ["job-c"], ttl_seconds=60)
+    try:
+        assert {"job-a", "job-b", "job-c"} <= liveness.running_job_ids(redis_client)
+        redis_client.delete(liveness.running_key(dead))  # as if its TTL lapsed
+        running = liveness.running_job_ids(redis_client)
+        assert {"job-a", "job-b"} <= running and "job-c" not in running
+        index = {m.decode() for m in redis_client.smembers(liveness.running_index_key())}
+        assert busy in index and dead not in index
+        liveness.withdraw_running(redis_client, busy)
+        assert busy.encode() not in redis_client.smembers(liveness.running_index_key())
+        assert "job-a" not in liveness.running_job_ids(redis_client)
+    finally:
+        for name in (busy, dead):
+            liveness.withdraw_running(redis_client, name)

@@ -61,6 +61,11 @@ def running_key(worker_name: str) -> str:
     return f"{settings.REDIS_PREFIX}:worker:running:{worker_name}"
 
 
+def running_index_key() -> str:
+    """The names of the workers that keep a running set (so readers need no SCAN)."""
+    return f"{settings.REDIS_PREFIX}:worker:running"
+
+
 def vouch_running(
     connection: redis.Redis, worker_name: str, job_ids: Iterable[str], ttl_seconds: float
 ) -> None:
@@ -73,15 +78,36 @@ def vouch_running(
         if ids:
             pipe.sadd(key, *ids)
             pipe.pexpire(key, max(1, int(ttl_seconds * 1000)))
+        pipe.sadd(running_index_key(), worker_name)
+        pipe.execute()
+
+
+def withdraw_running(connection: redis.Redis, worker_name: str) -> None:
+    """A worker that stopped: it runs nothing."""
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.delete(running_key(worker_name))
+        pipe.srem(running_index_key(), worker_name)
         pipe.execute()
 
 
 def running_job_ids(connection: redis.Redis) -> set[str]:
-    """Every job a live worker says it is running."""
-    ids: set[str] = set()
-    for key in connection.scan_iter(match=running_key("*"), count=1000):
-        ids.update(m.decode() if isinstance(m, bytes) else str(m) for m in connection.smembers(key))
-    return ids
+    """Every job a live worker says it is running (two round trips). Names whose set is
+    gone (the worker died, or is idle and will add itself again) leave the index."""
+    names = [_text(n) for n in connection.smembers(running_index_key())]
+    if not names:
+        return set()
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.smembers(running_key(name))
+        sets = pipe.execute()
+    gone = [name for name, members in zip(names, sets, strict=True) if not members]
+    if gone:
+        connection.srem(running_index_key(), *gone)
+    return {_text(m) for members in sets for m in members}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def is_alive(connection: redis.Redis, worker_name: str) -> bool:

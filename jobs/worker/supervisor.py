@@ -72,7 +72,10 @@ def run_worker(kind: JobKind, name: str | None = None) -> None:
             loop_lag_tick=settings.WORKER_LOOP_LAG_TICK_SECONDS,
             loop_lag_window=settings.WORKER_LOOP_LAG_REPORT_SECONDS,
             gc_gen0_threshold=settings.GC_GEN0_THRESHOLD,
-            running_ttl=settings.WORKER_LIVENESS_SECONDS,
+            # Rewritten (every third of it) well within the reconciler's two looks.
+            running_ttl=min(
+                settings.WORKER_LIVENESS_SECONDS, 1.5 * settings.RECONCILE_INTERVAL_SECONDS
+            ),
             lifespan=(
                 getattr(importlib.import_module(lifespan_module), lifespan_name)
                 if kind.lifespan
