@@ -264,7 +264,7 @@ def test_a_reply_redis_forgot_while_its_worker_runs_it_is_left_alone(
         clock.now += INTERVAL
         assert message in reconciler.reconcile().requeued
     finally:
-        liveness.withdraw_running(redis_client, worker)
+        liveness.withdraw(redis_client, worker)
 
 
 def test_a_worker_no_supervisor_vouches_for_is_judged_by_rq_own_worker_key(
@@ -450,9 +450,9 @@ def test_the_running_index_forgets_a_worker_whose_set_is_gone(redis_client: redi
         assert {"job-a", "job-b"} <= running and "job-c" not in running
         index = {m.decode() for m in redis_client.smembers(liveness.running_index_key())}
         assert busy in index and dead not in index
-        liveness.withdraw_running(redis_client, busy)
+        liveness.withdraw(redis_client, busy)
         assert busy.encode() not in redis_client.smembers(liveness.running_index_key())
         assert "job-a" not in liveness.running_job_ids(redis_client)
     finally:
         for name in (busy, dead):
-            liveness.withdraw_running(redis_client, name)
+            liveness.withdraw(redis_client, name)

@@ -59,7 +59,7 @@ from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
 
 from core.collector import gen0_threshold
-from jobs.worker.liveness import vouch_running, withdraw_running
+from jobs.worker.liveness import vouch_running, withdraw
 from jobs.worker.looplag import LagHistogram, probe_loop_lag
 from jobs.worker.prefetch import Taken, take_jobs
 
@@ -257,7 +257,7 @@ class AsyncWorker(SimpleWorker):
                 self._stop_loop_thread()
                 if self.running_ttl > 0:  # every job ended or was handed back
                     with contextlib.suppress(redis.exceptions.RedisError, OSError):
-                        withdraw_running(self.connection, self.name)
+                        withdraw(self.connection, self.name)
 
     # --- taking jobs ----------------------------------------------------------------
     def check_for_suspension(self, burst: bool) -> None:

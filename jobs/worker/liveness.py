@@ -49,14 +49,6 @@ def vouch(connection: redis.Redis, worker_names: Iterable[str]) -> None:
         pipe.execute()
 
 
-def withdraw(connection: redis.Redis, worker_name: str) -> None:
-    """Forget a worker that is known dead (its jobs were reaped)."""
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.delete(alive_key(worker_name))
-        pipe.srem(supervised_key(), worker_name)
-        pipe.execute()
-
-
 def running_key(worker_name: str) -> str:
     return f"{settings.REDIS_PREFIX}:worker:running:{worker_name}"
 
@@ -82,10 +74,12 @@ def vouch_running(
         pipe.execute()
 
 
-def withdraw_running(connection: redis.Redis, worker_name: str) -> None:
-    """A worker that stopped: it runs nothing."""
-    with connection.pipeline(transaction=True) as pipe:
-        pipe.delete(running_key(worker_name))
+def withdraw(connection: redis.Redis, worker_name: str) -> None:
+    """Forget a worker that stopped, or is known dead (its jobs were reaped): not alive,
+    running nothing."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.delete(alive_key(worker_name), running_key(worker_name))
+        pipe.srem(supervised_key(), worker_name)
         pipe.srem(running_index_key(), worker_name)
         pipe.execute()
 
