@@ -138,3 +138,27 @@ def test_issue10_rq_keys_sit_under_the_run_prefix(redis_client: redis.Redis) -> 
             assert name.startswith(f"{settings.REDIS_PREFIX}:"), name
     finally:
         job.delete()
+
+
+def test_the_fault_suites_flush_refuses_a_redis_it_did_not_start(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    """The only FLUSHALL in tests/ (the fault suite's private server) cannot reach the
+    shared Redis even if that Redis answered on the private server's port: the shared
+    one refuses the password drawn for the private one, and the PID would not match."""
+    from tests.support.servers import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    key = f"{settings.REDIS_PREFIX}:isolation:survives-flush"
+    redis_client.set(key, "1")
+    try:
+        shared_port = redis_client.connection_pool.connection_kwargs["port"]
+        server.port = shared_port  # as if another program's Redis held "our" port
+        assert not server.ping()
+        with pytest.raises(RuntimeError, match="not the one this run started"):
+            server.flushall()
+        assert redis_client.get(key) == b"1"
+    finally:
+        redis_client.delete(key)
+        server.stop()

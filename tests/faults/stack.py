@@ -30,8 +30,8 @@ class Stack:
 
     def flush_private_redis(self) -> None:
         """FLUSHALL, allowed here only: this Redis was started by the fault suite for
-        itself alone (a free port, a temp dir), and RedisServer.flushall checks that the
-        server answering on the port is that process before it flushes."""
+        itself alone (a free port, a temp dir, a password drawn for it), and
+        RedisServer.flushall checks that the server answering is that process first."""
         self.redis.flushall()
 
     def env(self, **extra: str) -> dict[str, str]:

@@ -202,7 +202,7 @@ async def test_subscriber_connection_blackholed(stack: Stack) -> None:
     proxy = BlackholeProxy(stack.redis.port)
     await proxy.start()
     web = stack.start_web(
-        REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0",
+        REDIS_URL=stack.redis.url_via(proxy.port),
         HUB_HEALTH_CHECK_SECONDS=str(HEALTH_CHECK_SECONDS),
     )
     users = [f"partition-{i}" for i in range(PARTITION_CLIENTS)]

