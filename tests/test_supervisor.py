@@ -3,7 +3,6 @@ what a SIGKILLed worker leaves behind is stopped (jobs/worker/orphans.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,20 +14,11 @@ import pytest
 import redis
 from rq import Queue, Worker
 
-from tests.support.procs import process_env, start_worker, stop_all, wait_until
+from tests.support.procs import children, process_env, start_worker, stop_all, wait_until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="a child subreaper is Linux only"
 )
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                found += [int(p) for p in (task / "children").read_text().split()]
-    return found
 
 
 def running(pid: int) -> bool:

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 import redis
 from rq import Worker
+from rq.utils import as_text
 
 from core import settings
 
@@ -87,7 +88,7 @@ def withdraw(connection: redis.Redis, worker_name: str) -> None:
 def running_job_ids(connection: redis.Redis) -> set[str]:
     """Every job a live worker says it is running (two round trips). Names whose set is
     gone (the worker died, or is idle and will add itself again) leave the index."""
-    names = [_text(n) for n in connection.smembers(running_index_key())]
+    names = [as_text(n) for n in connection.smembers(running_index_key())]
     if not names:
         return set()
     with connection.pipeline(transaction=False) as pipe:
@@ -97,11 +98,7 @@ def running_job_ids(connection: redis.Redis) -> set[str]:
     gone = [name for name, members in zip(names, sets, strict=True) if not members]
     if gone:
         connection.srem(running_index_key(), *gone)
-    return {_text(m) for members in sets for m in members}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return {as_text(m) for members in sets for m in members}
 
 
 def is_alive(connection: redis.Redis, worker_name: str) -> bool:

@@ -57,18 +57,15 @@ def stop_adopted(started: Iterable[int], grace: float) -> list[int]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    running = set(adopted)
-    while running:
+    running = {pid for pid in adopted if not _reaped(pid)}
+    while running and time.monotonic() < deadline:
+        time.sleep(0.02)
         running = {pid for pid in running if not _reaped(pid)}
-        if running and time.monotonic() >= deadline:
-            for pid in running:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-            break
-        if running:
-            time.sleep(0.02)
+    for pid in running:  # still there after the grace
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
     return adopted
 
 

@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 
 import anyio
 import httpx
@@ -25,7 +24,7 @@ from app.security.auth import mint_token
 from core import settings
 from tests.faults.clients import Client, wait_for
 from tests.faults.stack import Stack
-from tests.support.procs import wait_until
+from tests.support.procs import children, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
@@ -36,13 +35,6 @@ TERMINAL_BOUND_SECONDS = 30.0
 UPLOAD_ROWS = 400_000
 
 FIGURES: dict[str, float] = {}
-
-
-def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    with contextlib.suppress(OSError):
-        return [int(p) for p in path.read_text().split()]
-    return []
 
 
 def busy_worker_pid(stack: Stack, queue_name: str, job_id: str) -> int | None:

@@ -190,6 +190,17 @@ def wait_ready(
             time.sleep(0.05)
 
 
+def children(pid: int) -> list[int]:
+    """A process's children, from every one of its threads' /proc lists (proc(5));
+    empty once it is gone."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
 def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
     deadline = time.monotonic() + timeout
     while True:
