@@ -33,9 +33,16 @@ _INT: Final = r"[+-]?(?:0|[1-9][0-9]{0,17})"
 _FLOAT: Final = r"[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)"
 FLOAT_PLAIN_CHARS: Final = 15  # <= 15 significant digits: exact in a double (C11 DBL_DIG)
 _YMD: Final = r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
-# Days 01-28 exist in every month (and years 0001-9999 in both Python and PostgreSQL), so a
-# column matching this needs no calendar check.
-_YMD_SAFE: Final = r"(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+# The Gregorian calendar itself (years 0001-9999 in both Python and PostgreSQL; 29 February
+# when the year divides by 4, and by 400 if it ends in 00), so a match needs no calendar check.
+_LEAP_YEAR: Final = (
+    r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+)
+_YMD_SAFE: Final = (
+    r"(?:(?!0000)[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    rf"|{_LEAP_YEAR}-02-29)"
+)
 _HMS: Final = (
     r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
     r"(?:Z|[+-](?:0[0-9]|1[0-5]):[0-5][0-9])?"

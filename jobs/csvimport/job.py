@@ -31,7 +31,6 @@ from typing import Any
 
 import psycopg
 import redis
-from psycopg import sql
 from psycopg.types.json import Jsonb
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
@@ -208,7 +207,7 @@ class Run:
         load = csvload.load_wide if csvload.is_wide(fmt.columns) else csvload.load_columns
         result = load(conn, table, fmt, rows, self.upload_id, self.after_batch)
         self.settle()
-        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
+        csvload.index_rows(conn, table)
         result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
         result["storage"] = "jsonb" if csvload.is_wide(fmt.columns) else "columns"
         return result
@@ -222,6 +221,7 @@ class Run:
         checker = passthrough.copy_checked(conn, table, fmt, texts, self.after_batch)
         self.settle()
         passthrough.settle_table(conn, table, fmt.columns, checker)
+        csvload.index_rows(conn, table)
         tally = csvload.Tally(fmt.columns, fmt.delimiter)
         width = len(fmt.columns)
         result = csvload.table_result(conn, table, fmt, tally, checker.rows, 0, [0] * width)

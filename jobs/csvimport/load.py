@@ -298,9 +298,10 @@ def is_wide(columns: list[ColumnSpec]) -> bool:
 def create_table(
     conn: psycopg.Connection[Any], table: str, columns: list[ColumnSpec], numbered: bool = False
 ) -> None:
-    """`numbered`: PostgreSQL numbers `_row` 1, 2, ... in COPY order and indexes it as it
-    goes (the pass-through, where its process has time to spare while Python checks)."""
-    row = "GENERATED ALWAYS AS IDENTITY (CACHE 10000) PRIMARY KEY" if numbered else "NOT NULL"
+    """`numbered`: PostgreSQL numbers `_row` 1, 2, ... in COPY order (the pass-through).
+    The primary key comes after the load (`index_rows`): kept up during the COPY it cost
+    PostgreSQL ~0.8 s per 1M rows, building it after ~0.3 s (rows arrive sorted)."""
+    row = "GENERATED ALWAYS AS IDENTITY (CACHE 10000)" if numbered else "NOT NULL"
     defs: list[sql.Composable] = [sql.SQL("_row bigint " + row)]
     if is_wide(columns):
         defs.append(sql.SQL("data jsonb NOT NULL"))
@@ -311,6 +312,11 @@ def create_table(
         ]
     query = sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(", ").join(defs))
     conn.execute(query)
+
+
+def index_rows(conn: psycopg.Connection[Any], table: str) -> None:
+    """The primary key on `_row`, by which the rows endpoint pages."""
+    conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_row)").format(sql.Identifier(table)))
 
 
 def parse_batch(

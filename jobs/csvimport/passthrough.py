@@ -27,6 +27,7 @@ from psycopg import sql
 
 from core import settings
 from core.columntypes import ColumnType
+from jobs.csvimport import plainrows
 from jobs.csvimport.batch import all_plain
 from jobs.csvimport.celltypes import ColumnSpec
 from jobs.csvimport.format import (
@@ -37,12 +38,6 @@ from jobs.csvimport.format import (
     split_lines,
 )
 from jobs.csvimport.load import BATCH_MAX_CHARS, BATCH_SLICE_ROWS, is_wide
-
-# Spellings PostgreSQL's boolean input reads as Python's reader does (docs 8.6), NULL aside.
-_BOOL_WORDS: Final = frozenset(
-    s for word in ("true", "false", "yes", "no") for s in (word, word.upper(), word.capitalize())
-)
-
 
 # "\." alone on a line ends COPY's input even inside quotes (PostgreSQL docs, COPY); any
 # line starting with it sends the file the Python way.
@@ -104,7 +99,7 @@ class Checker:
             if not cells:
                 return
         if col.type == ColumnType.BOOL:
-            ok = set(cells) <= _BOOL_WORDS
+            ok = set(cells) <= plainrows.BOOL_WORDS
         elif j in self.many:
             ok = all_plain(cells, col)
         else:
@@ -130,6 +125,22 @@ def _body(blocks: Iterator[str], delimiter: str) -> Iterator[str]:
         if "\\." in block and _END_MARKER.search(block):
             raise Unsuitable("a line starts with \\.")
         yield block
+
+
+def _skip_plain_blocks(
+    blocks: Iterator[str], fmt: CsvFormat, checker: Checker, after_batch: Callable[[int], None]
+) -> Iterator[str]:
+    """Count the leading blocks of plain rows (`plainrows`); yield the first other block and
+    every block after it, for `csv` and the Checker."""
+    matches = plainrows.block_matcher(fmt.columns, fmt.delimiter)
+    limit = settings.UPLOAD_MAX_FIELD_BYTES
+    for block in blocks:
+        if matches is None or not plainrows.lines_within(block, limit) or not matches(block):
+            yield block
+            yield from blocks
+            return
+        checker.rows += plainrows.rows_in(block)
+        after_batch(checker.rows)
 
 
 class Sent:
@@ -188,6 +199,7 @@ def copy_checked(
             with cur.copy(query) as copy:
                 sent = Sent(copy)
                 body = sent(_body(line_blocks(texts), fmt.delimiter))
+                body = _skip_plain_blocks(body, fmt, checker, after_batch)
                 # The reader's rows go straight into slices: a generator step per row (as in
                 # format._records) cost ~0.3 s per 1M rows.
                 csv.field_size_limit(settings.UPLOAD_MAX_FIELD_BYTES)

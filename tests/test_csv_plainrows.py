@@ -1,0 +1,130 @@
+"""The pass-through's block regex (jobs.csvimport.plainrows): whatever block it accepts, `csv`
+reads as whole rows of the header's width that the Checker accepts, row for row; blocks of
+plain cells do match (so the fast path is taken); a miss costs one scan."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.columntypes import ColumnType
+from jobs.csvimport import passthrough, plainrows
+from jobs.csvimport.celltypes import ColumnSpec
+from jobs.csvimport.columntypes import RECORDS
+
+# The columns the pass-through takes (passthrough.eligible).
+ELIGIBLE = [
+    ColumnSpec("i", "i", ColumnType.INT),
+    ColumnSpec("f", "f", ColumnType.FLOAT),
+    ColumnSpec("b", "b", ColumnType.BOOL),
+    ColumnSpec("d", "d", ColumnType.DATE, "%Y-%m-%d"),
+    ColumnSpec("t", "t", ColumnType.DATETIME),
+    ColumnSpec("s", "s", ColumnType.TEXT),
+    ColumnSpec("u", "u", ColumnType.TEXT, undecided=True),
+]
+PLAIN_CELLS = {
+    ColumnType.INT: st.sampled_from(["", "0", "-3", "+42", "123456789012345678"]),
+    ColumnType.FLOAT: st.sampled_from(["", "0.5", "-12.25", ".5", "3.", "12345678901.234"]),
+    ColumnType.BOOL: st.sampled_from(["", "true", "False", "YES", "no"]),
+    ColumnType.DATE: st.dates().map(dt.date.isoformat),
+    ColumnType.DATETIME: st.sampled_from(["2024-02-29T23:59:59Z", "1999-12-31 00:00:00+05:30"]),
+    ColumnType.TEXT: st.sampled_from(["", "x", " lead", "trail ", '"quoted, comma"', "é ü"]),
+}
+AWKWARD = st.text(alphabet='09.-+:TZ ae,;"\t\r\n\xa0', max_size=8) | st.sampled_from(
+    ["007", "1e3", "2023-02-29", "2024-04-31", "0000-01-01", "1234567890123456", '""', "NA"]
+)
+
+
+def csv_rows(block: str, delimiter: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(block, newline=""), delimiter=delimiter))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    st.lists(st.sampled_from(ELIGIBLE), min_size=2, max_size=4),
+    st.sampled_from(sorted(plainrows.DELIMITERS)),
+    st.data(),
+)
+def test_an_accepted_block_is_whole_rows_the_checker_accepts(
+    columns: list[ColumnSpec], delimiter: str, data: st.DataObject
+) -> None:
+    # Mostly plain cells, so that many blocks match; awkward ones where the two readers differ.
+    cells = st.tuples(*(PLAIN_CELLS[c.type] | AWKWARD for c in columns))
+    lines = data.draw(st.lists(cells, min_size=1, max_size=5))
+    ends = st.sampled_from(["\n", "\r\n"])
+    block = "".join(delimiter.join(row) + data.draw(ends) for row in lines)
+    matches = plainrows.block_matcher(columns, delimiter)
+    assert matches is not None
+    if not matches(block):
+        return
+    rows = csv_rows(block, delimiter)
+    assert len(rows) == plainrows.rows_in(block)
+    passthrough.Checker(columns).check(rows)  # raises Unsuitable if it would not take them
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(ELIGIBLE[:-1]), min_size=2, max_size=6),
+    st.sampled_from(sorted(plainrows.DELIMITERS)),
+    st.data(),
+)
+def test_plain_rows_match(columns: list[ColumnSpec], delimiter: str, data: st.DataObject) -> None:
+    rows = data.draw(st.lists(st.tuples(*(PLAIN_CELLS[c.type] for c in columns)), min_size=1))
+    ending = data.draw(st.sampled_from(["\n", "\r\n", ""]))
+    lines = [delimiter.join(cells) for cells in rows]
+    block = "\n".join(lines) + ending
+    matches = plainrows.block_matcher(columns, delimiter)
+    assert matches is not None and matches(block)
+    assert plainrows.rows_in(block) == len(csv_rows(block, delimiter)) == len(rows)
+
+
+def test_the_date_pattern_is_the_calendar() -> None:
+    safe = RECORDS[ColumnType.DATE].plain
+    assert safe is not None and safe.safe is not None
+    fullmatch = re.compile(safe.safe).fullmatch
+    for year in range(10000):
+        for month, day in [(2, 28), (2, 29), (2, 30), (4, 30), (4, 31), (12, 31), (0, 1), (13, 1)]:
+            text = f"{year:04d}-{month:02d}-{day:02d}"
+            try:
+                dt.date.fromisoformat(text)
+                real = True
+            except ValueError:
+                real = False
+            assert bool(fullmatch(text)) is real, text
+
+
+def test_issue_14_lone_cr_rows_with_many_text_cells_miss_in_one_scan() -> None:
+    # 538_poll_of_pollsters_cr_only.tsv: rows ended by a lone CR never match, and backtracking
+    # into non-atomic text cells made that miss exponential in the number of cells per row.
+    columns = [ColumnSpec(f"c{i}", f"c{i}", ColumnType.TEXT) for i in range(16)]
+    matches = plainrows.block_matcher(columns, "\t")
+    assert matches is not None
+    row = "\t".join(["some words here " * 4] * 16)
+    assert not matches((row + "\r") * 50)
+
+
+def test_delimiters_a_plain_cell_can_hold_have_no_block_pattern() -> None:
+    for delimiter in ["-", ".", ":", " ", "a"]:
+        assert plainrows.block_matcher(ELIGIBLE[:2], delimiter) is None
+
+
+@pytest.mark.parametrize(
+    ("block", "limit", "within"),
+    [
+        ("", 3, True),
+        ("abc\nabc\n", 3, True),
+        ("abcd\nab\n", 3, False),
+        ("ab\nabcd", 3, False),
+        ("ab\nab\nab\nab\n", 3, True),
+        ("a" * 10, 10, True),
+        ("a" * 11, 10, False),
+    ],
+)
+def test_lines_within(block: str, limit: int, within: bool) -> None:
+    assert plainrows.lines_within(block, limit) is within
