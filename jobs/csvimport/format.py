@@ -310,7 +310,7 @@ def detect_format(
             inferred = infer_column(values, delimiter, forced[i])
         else:
             guess = ColumnGuess(delimiter)
-            guess.feed(values)
+            guess.feed(values, last=True)
             inferred = guess.best()
             # Nothing to go by: load as text and decide from the values while loading.
             undecided = not guess.present and not is_final

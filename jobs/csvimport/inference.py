@@ -41,10 +41,15 @@ class ColumnGuess:
         self.present = False  # any non-null value seen
         self.two_digit_sample: list[str] = []
 
-    def feed(self, cells: Sequence[str]) -> None:
+    def feed(self, cells: Sequence[str], *, last: bool = False) -> None:
+        """Narrow to the candidates every cell fits; `last`: these are all the cells, so
+        only the first such candidate (`best`) is needed and the rest go untried."""
         if not self.present:
             self.present = any(not is_null(c, ColumnType.INT) for c in cells)
-        self.alive = [c for c in self.alive if fits(cells, c)]
+        if last:
+            self.alive = next(([c] for c in self.alive if fits(cells, c)), [])
+        else:
+            self.alive = [c for c in self.alive if fits(cells, c)]
         if len(self.two_digit_sample) < 1000:
             self.two_digit_sample += [c.strip() for c in cells[:1000] if c.strip()]
 
@@ -63,7 +68,7 @@ def infer_column(
     number style / date pattern that fits the most values."""
     if forced is None:
         guess = ColumnGuess(delimiter)
-        guess.feed(values)
+        guess.feed(values, last=True)
         return guess.best()
     present = [v.strip() for v in values if not is_null(v, ColumnType.INT)]
     options = candidates(delimiter, forced)

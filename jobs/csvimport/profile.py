@@ -216,9 +216,9 @@ def profile_table(
 
     One scan aggregates every column (count, min, max, avg and, up to EXACT_DISTINCT_ROWS
     rows, count(DISTINCT), which sorts: measured faster than a hash GROUP BY per column for
-    high-cardinality columns); text and bool columns then get one GROUP BY each for their
-    top values and distinct count. Past EXACT_DISTINCT_ROWS rows the other columns' distinct
-    counts are ANALYZE's estimates ("distinct_approximate": true)."""
+    high-cardinality columns; a bool column's two counts); text columns then get one GROUP
+    BY each for their top values and distinct count. Past EXACT_DISTINCT_ROWS rows the other
+    columns' distinct counts are ANALYZE's estimates ("distinct_approximate": true)."""
     ident = sql.Identifier(table)
     exact = rows <= EXACT_DISTINCT_ROWS
     # count(DISTINCT) sorts each column; in memory instead of on disk it took ~half as long.
@@ -228,7 +228,13 @@ def profile_table(
         name = sql.Identifier(c.sql_name)
         aggs.append(sql.SQL("count({})").format(name))
         mean_key = RECORDS[c.type].mean_key
-        if mean_key is not None:
+        if c.type == ColumnType.BOOL:
+            # Its two values counted in this scan: no GROUP BY scan of its own (~80 ms per 1M).
+            aggs += [
+                sql.SQL("count(*) FILTER (WHERE {})").format(name),
+                sql.SQL("count(*) FILTER (WHERE NOT {})").format(name),
+            ]
+        elif mean_key is not None:
             # Means as numbers: days since 0001-01-01 (date.toordinal) or epoch seconds.
             key = sql.SQL(mean_key)
             aggs += [
@@ -249,7 +255,10 @@ def profile_table(
             "nulls": total - int(stats.pop(0)),
             "invalid": bad,
         }
-        if RECORDS[c.type].mean_key is None:
+        if c.type == ColumnType.BOOL:
+            distinct, top = _bool_top(int(stats.pop(0)), int(stats.pop(0)))
+            entry |= {"distinct": distinct, "distinct_approximate": False, "top": top}
+        elif RECORDS[c.type].mean_key is None:
             distinct, top = _top_values(conn, ident, c)
             entry |= {"distinct": distinct, "distinct_approximate": False, "top": top}
         else:
@@ -291,13 +300,19 @@ def _estimated_distinct(
     return {name: round(-n * total if n < 0 else n) for name, n in found}
 
 
+def _bool_top(trues: int, falses: int) -> tuple[int, list[dict[str, Any]]]:
+    """A bool column's distinct count and top values from its two counts (as `_top_values`
+    orders them: by count, then False before True)."""
+    counts = sorted(((-n, value) for value, n in ((False, falses), (True, trues)) if n))
+    return len(counts), [{"value": str(value), "count": -n} for n, value in counts]
+
+
 def _top_values(
     conn: psycopg.Connection[Any], table: sql.Identifier, col: ColumnSpec
 ) -> tuple[int, list[dict[str, Any]]]:
+    """A text column's distinct count and top values, by one GROUP BY."""
     # COLLATE "C" compares text bytewise: faster, and ties order by code point as before.
-    value: sql.Composable = sql.Identifier(col.sql_name)
-    if col.type == ColumnType.TEXT:
-        value = sql.SQL('{} COLLATE "C"').format(value)
+    value = sql.SQL('{} COLLATE "C"').format(sql.Identifier(col.sql_name))
     query = sql.SQL(
         "WITH g AS MATERIALIZED (SELECT {v} AS v, count(*) AS n FROM {t}"
         " WHERE {v} IS NOT NULL GROUP BY 1)"
@@ -305,13 +320,4 @@ def _top_values(
         " '[]') FROM (SELECT v, n FROM g ORDER BY n DESC, v LIMIT {n}) x)"
     ).format(v=value, t=table, n=sql.Literal(TOP_N))
     distinct, top = conn.execute(query).fetchone() or (0, [])
-    return int(distinct), [
-        # Bool values read "True"/"False", as str() of the parsed value did before.
-        {
-            "value": str(v)[:TOP_VALUE_MAX_CHARS]
-            if col.type == ColumnType.TEXT
-            else str(v).title(),
-            "count": n,
-        }
-        for v, n in top
-    ]
+    return int(distinct), [{"value": str(v)[:TOP_VALUE_MAX_CHARS], "count": n} for v, n in top]
