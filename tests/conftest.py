@@ -11,6 +11,7 @@ once at import, so all of this happens before ``app``, ``jobs`` or ``rq`` is imp
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import uuid
@@ -41,6 +42,25 @@ if "rq" in sys.modules:  # rq fixes its key prefix when first imported
 
 with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as _conn:
     _conn.execute(f'CREATE SCHEMA "{SCHEMA}"')
+
+
+def drop_run_data() -> None:
+    """Unlink the run's keys and drop its schema. Also at interpreter exit: pytest can stop
+    after this import without a session (a usage error), and the schema must not stay.
+    Forked children (RQ work horses, test servers) inherit the hook and skip it."""
+    if os.getpid() != _OWNER_PID:
+        return
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        unlink_prefix(client, PREFIX)
+    finally:
+        client.close()
+    with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
+
+
+_OWNER_PID = os.getpid()
+atexit.register(drop_run_data)
 
 os.environ.update(
     REDIS_URL=REDIS_URL,
@@ -76,13 +96,7 @@ def unlink_prefix(client: redis.Redis, prefix: str) -> int:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        unlink_prefix(client, PREFIX)
-    finally:
-        client.close()
-    with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
+    drop_run_data()
 
 
 @pytest.fixture

@@ -129,6 +129,31 @@ def test_issue10_suite_run_leaves_foreign_data(
         assert gone == (0,)
 
 
+def test_a_run_stopped_by_a_usage_error_drops_its_schema() -> None:
+    # conftest creates the schema when pytest imports it, before the arguments are checked.
+    run_id = f"iso{uuid.uuid4().hex[:7]}"
+    env = {
+        **os.environ,
+        "REDIS_URL": BASE_REDIS_URL,
+        "DATABASE_URL": BASE_DATABASE_URL,
+        "HERALD_TEST_RUN_ID": run_id,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", SUITE_FILE, "--no-such-option", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 4, done.stdout[-3000:] + done.stderr[-3000:]  # usage error
+    with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (f"test_{run_id}",)
+        ).fetchone()
+    assert left == (0,)
+
+
 def test_issue10_rq_keys_sit_under_the_run_prefix(redis_client: redis.Redis) -> None:
     queue = Queue(settings.CHAT_QUEUE, connection=redis_client)
     job = queue.enqueue("builtins.print", "never run")
