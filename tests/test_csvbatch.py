@@ -153,6 +153,24 @@ def test_issue14_decimal_comma_float_keeps_integers_past_2_to_the_53(
     assert errors == ([] if forced else [(0, "not a number")])
 
 
+@pytest.mark.parametrize("forced", [False, True])
+def test_an_instant_outside_years_1_to_9999_in_utc_is_no_datetime(
+    utc_db: psycopg.Connection, forced: bool
+) -> None:
+    # 0001-01-01T00:00:00+15:59 is 0000-12-31 in UTC: PostgreSQL stored it as a BC time
+    # stamp that psycopg cannot read back, and +16:00 (kept, as UTC overflowed) made the
+    # COPY fail (Hypothesis found both).
+    spec = ColumnSpec("c", "c", ColumnType.DATETIME, forced=forced)
+    outside = ["0001-01-01T00:00:00+15:59", "0001-01-01T10:00:00+16:00", "9999-12-31T23:00-01:00"]
+    inside = ["0001-01-01T00:00:00+00:00", "0001-01-02T00:00:00+15:59", "9999-12-31T23:00:00Z"]
+    for cell in outside:
+        assert parse_cell(cell, spec) == (None, "not a datetime")
+    for cell in inside:
+        assert parse_cell(cell, spec)[1] is None
+    check_like_parse_cell(utc_db, spec, inside)
+    check_like_parse_cell(utc_db, spec, outside + inside)
+
+
 def check_like_parse_cell(db: psycopg.Connection, spec: ColumnSpec, cells: list[str]) -> None:
     if not cells:
         return

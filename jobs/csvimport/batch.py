@@ -12,7 +12,6 @@ a normalised one as the text of its parsed value.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import re
@@ -90,8 +89,8 @@ def _as_text(value: Value) -> str:
     if isinstance(value, float):
         return repr(value)  # shortest round-tripping form; 'inf' is valid float8 input
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        with contextlib.suppress(OverflowError):  # near year 1 or 9999: keep the offset
-            value = value.astimezone(dt.UTC)  # offsets past +-15:59 are not timestamptz input
+        # In range: celltypes reads no instant outside years 1-9999 in UTC.
+        value = value.astimezone(dt.UTC)  # offsets past +-15:59 are not timestamptz input
     if isinstance(value, dt.date):
         return value.isoformat()
     return str(value)

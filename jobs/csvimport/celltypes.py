@@ -264,9 +264,14 @@ def _parse_datetime(v: str, pat: _DatePattern | None) -> dt.datetime | None:
         if _ISO_DATETIME.fullmatch(v) is None:
             return None
         try:
-            return dt.datetime.fromisoformat(v)
-        except ValueError:
+            ts = dt.datetime.fromisoformat(v)
+            if ts.tzinfo is not None:
+                # An instant before year 1 or after 9999 in UTC (0001-01-01T00:00+01:00) is
+                # no Python datetime; PostgreSQL would store it as BC, which cannot be read.
+                ts.astimezone(dt.UTC)
+        except (ValueError, OverflowError):
             return None
+        return ts
     # Non-ISO datetimes: "<column date pattern> H:MM[:SS[.ffffff]]", or a bare date.
     date_part, _, time_part = v.rpartition(" ")
     if not date_part:

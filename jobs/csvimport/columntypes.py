@@ -43,6 +43,9 @@ _YMD_SAFE: Final = (
     r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
     rf"|{_LEAP_YEAR}-02-29)"
 )
+# Offsets on the first and last days of year 1-9999 could put the instant outside them in
+# UTC (celltypes reads those as no datetime): such cells take the per-cell path.
+_IN_UTC_RANGE: Final = r"(?!(?:0001-01-0[12]|9999-12-3[01])[T ][0-9:.]*[+-])"
 _HMS: Final = (
     r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
     r"(?:Z|[+-](?:0[0-9]|1[0-5]):[0-5][0-9])?"
@@ -104,7 +107,11 @@ RECORDS: Final = {
             read_datetime,
             "not a datetime",
             # A bare date is midnight UTC to both readers (the import's time zone is UTC).
-            Plain(f"{_YMD}(?:{_HMS})?", f"{_YMD_SAFE}(?:{_HMS})?", dt.datetime.fromisoformat),
+            Plain(
+                f"{_IN_UTC_RANGE}{_YMD}(?:{_HMS})?",
+                f"{_IN_UTC_RANGE}{_YMD_SAFE}(?:{_HMS})?",
+                dt.datetime.fromisoformat,
+            ),
             mean_key="extract(epoch FROM {})",
         ),
         TypeRecord(ColumnType.TEXT, "text", 0, read_text, "", None, None),
