@@ -233,8 +233,9 @@ def test_any_file_loads_the_same_either_way(
 def test_sigkill_mid_copy_then_rerun_leaves_exactly_one_copy(
     db: psycopg.Connection, redis_client: redis.Redis
 ) -> None:
-    # "oops" in the first MiB makes `amount` text: the whole file takes the pass-through.
-    total = 200_000
+    # "oops" in the first MiB makes `amount` text: the whole file takes the pass-through,
+    # which loads ~1M rows a second: enough rows that the kill lands mid-COPY.
+    total = 400_000
     upload_id, _ = stage(db, large_file(total))
     kill_worker_mid_load(db, redis_client, upload_id)
     assert upload_row(db, upload_id)["status"] == "processing"

@@ -33,23 +33,47 @@ _INT: Final = r"[+-]?(?:0|[1-9][0-9]{0,17})"
 _FLOAT: Final = r"[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)"
 FLOAT_PLAIN_CHARS: Final = 15  # <= 15 significant digits: exact in a double (C11 DBL_DIG)
 _YMD: Final = r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+_YEAR: Final = r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"  # 0001-9999
+# Years 0002-9998: no offset up to +-15:59 moves an instant out of 0001-9999 in UTC.
+_INNER_YEAR: Final = (
+    r"(?:000[2-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
+)
 # The Gregorian calendar itself (years 0001-9999 in both Python and PostgreSQL; 29 February
 # when the year divides by 4, and by 400 if it ends in 00), so a match needs no calendar check.
 _LEAP_YEAR: Final = (
     r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
 )
-_YMD_SAFE: Final = (
-    r"(?:(?!0000)[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
-    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
-    rf"|{_LEAP_YEAR}-02-29)"
-)
+
+
+def _calendar(year: str) -> str:
+    return (
+        rf"(?:{year}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+        r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+        rf"|{_LEAP_YEAR}-02-29)"
+    )
+
+
+_YMD_SAFE: Final = _calendar(_YEAR)
 # Offsets on the first and last days of year 1-9999 could put the instant outside them in
 # UTC (celltypes reads those as no datetime): such cells take the per-cell path.
 _IN_UTC_RANGE: Final = r"(?!(?:0001-01-0[12]|9999-12-3[01])[T ][0-9:.]*[+-])"
-_HMS: Final = (
-    r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
-    r"(?:Z|[+-](?:0[0-9]|1[0-5]):[0-5][0-9])?"
-)
+_TIME: Final = r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+_OFFSET: Final = r"[+-](?:0[0-9]|1[0-5]):[0-5][0-9]"
+_HMS: Final = rf"{_TIME}(?:Z|{_OFFSET})?"
+
+
+def _float_within(chars: int) -> str:
+    """`_FLOAT`'s cells of at most `chars` characters, spelled out by length (RE2, which
+    runs the block regex, has no look-ahead to bound them)."""
+    forms = []
+    for sign, room in (("", chars), ("[+-]", chars - 1)):
+        parts = [rf"\.[0-9]{{1,{room - 1}}}"]
+        for k in range(1, room + 1):  # k digits before the point
+            whole = "(?:0|[1-9])" if k == 1 else f"[1-9][0-9]{{{k - 1}}}"
+            after = room - k - 1  # digits that still fit after a point
+            parts.append(whole + (rf"(?:\.[0-9]{{0,{after}}})?" if after >= 0 else ""))
+        forms.append(f"{sign}(?:{'|'.join(parts)})")
+    return f"(?:{'|'.join(forms)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +82,9 @@ class Plain:
     safe: str | None = None  # a stricter regex whose matches need no `calendar` check
     calendar: Callable[[str], object] | None = None  # raises ValueError off the calendar
     max_chars: int | None = None
+    # The cells of `safe` (else `cell`) within `max_chars`, without look-arounds: what RE2
+    # matches for the pass-through's block check (jobs.csvimport.plainrows).
+    block: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +105,13 @@ RECORDS: Final = {
     r.name: r
     for r in [
         TypeRecord(
-            ColumnType.INT, "bigint", 8, read_int, "not an integer", Plain(_INT), mean_key="{}"
+            ColumnType.INT,
+            "bigint",
+            8,
+            read_int,
+            "not an integer",
+            Plain(_INT, block=_INT),
+            mean_key="{}",
         ),
         TypeRecord(
             ColumnType.FLOAT,
@@ -86,7 +119,7 @@ RECORDS: Final = {
             8,
             read_float,
             "not a number",
-            Plain(_FLOAT, max_chars=FLOAT_PLAIN_CHARS),
+            Plain(_FLOAT, max_chars=FLOAT_PLAIN_CHARS, block=_float_within(FLOAT_PLAIN_CHARS)),
             mean_key="{}",
         ),
         TypeRecord(ColumnType.BOOL, "boolean", 1, read_bool, "not a boolean", None, None),
@@ -96,7 +129,7 @@ RECORDS: Final = {
             4,
             read_date,
             "not a date",
-            Plain(_YMD, _YMD_SAFE, dt.date.fromisoformat),
+            Plain(_YMD, _YMD_SAFE, dt.date.fromisoformat, block=_YMD_SAFE),
             # Days since 0001-01-01, as date.toordinal counts them.
             mean_key="{} - DATE '0001-01-01' + 1",
         ),
@@ -111,6 +144,7 @@ RECORDS: Final = {
                 f"{_IN_UTC_RANGE}{_YMD}(?:{_HMS})?",
                 f"{_IN_UTC_RANGE}{_YMD_SAFE}(?:{_HMS})?",
                 dt.datetime.fromisoformat,
+                block=(rf"{_YMD_SAFE}(?:{_TIME}Z?)?|{_calendar(_INNER_YEAR)}{_TIME}{_OFFSET}"),
             ),
             mean_key="extract(epoch FROM {})",
         ),

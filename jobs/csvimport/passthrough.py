@@ -135,11 +135,12 @@ def _skip_plain_blocks(
     matches = plainrows.block_matcher(fmt.columns, fmt.delimiter)
     limit = settings.UPLOAD_MAX_FIELD_BYTES
     for block in blocks:
-        if matches is None or not plainrows.lines_within(block, limit) or not matches(block):
+        data = block.encode()  # RE2 reads UTF-8 bytes, as COPY does
+        if matches is None or not plainrows.lines_within(block, limit) or not matches(data):
             yield block
             yield from blocks
             return
-        checker.rows += plainrows.rows_in(block)
+        checker.rows += plainrows.rows_in(data)
         after_batch(checker.rows)
 
 

@@ -10,20 +10,25 @@ through `csv` and the Checker as before, which decide whether the file is suitab
 
 The regex accepts only what the Checker accepts, more strictly:
 - cells never hold a quote, CR or LF, so rows are lines and a block is whole rows;
-- typed cells are unquoted, in `columntypes.Plain` form (dates on the calendar), or empty
-  (NULL to both readers); bool cells are one of the spellings both read alike;
+- typed cells are unquoted, in `columntypes.Plain.block` form (dates on the calendar), or
+  empty (NULL to both readers); bool cells are one of the spellings both read alike;
 - text cells are unquoted, or quoted with no quote inside, and never empty when quoted nor
   all whitespace ("" and "  " are NULL to the Python path, '' to COPY);
 - a column with no values in the head of the file (`undecided`) matches only empty cells;
 - no line is longer than the csv field limit (checked without a scan, `lines_within`).
-Delimiters are limited to those no cell pattern can contain, so a row splits one way only.
+Delimiters are limited to those no cell pattern can contain, so a row splits one way.
+
+It runs on RE2 (google-re2), over the UTF-8 bytes that go to COPY: a DFA reads the 89 MB
+benchmark file in ~0.15 s where Python's backtracking `re` took ~1.25 s, and in linear time
+whatever the input. RE2 has no look-arounds, hence `Plain.block`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
+
+import re2
 
 from core.columntypes import ColumnType
 from jobs.csvimport.celltypes import ColumnSpec
@@ -35,41 +40,53 @@ BOOL_WORDS: Final = frozenset(
 )
 # Digits, signs, '.', ':', 'T', 'Z', ' ' and letters occur in plain cells; these never do.
 DELIMITERS: Final = frozenset(",;\t|")
+# What str.isspace calls whitespace (the Python path's test for an empty text cell), which
+# RE2's \s (ASCII only) is not; none lies past U+3000.
+WHITESPACE: Final = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+# RE2 builds its DFA lazily within this memory; past it, it runs slower but still linearly.
+RE2_MAX_MEM: Final = 64 << 20
 
-BlockMatcher = Callable[[str], object]
+BlockMatcher = Callable[[bytes], object]
+
+
+def _chars(chars: Iterable[str]) -> str:
+    """A character-class body for RE2 naming each of `chars` by code point."""
+    return "".join(f"\\x{{{ord(c):x}}}" for c in sorted(set(chars)))
 
 
 def _cell(col: ColumnSpec, delimiter: str) -> str:
-    """The regex of one cell of `col`, NULL (empty) included."""
+    """The RE2 regex of one cell of `col`, NULL (empty) included."""
     if col.type == ColumnType.TEXT:
         if col.undecided:
             return ""
-        d = re.escape(delimiter)
+        d, space = _chars(delimiter), _chars(WHITESPACE)
+        blank = set(WHITESPACE) - {"\r", "\n"}
         # Leading blanks, then a character that is not one (so never all whitespace), then
-        # anything but a quote, the delimiter or a line break: one way to match a cell.
-        unquoted = rf'[^\S\r\n{d}]*[^\s"{d}][^"{d}\r\n]*'
-        quoted = r'"[^\S\r\n"]*[^\s"][^"\r\n]*"'
-        return f"(?>{unquoted}|{quoted})?"
+        # anything but a quote, the delimiter or a line break.
+        unquoted = f'[{_chars(blank - {delimiter})}]*[^{space}"{d}][^"{d}\\r\\n]*'
+        quoted = f'"[{_chars(blank)}]*[^{space}"][^"\\r\\n]*"'
+        return f"(?:{unquoted}|{quoted})?"
     if col.type == ColumnType.BOOL:
-        return f"(?>{'|'.join(sorted(BOOL_WORDS))})?"
+        return f"(?:{'|'.join(sorted(BOOL_WORDS))})?"
     plain = RECORDS[col.type].plain
-    assert plain is not None, col.type
-    cell = plain.safe or plain.cell
-    if plain.max_chars is not None:
-        # Bounded by a look-ahead over the characters a plain number is made of.
-        cell = rf"(?=[0-9+.\-]{{1,{plain.max_chars}}}(?![0-9+.\-])){cell}"
-    return f"(?>{cell})?"
+    assert plain is not None and plain.block is not None, col.type
+    return f"(?:{plain.block})?"
 
 
 def block_matcher(columns: list[ColumnSpec], delimiter: str) -> BlockMatcher | None:
-    """A fullmatch of a block of whole plain rows, or None when the columns cannot have
-    one. Cells, rows and the block are atomic: once a cell matched, nothing goes back into
-    it, so a miss costs one scan (backtracking across the cells of a row that ends in a
-    lone CR is exponential in the number of text cells)."""
+    """A fullmatch of a block of whole plain rows (UTF-8 bytes), or None when the columns
+    cannot have one or the regex is past RE2's memory (hundreds of typed columns)."""
     if delimiter not in DELIMITERS or len(columns) < 2:
         return None
-    row = re.escape(delimiter).join(_cell(c, delimiter) for c in columns)
-    return re.compile(rf"(?>{row}\r?\n)*+(?>{row})?").fullmatch
+    row = f"[{_chars(delimiter)}]".join(_cell(c, delimiter) for c in columns)
+    options = re2.Options()
+    options.max_mem = RE2_MAX_MEM
+    try:
+        regex = re2.compile(f"(?:{row}\\r?\\n)*(?:{row})?".encode(), options)
+    except re2.error:
+        return None
+    fullmatch: BlockMatcher = regex.fullmatch
+    return fullmatch
 
 
 def lines_within(block: str, limit: int) -> bool:
@@ -84,6 +101,6 @@ def lines_within(block: str, limit: int) -> bool:
     return True
 
 
-def rows_in(block: str) -> int:
+def rows_in(block: bytes) -> int:
     """The rows of a block the matcher accepted: its lines, the last one maybe unended."""
-    return block.count("\n") + (bool(block) and not block.endswith("\n"))
+    return block.count(b"\n") + (bool(block) and not block.endswith(b"\n"))
