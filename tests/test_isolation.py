@@ -90,9 +90,8 @@ def foreign_schema() -> Iterator[str]:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def test_issue10_suite_run_leaves_foreign_data(
-    planted: dict[int, dict[str, str]], foreign_schema: str
-) -> None:
+def run_suite(*args: str) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """Run pytest on SUITE_FILE in a subprocess with a run id of its own; (run id, result)."""
     run_id = f"iso{uuid.uuid4().hex[:7]}"
     env = {
         **os.environ,
@@ -101,13 +100,28 @@ def test_issue10_suite_run_leaves_foreign_data(
         "HERALD_TEST_RUN_ID": run_id,
     }
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", SUITE_FILE, "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", SUITE_FILE, "-p", "no:cacheprovider", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+    return run_id, done
+
+
+def schema_exists(run_id: str) -> bool:
+    with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (f"test_{run_id}",)
+        ).fetchone()
+    return found != (0,)
+
+
+def test_issue10_suite_run_leaves_foreign_data(
+    planted: dict[int, dict[str, str]], foreign_schema: str
+) -> None:
+    run_id, done = run_suite("-q")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for db, keys in planted.items():
         client = redis.Redis.from_url(redis_db_url(db))
@@ -123,35 +137,14 @@ def test_issue10_suite_run_leaves_foreign_data(
         client.close()
     with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as conn:
         assert conn.execute(f'SELECT x FROM "{foreign_schema}".keep').fetchall() == [(1,)]
-        gone = conn.execute(
-            "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (f"test_{run_id}",)
-        ).fetchone()
-        assert gone == (0,)
+    assert not schema_exists(run_id)
 
 
 def test_a_run_stopped_by_a_usage_error_drops_its_schema() -> None:
     # conftest creates the schema when pytest imports it, before the arguments are checked.
-    run_id = f"iso{uuid.uuid4().hex[:7]}"
-    env = {
-        **os.environ,
-        "REDIS_URL": BASE_REDIS_URL,
-        "DATABASE_URL": BASE_DATABASE_URL,
-        "HERALD_TEST_RUN_ID": run_id,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", SUITE_FILE, "--no-such-option", "-p", "no:cacheprovider"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run_id, done = run_suite("--no-such-option")
     assert done.returncode == 4, done.stdout[-3000:] + done.stderr[-3000:]  # usage error
-    with psycopg.connect(BASE_DATABASE_URL, autocommit=True) as conn:
-        left = conn.execute(
-            "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (f"test_{run_id}",)
-        ).fetchone()
-    assert left == (0,)
+    assert not schema_exists(run_id)
 
 
 def test_issue10_rq_keys_sit_under_the_run_prefix(redis_client: redis.Redis) -> None:

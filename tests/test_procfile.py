@@ -24,6 +24,7 @@ from core.principal import Identity
 from tests.support.asgi import token
 from tests.support.procs import ROOT, Proc, Web, process_env, read_procfile, start_web, start_worker
 from tests.support.sse import Event, EventStream
+from tests.support.uploads import slow_csv
 
 # Real processes and a 100,000-row import: slower than pytest's default budget when the
 # machine is busy with the rest of the suite.
@@ -192,8 +193,7 @@ async def test_sigterm_on_worker_finishes_the_import_in_hand(
     web = procfile_web(env, "procfile-web-u")
     base = web.base
     procs.append(web)
-    rows = "".join(f"{i},name{i},{i * 1.5},2024-01-01\n" for i in range(100_000))
-    data = ("id,name,price,day\n" + rows).encode()
+    data = slow_csv(200_000)  # still importing when the first progress event arrives
     headers = auth(f"warm-{uuid.uuid4().hex[:8]}")
     async with (
         httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client,
@@ -209,7 +209,7 @@ async def test_sigterm_on_worker_finishes_the_import_in_hand(
             assert seen[-1].json()["percent"] < 100, "signal came too late"
             worker.signal(signal.SIGTERM)
             done = await stream.until("upload.done", upload_id=upload_id)
-        assert done[-1].json()["result"]["rows_total"] == 100_000
+        assert done[-1].json()["result"]["rows_total"] == 200_000
         code = await anyio.to_thread.run_sync(lambda: worker.popen.wait(timeout=60))
         assert code == 0, worker.log()
         got = await client.get(f"/uploads/{upload_id}")

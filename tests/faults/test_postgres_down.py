@@ -23,6 +23,7 @@ from core.events import publish_event
 from core.principal import Identity
 from tests.faults.clients import Client, wait_for
 from tests.faults.stack import Stack
+from tests.support.uploads import slow_csv
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
@@ -36,13 +37,6 @@ UPLOAD_ROWS = 400_000  # big enough to be mid-import when PostgreSQL stops
 RETRY_BOUND_SECONDS = 40.0
 
 FIGURES: dict[str, float] = {}
-
-
-def big_csv(rows: int) -> bytes:
-    # Decimal commas keep the import off PostgreSQL's pass-through (docs/csv.md), ~3x slower
-    # per row, so that it is still running a good while after its first progress event.
-    lines = ["id;name;amount"] + [f"{i};n{i};{i},5" for i in range(rows)]
-    return ("\n".join(lines) + "\n").encode()
 
 
 async def timed(http: httpx.AsyncClient, method: str, path: str, **kw: object) -> httpx.Response:
@@ -73,7 +67,7 @@ async def test_postgres_stopped_and_restarted(stack: Stack) -> None:
             assert (await http.get("/readyz")).status_code == 200
             posted = await http.post(
                 "/uploads?filename=inflight.csv",
-                content=big_csv(UPLOAD_ROWS),
+                content=slow_csv(UPLOAD_ROWS),
                 headers={**auth, "content-type": "text/csv"},
             )
             assert posted.status_code == 202, posted.text

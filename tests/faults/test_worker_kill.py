@@ -25,6 +25,7 @@ from core import settings
 from tests.faults.clients import Client, wait_for
 from tests.faults.stack import Stack
 from tests.support.procs import children, wait_until
+from tests.support.uploads import slow_csv
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
@@ -197,12 +198,6 @@ async def test_issue12_worker_killed_with_50_replies_in_flight(stack: Stack) -> 
     )
 
 
-def big_csv(rows: int) -> bytes:
-    lines = ["id,name,amount,day"]
-    lines += [f"{i},name {i},{i * 1.5},2024-01-{i % 28 + 1:02d}" for i in range(rows)]
-    return ("\n".join(lines) + "\n").encode()
-
-
 async def test_worker_killed_mid_import(stack: Stack) -> None:
     web = stack.start_web()
     stack.start_worker("worker-import", UPLOAD_PROGRESS_INTERVAL_SECONDS="0.05")
@@ -215,7 +210,7 @@ async def test_worker_killed_mid_import(stack: Stack) -> None:
         async with httpx.AsyncClient(base_url=web.base, timeout=60) as http:
             posted = await http.post(
                 "/uploads?filename=big.csv",
-                content=big_csv(UPLOAD_ROWS),
+                content=slow_csv(UPLOAD_ROWS),
                 headers={"authorization": f"Bearer {token}", "content-type": "text/csv"},
             )
         assert posted.status_code == 202, posted.text
