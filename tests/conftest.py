@@ -82,7 +82,8 @@ apply_migrations()
 
 
 def unlink_prefix(client: redis.Redis, prefix: str) -> int:
-    """Unlink every key under ``prefix`` (SCAN, never KEYS or FLUSHDB); returns how many."""
+    """Unlink every key under ``prefix`` (SCAN, never KEYS nor a whole-database command);
+    returns how many."""
     removed = 0
     batch: list[bytes] = []
     for key in client.scan_iter(match=f"{prefix}:*", count=1000):

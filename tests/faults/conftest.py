@@ -26,7 +26,7 @@ def stack(private: Stack) -> Iterator[Stack]:
         private.pg.start()
     # A clean Redis per test: queued jobs left by an earlier test (schemathesis queues
     # thousands of chats) would otherwise sit ahead of this test's jobs.
-    private.flush_private_redis()
+    private.wipe_private_redis()
     # ...and their record in PostgreSQL ended with them, or a worker's reconciler would
     # enqueue that work again (it reads PostgreSQL as the record of work).
     with psycopg.connect(private.pg.url, autocommit=True) as conn:

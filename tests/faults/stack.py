@@ -15,6 +15,7 @@ from pathlib import Path
 
 from app.dev.embedded import free_port
 from core import settings
+from tests.conftest import PREFIX, unlink_prefix
 from tests.support.procs import ROOT, Proc, Web, start_web, start_worker
 from tests.support.servers import PostgresServer, RedisServer
 
@@ -28,11 +29,17 @@ class Stack:
         self.pg = pg
         self.procs: list[Proc] = []
 
-    def flush_private_redis(self) -> None:
-        """FLUSHALL, allowed here only: this Redis was started by the fault suite for
-        itself alone (a free port, a temp dir, a password drawn for it), and
-        RedisServer.flushall checks that the server answering is that process first."""
-        self.redis.flushall()
+    def wipe_private_redis(self) -> int:
+        """Redis losing its data: every key of this run unlinked on the private server (by
+        the run's prefix, as the end-of-run cleanup does; never a whole database, so even
+        a misaimed call could touch only this run's keys). Returns how many keys went."""
+        if not self.redis.ping():
+            raise RuntimeError(f"the Redis on port {self.redis.port} is not the suite's own")
+        client = self.redis.client()
+        try:
+            return unlink_prefix(client, PREFIX)
+        finally:
+            client.close()
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {
