@@ -21,7 +21,7 @@ from typing import Final
 
 from core.columntypes import ColumnType
 from jobs.csvimport.celltypes import ColumnSpec, Value, two_digit_year
-from jobs.csvimport.columntypes import FLOAT_PLAIN_CHARS, RECORDS, parse_cell
+from jobs.csvimport.columntypes import BOOL_PLAIN, FLOAT_PLAIN_CHARS, RECORDS, parse_cell
 
 # A rejected value is kept for the error report up to this many characters.
 ERROR_VALUE_MAX_CHARS: Final = 1000
@@ -70,11 +70,6 @@ _MATCHERS: Final = {
 # With a decimal comma "1.5" is not a plain number but "15" is: integer digits, as short as a
 # float's plain form, so that no integer past float8's exact range (2**53) passes unread.
 _COMMA_FLOAT: Final = dataclasses.replace(_MATCHERS[ColumnType.INT], max_chars=FLOAT_PLAIN_CHARS)
-_BOOL_PLAIN: Final = {
-    spelling: "t" if word in ("true", "yes") else "f"
-    for word in ("true", "false", "yes", "no")
-    for spelling in (word, word.upper(), word.capitalize())
-}
 # Text cells holding one of these are quoted for CSV COPY (RFC 4180; PostgreSQL reads a bare
 # CR or LF as a line break).
 _CSV_SPECIAL: Final = ('"', ",", "\r", "\n")
@@ -137,7 +132,7 @@ def _plain(cells: Sequence[str], col: ColumnSpec) -> list[str] | None:
     """Each cell's COPY text when it is in its column's plain form, else "" for that cell;
     None when no cell is (nothing saved by trying)."""
     if col.type == ColumnType.BOOL:
-        return [_BOOL_PLAIN.get(c, "") for c in cells]
+        return [BOOL_PLAIN.get(c, "") for c in cells]
     if all_plain(cells, col):
         return list(cells)
     m = _matchers(col)

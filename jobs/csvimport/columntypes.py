@@ -32,7 +32,20 @@ from jobs.csvimport.celltypes import (
 _INT: Final = r"[+-]?(?:0|[1-9][0-9]{0,17})"
 _FLOAT: Final = r"[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)"
 FLOAT_PLAIN_CHARS: Final = 15  # <= 15 significant digits: exact in a double (C11 DBL_DIG)
-_YMD: Final = r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+# Bool spellings PostgreSQL's boolean input reads as the Python path does (docs 8.6), each
+# with the value's plain text.
+BOOL_PLAIN: Final = {
+    spelling: "t" if word in ("true", "yes") else "f"
+    for word in ("true", "false", "yes", "no")
+    for spelling in (word, word.upper(), word.capitalize())
+}
+
+
+def _ymd(year: str) -> str:
+    return rf"{year}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+
+
+_YMD: Final = _ymd("[0-9]{4}")
 _YEAR: Final = r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"  # 0001-9999
 # Years 0002-9998: no offset up to +-15:59 moves an instant out of 0001-9999 in UTC.
 _INNER_YEAR: Final = (
@@ -54,12 +67,15 @@ def _calendar(year: str) -> str:
 
 
 _YMD_SAFE: Final = _calendar(_YEAR)
-# Offsets on the first and last days of year 1-9999 could put the instant outside them in
-# UTC (celltypes reads those as no datetime): such cells take the per-cell path.
-_IN_UTC_RANGE: Final = r"(?!(?:0001-01-0[12]|9999-12-3[01])[T ][0-9:.]*[+-])"
 _TIME: Final = r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
 _OFFSET: Final = r"[+-](?:0[0-9]|1[0-5]):[0-5][0-9]"
-_HMS: Final = rf"{_TIME}(?:Z|{_OFFSET})?"
+
+
+def _datetime(ymd: str, inner_ymd: str) -> str:
+    """A date, or a date-time in UTC (naive or Z); with a numeric offset only in years
+    0002-9998, since an offset in year 1 or 9999 could put the instant outside them in UTC
+    (celltypes reads those as no datetime): such cells take the per-cell path."""
+    return rf"(?:{ymd}(?:{_TIME}Z?)?|{inner_ymd}{_TIME}{_OFFSET})"
 
 
 def _float_within(chars: int) -> str:
@@ -82,9 +98,13 @@ class Plain:
     safe: str | None = None  # a stricter regex whose matches need no `calendar` check
     calendar: Callable[[str], object] | None = None  # raises ValueError off the calendar
     max_chars: int | None = None
-    # The cells of `safe` (else `cell`) within `max_chars`, without look-arounds: what RE2
-    # matches for the pass-through's block check (jobs.csvimport.plainrows).
+    # `safe` (else `cell`) spelled for RE2, where that needs look-arounds (`max_chars`):
+    # what the pass-through's block check matches (jobs.csvimport.plainrows).
     block: str | None = None
+
+    @property
+    def block_form(self) -> str:
+        return self.block or self.safe or self.cell
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +130,7 @@ RECORDS: Final = {
             8,
             read_int,
             "not an integer",
-            Plain(_INT, block=_INT),
+            Plain(_INT),
             mean_key="{}",
         ),
         TypeRecord(
@@ -129,7 +149,7 @@ RECORDS: Final = {
             4,
             read_date,
             "not a date",
-            Plain(_YMD, _YMD_SAFE, dt.date.fromisoformat, block=_YMD_SAFE),
+            Plain(_YMD, _YMD_SAFE, dt.date.fromisoformat),
             # Days since 0001-01-01, as date.toordinal counts them.
             mean_key="{} - DATE '0001-01-01' + 1",
         ),
@@ -141,10 +161,9 @@ RECORDS: Final = {
             "not a datetime",
             # A bare date is midnight UTC to both readers (the import's time zone is UTC).
             Plain(
-                f"{_IN_UTC_RANGE}{_YMD}(?:{_HMS})?",
-                f"{_IN_UTC_RANGE}{_YMD_SAFE}(?:{_HMS})?",
+                _datetime(_YMD, _ymd(_INNER_YEAR)),
+                _datetime(_YMD_SAFE, _calendar(_INNER_YEAR)),
                 dt.datetime.fromisoformat,
-                block=(rf"{_YMD_SAFE}(?:{_TIME}Z?)?|{_calendar(_INNER_YEAR)}{_TIME}{_OFFSET}"),
             ),
             mean_key="extract(epoch FROM {})",
         ),

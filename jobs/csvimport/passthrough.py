@@ -30,6 +30,7 @@ from core.columntypes import ColumnType
 from jobs.csvimport import plainrows
 from jobs.csvimport.batch import all_plain
 from jobs.csvimport.celltypes import ColumnSpec
+from jobs.csvimport.columntypes import BOOL_PLAIN
 from jobs.csvimport.format import (
     QUOTECHAR,
     CsvFormat,
@@ -99,7 +100,7 @@ class Checker:
             if not cells:
                 return
         if col.type == ColumnType.BOOL:
-            ok = set(cells) <= plainrows.BOOL_WORDS
+            ok = set(cells) <= BOOL_PLAIN.keys()
         elif j in self.many:
             ok = all_plain(cells, col)
         else:

@@ -10,7 +10,7 @@ through `csv` and the Checker as before, which decide whether the file is suitab
 
 The regex accepts only what the Checker accepts, more strictly:
 - cells never hold a quote, CR or LF, so rows are lines and a block is whole rows;
-- typed cells are unquoted, in `columntypes.Plain.block` form (dates on the calendar), or
+- typed cells are unquoted, in `columntypes.Plain.block_form` (dates on the calendar), or
   empty (NULL to both readers); bool cells are one of the spellings both read alike;
 - text cells are unquoted, or quoted with no quote inside, and never empty when quoted nor
   all whitespace ("" and "  " are NULL to the Python path, '' to COPY);
@@ -32,12 +32,8 @@ import re2
 
 from core.columntypes import ColumnType
 from jobs.csvimport.celltypes import ColumnSpec
-from jobs.csvimport.columntypes import RECORDS
+from jobs.csvimport.columntypes import BOOL_PLAIN, RECORDS
 
-# Spellings PostgreSQL's boolean input reads as Python's reader does (docs 8.6), NULL aside.
-BOOL_WORDS: Final = frozenset(
-    s for word in ("true", "false", "yes", "no") for s in (word, word.upper(), word.capitalize())
-)
 # Digits, signs, '.', ':', 'T', 'Z', ' ' and letters occur in plain cells; these never do.
 DELIMITERS: Final = frozenset(",;\t|")
 # What str.isspace calls whitespace (the Python path's test for an empty text cell), which
@@ -67,10 +63,10 @@ def _cell(col: ColumnSpec, delimiter: str) -> str:
         quoted = f'"[{_chars(blank)}]*[^{space}"][^"\\r\\n]*"'
         return f"(?:{unquoted}|{quoted})?"
     if col.type == ColumnType.BOOL:
-        return f"(?:{'|'.join(sorted(BOOL_WORDS))})?"
+        return f"(?:{'|'.join(sorted(BOOL_PLAIN))})?"
     plain = RECORDS[col.type].plain
-    assert plain is not None and plain.block is not None, col.type
-    return f"(?:{plain.block})?"
+    assert plain is not None, col.type
+    return f"(?:{plain.block_form})?"
 
 
 def block_matcher(columns: list[ColumnSpec], delimiter: str) -> BlockMatcher | None:
