@@ -41,7 +41,7 @@ from jobs.chat.agent import GRAPH, AgentContext, ChatState
 from jobs.chat.llm import configured_model
 from jobs.chat.outbox import Outbox
 from jobs.chat.runtime import ChatRuntime, chat_runtime
-from jobs.worker.asyncworker import STOP, TIMEOUT, cancel_reason
+from jobs.worker.jobcontrol import STOP, TIMEOUT, cancel_reason
 
 logger = logging.getLogger("herald.chat")
 

@@ -36,14 +36,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import contextvars
 import datetime as dt
 import inspect
 import logging
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -59,37 +57,13 @@ from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
 
 from core.collector import gen0_threshold
+from jobs.worker.jobcontrol import HANDBACK, STOP, TIMEOUT, Control, bind, expire
 from jobs.worker.liveness import vouch_running, withdraw
 from jobs.worker.looplag import LagHistogram, probe_loop_lag
+from jobs.worker.loopthread import Lifespan, LoopThread
 from jobs.worker.prefetch import Taken, take_jobs
 
 logger = logging.getLogger("herald.worker")
-
-STOP = "STOP"  # cancel message: the job was stopped on request (rq stop-job)
-HANDBACK = "HANDBACK"  # cancel message: the worker is shutting down; the job is re-queued
-TIMEOUT = "TIMEOUT"  # cancel message: the job ran past its timeout
-
-Lifespan = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
-
-
-@dataclass
-class _Control:
-    """Why the worker cancelled a job (``STOP`` or ``HANDBACK``), readable by the job."""
-
-    reason: str | None = None
-
-
-# Set in each job's own task: the object is shared with every task the job spawns.
-_control: contextvars.ContextVar[_Control | None] = contextvars.ContextVar(
-    "herald_job_control", default=None
-)
-
-
-def cancel_reason() -> str | None:
-    """Inside a job whose task was cancelled: ``STOP``, ``HANDBACK``, or None (not cancelled
-    by the worker, or not running on an ``AsyncWorker``)."""
-    control = _control.get()
-    return control.reason if control is not None else None
 
 
 @dataclass
@@ -98,7 +72,7 @@ class _InFlight:
     queue: Queue
     execution: Execution
     future: Future[None]
-    control: _Control
+    control: Control
     task: asyncio.Task[None] | None = None
 
 
@@ -149,9 +123,8 @@ class AsyncWorker(SimpleWorker):
         self.concurrency = max(1, concurrency)
         self.dequeue_batch = max(1, dequeue_batch)
         self._taken: collections.deque[Taken] = collections.deque()  # each holds a slot
-        self._job_tasks: set[asyncio.Task[Any]] = set()  # on the loop thread only
         self.grace_seconds = grace_seconds
-        self._lifespan = lifespan
+        self._runner = LoopThread(lifespan, self._start_helpers)
         # The loop-lag probe (jobs/worker/looplag.py): off when the tick is 0.
         self.loop_lag_tick = loop_lag_tick
         self.loop_lag_window = loop_lag_window
@@ -166,48 +139,10 @@ class AsyncWorker(SimpleWorker):
         # RQ's failure path reads one worker attribute (the stopped job id): one at a time.
         self._finish_lock = threading.Lock()
         self._stopped: set[str] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
-        self._loop_ready = threading.Event()
-        self._loop_error: BaseException | None = None
 
-    # --- the loop thread ------------------------------------------------------------
-    def _start_loop(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        async def main() -> None:
-            async with self._lifespan() if self._lifespan else _nothing():
-                self._stop_loop = asyncio.Event()
-                probe = self._start_probe()
-                vouching = self._start_vouching()
-                self._loop_ready.set()
-                await self._stop_loop.wait()
-                helpers = [task for task in (probe, vouching) if task is not None]
-                for task in helpers:
-                    task.cancel()
-                # Lifespan resources close only after every job's task has ended. Not
-                # every task: the lifespan's own (a connection pool's workers) end only
-                # when it closes, so waiting for them held shutdown for the thread's
-                # 30 s join timeout and left the lifespan unclosed.
-                ending = [*self._job_tasks, *helpers]
-                await asyncio.gather(*ending, return_exceptions=True)
-
-        def run() -> None:
-            try:
-                loop.run_until_complete(main())
-            except BaseException as exc:
-                self._loop_error = exc
-                logger.exception("the worker's event loop failed")
-            finally:
-                self._loop_ready.set()
-                loop.close()
-
-        self._loop_thread = threading.Thread(target=run, name="rq-async-loop", daemon=True)
-        self._loop_thread.start()
-        self._loop_ready.wait()
-        if self._loop_error is not None:
-            raise RuntimeError("the worker's event loop did not start") from self._loop_error
+    # --- the loop thread's helpers ---------------------------------------------------------
+    def _start_helpers(self) -> list[asyncio.Task[None]]:
+        return [t for t in (self._start_probe(), self._start_vouching()) if t is not None]
 
     def _start_probe(self) -> asyncio.Task[None] | None:
         if self.loop_lag_tick <= 0:
@@ -240,21 +175,13 @@ class AsyncWorker(SimpleWorker):
                 logger.warning("could not record the jobs running here: %s", exc)
             await asyncio.sleep(self.running_ttl / 3)
 
-    def _stop_loop_thread(self) -> None:
-        loop, thread = self._loop, self._loop_thread
-        if loop is None or thread is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._stop_loop.set)
-        thread.join(timeout=30)
-
     def work(self, *args: Any, **kwargs: Any) -> bool:
         with gen0_threshold(self.gc_gen0_threshold):
-            self._start_loop()
+            self._runner.start()
             try:
                 return bool(super().work(*args, **kwargs))
             finally:
-                self._stop_loop_thread()
+                self._runner.stop()
                 if self.running_ttl > 0:  # every job ended or was handed back
                     with contextlib.suppress(redis.exceptions.RedisError, OSError):
                         withdraw(self.connection, self.name)
@@ -310,12 +237,9 @@ class AsyncWorker(SimpleWorker):
                 raise
         try:
             job.started_at = now()
-            assert self._loop is not None
             with self._inflight_lock:
-                control = _Control()
-                future = asyncio.run_coroutine_threadsafe(
-                    self._perform(job, queue, execution, control), self._loop
-                )
+                control = Control()
+                future = self._runner.submit(self._perform(job, queue, execution, control))
                 self._inflight[job.id] = _InFlight(job, queue, execution, future, control)
         except BaseException:
             self._slots.release()
@@ -326,23 +250,21 @@ class AsyncWorker(SimpleWorker):
         return len(self._inflight)
 
     async def _perform(
-        self, job: Job, queue: Queue, execution: Execution, control: _Control
+        self, job: Job, queue: Queue, execution: Execution, control: Control
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._job_tasks.add(task)
-        task.add_done_callback(self._job_tasks.discard)
         with self._inflight_lock:
             entry = self._inflight.get(job.id)
             if entry is not None:
                 entry.task = task
-        _control.set(control)
+        bind(control)
         token = _current_job.set(job)  # what rq.get_current_job() reads
         loop = asyncio.get_running_loop()
         timeout = job.timeout or queue.DEFAULT_TIMEOUT
         timer = None
         if timeout and timeout > 0:
-            timer = loop.call_later(timeout, _expire, control, task)
+            timer = loop.call_later(timeout, expire, control, task)
         try:
             coro = job.func(*job.args, **job.kwargs)
             if not inspect.iscoroutine(coro):
@@ -411,11 +333,11 @@ class AsyncWorker(SimpleWorker):
         """Cancel one in-flight job's task; RQ then marks it STOPPED. Thread-safe."""
         with self._inflight_lock:
             entry = self._inflight.get(job_id)
-        if entry is None or self._loop is None:
+        if entry is None:
             return False
         self._stopped.add(job_id)
         entry.control.reason = STOP
-        self._loop.call_soon_threadsafe(_cancel, entry, STOP)
+        self._runner.call_soon(_cancel, entry, STOP)
         return True
 
     def teardown(self) -> None:
@@ -433,20 +355,14 @@ class AsyncWorker(SimpleWorker):
             time.sleep(0.05)
         with self._inflight_lock:
             left = list(self._inflight.values())
-        if left and self._loop is not None:
+        if left:
             logger.warning("handing %d unfinished job(s) back to the queue", len(left))
             for entry in left:
                 entry.control.reason = HANDBACK
-                self._loop.call_soon_threadsafe(_cancel, entry, HANDBACK)
+                self._runner.call_soon(_cancel, entry, HANDBACK)
             for entry in left:
                 with contextlib.suppress(Exception):
                     entry.future.result(timeout=10)
-
-
-def _expire(control: _Control, task: asyncio.Task[Any]) -> None:
-    if control.reason is None:
-        control.reason = TIMEOUT
-        task.cancel(TIMEOUT)
 
 
 def _cancel(entry: _InFlight, message: str) -> None:
@@ -454,8 +370,3 @@ def _cancel(entry: _InFlight, message: str) -> None:
         entry.task.cancel(message)
     else:  # handed to the loop but not started yet: its task exists a moment later
         asyncio.get_running_loop().call_later(0.01, _cancel, entry, message)
-
-
-@contextlib.asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
-    yield
