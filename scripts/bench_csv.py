@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import psycopg
@@ -83,7 +84,16 @@ def settle_server(dsn: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def run_job(env: dict[str, str], upload_id: str, interval: str) -> tuple[float, int, int]:
+class JobRun(NamedTuple):
+    elapsed: float
+    rss_mib: int
+    rows: int
+    reports: int  # progress reports made
+    report_cpu: float  # CPU seconds the reporter thread spent on them
+    waited: float  # seconds the import's own thread waited for a report to finish
+
+
+def run_job(env: dict[str, str], upload_id: str, interval: str) -> JobRun:
     """The import in a fresh process (this script's ``--run-job``), as RQ would call it."""
     out = subprocess.run(
         [sys.executable, __file__, "--run-job", upload_id],
@@ -93,20 +103,49 @@ def run_job(env: dict[str, str], upload_id: str, interval: str) -> tuple[float, 
         text=True,
         check=True,
     )
-    elapsed, rss_kb, rows = out.stdout.split()
-    return float(elapsed), int(rss_kb) // 1024, int(rows)
+    elapsed, rss_kb, rows, reports, report_cpu, waited = out.stdout.split()
+    return JobRun(
+        float(elapsed),
+        int(rss_kb) // 1024,
+        int(rows),
+        int(reports),
+        float(report_cpu),
+        float(waited),
+    )
 
 
 def job_process(upload_id: str) -> None:
-    """``--run-job``: import one upload, print seconds, peak RSS (KiB) and valid rows."""
+    """``--run-job``: import one upload; print seconds, peak RSS (KiB), valid rows, and what
+    progress reporting took: reports, the reporter thread's CPU seconds, and the seconds the
+    import waited for a report (``Run.settle``). Progress is measured directly because its
+    cost (a few ms a report) is below the run-to-run noise of the import's wall time."""
     sys.path.insert(0, str(ROOT))
-    from jobs.csvimport.job import import_upload
+    from jobs.csvimport.job import Run, import_upload
 
+    spent = {"reports": 0, "cpu": 0.0, "waited": 0.0}
+    progress, settle = Run.progress, Run.settle
+
+    def timed_progress(run: Run, percent: int, rows_processed: int) -> None:
+        started = time.thread_time()
+        try:
+            progress(run, percent, rows_processed)
+        finally:
+            spent["reports"] += 1
+            spent["cpu"] += time.thread_time() - started
+
+    def timed_settle(run: Run) -> None:
+        started = time.perf_counter()
+        try:
+            settle(run)
+        finally:
+            spent["waited"] += time.perf_counter() - started
+
+    Run.progress, Run.settle = timed_progress, timed_settle  # type: ignore[method-assign]
     started = time.perf_counter()
     result = import_upload(upload_id)
     elapsed = time.perf_counter() - started
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(elapsed, rss, result["rows_valid"] if result else -1)
+    print(elapsed, rss, result["rows_valid"] if result else -1, *spent.values())
 
 
 def psql_copy(dsn: str, path: Path) -> float:
@@ -170,33 +209,44 @@ def main() -> int:
         variants = [("progress off", "0"), ("progress 0.25 s", "0.25"),
                     ("progress every batch", "0.000001")]  # fmt: skip
         copies: list[float] = []
-        results: dict[str, list[tuple[float, int, float]]] = {v: [] for v, _ in variants}
+        results: dict[str, list[tuple[JobRun, float]]] = {v: [] for v, _ in variants}
         for _ in range(args.repeat):
             copies.append(psql_copy(dsn, large))
             for label, interval in variants:
                 upload_id, stage_s = stage(dsn, large, chunk)
                 settle_server(dsn)
-                elapsed, rss, rows = run_job(env, upload_id, interval)
-                assert rows == args.rows, rows
-                results[label].append((elapsed, rss, stage_s))
+                job = run_job(env, upload_id, interval)
+                assert job.rows == args.rows, job.rows
+                results[label].append((job, stage_s))
         copy_s = min(copies)
         print(f"psql \\copy          : {copy_s:6.2f} s  {args.rows / copy_s:>10,.0f} rows/s")
         best = {}
         for label, _ in variants:
-            elapsed, rss, stage_s = min(results[label])
-            best[label] = elapsed
+            job, stage_s = min(results[label])
+            best[label] = job.elapsed
             print(
-                f"job, {label:<20}: {elapsed:6.2f} s  {args.rows / elapsed:>10,.0f} rows/s"
-                f"  peak RSS {max(r[1] for r in results[label])} MiB"
-                f"  ({copy_s / elapsed:.2f}x \\copy's rows/s; staging took {stage_s:.2f} s)"
+                f"job, {label:<20}: {job.elapsed:6.2f} s  {args.rows / job.elapsed:>10,.0f} rows/s"
+                f"  peak RSS {max(r.rss_mib for r, _ in results[label])} MiB"
+                f"  ({copy_s / job.elapsed:.2f}x \\copy's rows/s; staging took {stage_s:.2f} s)"
             )
-        upload_id, _ = stage(dsn, small, chunk)
-        elapsed, rss, _ = run_job(env, upload_id, "0.25")
+        small_job = run_job(env, stage(dsn, small, chunk)[0], "0.25")
+        elapsed, rss = small_job.elapsed, small_job.rss_mib
         print(f"job, {args.small} rows     : {elapsed:6.2f} s  peak RSS {rss} MiB")
         off, on = best["progress off"], best["progress 0.25 s"]
         every = best["progress every batch"]
-        print(f"progress cost: {100 * (on - off) / off:+.1f}% at 0.25 s, "
-              f"{100 * (every - off) / off:+.1f}% every batch")  # fmt: skip
+        print(f"wall-time difference with progress: {100 * (on - off) / off:+.1f}% at 0.25 s, "
+              f"{100 * (every - off) / off:+.1f}% every batch (best runs; noisy)")  # fmt: skip
+        # Measured directly: the reporter thread's CPU (the most it can take from the
+        # import's thread under the GIL) plus the import's waits for a report to end.
+        for label, _ in variants[1:]:
+            costs = [(r.report_cpu + r.waited) / r.elapsed for r, _ in results[label]]
+            runs = results[label]
+            print(
+                f"progress, {label}: {max(r.reports for r, _ in runs)} reports, reporter CPU"
+                f" {1000 * max(r.report_cpu for r, _ in runs):.0f} ms, waits"
+                f" {1000 * max(r.waited for r, _ in runs):.0f} ms: at most"
+                f" {100 * max(costs):.1f}% of the import (worst of {len(runs)} runs)"
+            )
         with open("/proc/loadavg") as f:
             print("load average at the end:", f.read().split()[:3])
     finally:
