@@ -105,6 +105,9 @@ def test_issue10_ctrl_c_mid_reply_then_restart_answers_every_message(state_dir: 
     assert "Stopping" in log
     if os.geteuid() == 0:  # said before pgserver acts (issue 10 item 8)
         assert log.index("system user 'pgserver'") < log.index("Herald is")
+    # The embedded PostgreSQL is built without LZ4: migration 004 keeps pglz there, and says so.
+    assert "applied migration 004_chunk_compression" in log
+    assert "migration notice: upload_chunks keeps pglz" in log, log[-6000:]
     # The dev Redis appends to a file under the state directory (issue 10 item 7).
     assert any(p.name.startswith("appendonly") for p in (state_dir / "redis").iterdir())
 

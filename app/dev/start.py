@@ -41,6 +41,11 @@ def web_argv(port: int | str, *extra: str, host: str = "127.0.0.1") -> list[str]
     ]  # fmt: skip
 
 
+def release_argv() -> list[str]:
+    """The Procfile's release phase (migrations) on this interpreter."""
+    return [sys.executable, "-m", "app.migrations"]
+
+
 def worker_argv() -> list[str]:
     return [sys.executable, "-m", "jobs.worker"]
 
@@ -175,10 +180,15 @@ def run(stack: Stack, env: dict[str, str]) -> int:
     os.environ.update(env)  # settings are read below, after this point
 
     from app.dev.token import DEV_ORG, DEV_TOKEN_TTL_SECONDS, DEV_USER
-    from app.migrations import apply_migrations
     from app.security.auth import mint_token
 
-    apply_migrations()
+    # The Procfile's release phase, run as Heroku runs it before web and worker start.
+    release = subprocess.run(release_argv(), env=env, check=False)  # noqa: S603  # nosec B603
+    if stack.signals:
+        return 130
+    if release.returncode != 0:
+        print("Migrations failed; see the log above.", file=sys.stderr, flush=True)
+        return release.returncode
     token = mint_token(DEV_USER, org_id=DEV_ORG, ttl_seconds=DEV_TOKEN_TTL_SECONDS)
     port = env["PORT"]
     if stack.signals:

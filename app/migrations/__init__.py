@@ -34,6 +34,9 @@ def apply_migrations(conninfo: str | None = None) -> list[str]:
                 " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             applied = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+            # A migration's RAISE NOTICE tells the operator of a choice it made for this
+            # server (e.g. 004: no LZ4, so upload chunks keep pglz).
+            conn.add_notice_handler(_log_notice)
             for path in pending(applied):
                 with conn.transaction():
                     conn.execute(path.read_text())
@@ -48,6 +51,11 @@ def apply_migrations(conninfo: str | None = None) -> list[str]:
     # cannot see (PostgreSQL docs, CREATE INDEX, "Building Indexes Concurrently").
     setup_checkpointer(conninfo)
     return done
+
+
+def _log_notice(notice: psycopg.errors.Diagnostic) -> None:
+    if notice.severity_nonlocalized == "NOTICE" and notice.message_primary:
+        logger.info("migration notice: %s", notice.message_primary)
 
 
 def setup_checkpointer(conninfo: str | None = None) -> None:
