@@ -19,6 +19,7 @@ from app.sse.hub import Hub
 from app.sse.leases import StreamLeases
 from core import eventclients, redispolicy, settings
 from core.collector import gen0_threshold
+from core.redisdriver import driver_info
 
 logger = logging.getLogger("herald.resources")
 
@@ -37,10 +38,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
             health_check_interval=30,
             socket_connect_timeout=5,
+            driver_info=driver_info(),
         )
     )
     # RQ is synchronous; it gets its own small pool, used from worker threads.
-    state.sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    state.sync_redis = redis.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=5, driver_info=driver_info()
+    )
     state.jobs = JobQueue(state.sync_redis)
     state.ratelimiter = RateLimiter.from_settings()
     state.auth_throttle = AuthThrottle.from_settings()

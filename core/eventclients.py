@@ -20,6 +20,7 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from core import settings
+from core.redisdriver import driver_info
 
 EventsClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
 AsyncEventsClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
@@ -64,8 +65,11 @@ def open_events_client() -> EventsClient:
                 for host, port in others
             ],
             socket_connect_timeout=5,
+            driver_info=driver_info(),
         )
-    return redis.Redis.from_url(settings.EVENTS_REDIS_URL, socket_connect_timeout=5)
+    return redis.Redis.from_url(
+        settings.EVENTS_REDIS_URL, socket_connect_timeout=5, driver_info=driver_info()
+    )
 
 
 def open_async_cluster(url: str) -> redis.asyncio.cluster.RedisCluster:
@@ -75,6 +79,7 @@ def open_async_cluster(url: str) -> redis.asyncio.cluster.RedisCluster:
         first,
         startup_nodes=[redis.asyncio.cluster.ClusterNode(host, port) for host, port in others],
         socket_connect_timeout=5,
+        driver_info=driver_info(),
     )
 
 
@@ -102,6 +107,7 @@ def open_async_events_client(**pool: Any) -> AsyncEventsClient:
             settings.EVENTS_REDIS_URL,
             health_check_interval=30,
             socket_connect_timeout=5,
+            driver_info=driver_info(),
             **pool,
         )
     )

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from app import metrics
 from app.errors import RateLimited
 from core import settings
+from core.redisdriver import driver_info
 
 RateLimitHeaders = dict[str, str]
 
@@ -45,6 +46,7 @@ def open_storage(redis_url: str, key_prefix: str) -> RedisStorage:
         max_connections=settings.REDIS_POOL_MAX,
         timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
         socket_connect_timeout=5,
+        driver_info=driver_info(),
     )
     # limits types its options as scalars; it hands them to redis-py as they are.
     options: dict[str, Any] = {"connection_pool": pool}

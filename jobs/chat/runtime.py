@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from core import eventclients, settings
 from core.eventclients import AsyncEventsClient
+from core.redisdriver import driver_info
 from jobs.chat.breaker import Breaker
 from jobs.chat.llm import ProviderHandle, configured_model, open_provider
 from jobs.chat.outbox import Outbox
@@ -83,6 +84,7 @@ async def open_runtime(pool_size: int | None = None) -> AsyncIterator[ChatRuntim
             socket_connect_timeout=5,
             max_connections=settings.REDIS_POOL_MAX,
             timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
+            driver_info=driver_info(),
         )
     )
     events = (

@@ -41,6 +41,7 @@ from core.collector import gen0_threshold
 from core.eventclients import EventsClient, events_client_for
 from core.eventkinds import EventKind
 from core.principal import Identity
+from core.redisdriver import driver_info
 from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
 from jobs.csvimport import load as csvload
 from jobs.csvimport import passthrough
@@ -301,7 +302,7 @@ def import_upload(upload_id: str) -> dict[str, Any] | None:
     dsn = str(settings.DATABASE_URL)
     app_name = f"{APP_NAME} {upload_id}"[:63]  # NAMEDATALEN - 1
     with (
-        redis.Redis.from_url(settings.REDIS_URL) as client,
+        redis.Redis.from_url(settings.REDIS_URL, driver_info=driver_info()) as client,
         events_client_for(client) as bus,
         # Named, so an operator can find (or end) an import in pg_stat_activity.
         psycopg.connect(dsn, autocommit=True, application_name=app_name) as ctl,

@@ -52,6 +52,7 @@ from rq.job import Job, JobStatus
 from core import jobkinds, settings
 from core.jobkinds import JobKind
 from core.logs import configure_logging
+from core.redisdriver import driver_info
 from jobs.worker import liveness
 from jobs.worker.recovery import (
     CHAT,
@@ -281,7 +282,7 @@ def run_reconciler(reap: Reap) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: stop.set())
     connection = redis.Redis.from_url(
-        settings.REDIS_URL, socket_connect_timeout=5, socket_timeout=10
+        settings.REDIS_URL, socket_connect_timeout=5, socket_timeout=10, driver_info=driver_info()
     )
     try:
         Reconciler(connection, str(settings.DATABASE_URL), reap).run(stop.is_set)

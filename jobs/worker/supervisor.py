@@ -42,6 +42,7 @@ from rq.executions import Execution
 from core import redispolicy, settings
 from core.jobkinds import JOB_KINDS, JobKind, WorkerKind
 from core.logs import configure_logging
+from core.redisdriver import driver_info
 from jobs.worker import liveness, orphans
 from jobs.worker.asyncworker import AsyncWorker
 from jobs.worker.reconciler import run_reconciler
@@ -57,7 +58,7 @@ def run_worker(kind: JobKind, name: str | None = None) -> None:
     configure_logging()
     # Imported before the first job, not by it (JobKind.module).
     importlib.import_module(kind.module)
-    connection = redis.Redis.from_url(settings.REDIS_URL)
+    connection = redis.Redis.from_url(settings.REDIS_URL, driver_info=driver_info())
     worker: Worker | AsyncWorker
     if kind.worker is WorkerKind.ASYNC:
         lifespan_module, _, lifespan_name = (kind.lifespan or "").rpartition(".")
@@ -178,7 +179,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     connection = redis.Redis.from_url(
-        settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=2
+        settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=2, driver_info=driver_info()
     )
     vouched = 0.0
     try:
