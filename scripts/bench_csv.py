@@ -1,6 +1,7 @@
 """CSV import throughput and memory, beside ``psql \\copy`` of the same file (issue 4).
 
     .venv/bin/python scripts/bench_csv.py [--rows 1000000] [--small 100000] [--repeat 2]
+                                          [--shape plain|quoted]
 
 Uses REDIS_URL / DATABASE_URL (defaults: this machine's servers) with a throwaway
 PostgreSQL schema and Redis key prefix. Each import runs in a fresh worker process
@@ -39,18 +40,25 @@ COLUMNS = (
 CITIES = ["Berlin", "Lyon", "Porto", "Oslo", "Turin", "Ghent", "Cork", "Brno"]
 
 
-def generate(path: Path, rows: int) -> None:
+def generate(path: Path, rows: int, quoted: bool = False) -> None:
+    """The benchmark file. `quoted`: the shape of many database and pandas exports, every
+    field quoted (QUOTE_ALL) and `amount` a decimal of 15 significant digits in 16
+    characters (538_congress_data_aging.csv has both)."""
     rng = random.Random(4)
+    q = '"' if quoted else ""
     with path.open("w", newline="") as f:
-        f.write("id,amount,name,day,active,seen,qty,city,ratio,note\n")
+        names = ["id", "amount", "name", "day", "active", "seen", "qty", "city", "ratio", "note"]
+        f.write(",".join(f"{q}{n}{q}" for n in names) + "\n")
         lines = []
         for i in range(rows):
-            lines.append(
-                f"{i},{rng.random() * 1e4:.2f},name {i % 9973},"
-                f"2024-{i % 12 + 1:02d}-{i % 28 + 1:02d},{'true' if i % 3 else 'false'},"
-                f"2024-05-{i % 28 + 1:02d}T{i % 24:02d}:{i % 60:02d}:00Z,{i % 500},"
-                f'{CITIES[i % 8]},{rng.random():.4f},"note, {i % 101}"\n'
-            )
+            amount = f"{rng.random() * 100:.13f}" if quoted else f"{rng.random() * 1e4:.2f}"
+            fields = [
+                str(i), amount, f"name {i % 9973}",
+                f"2024-{i % 12 + 1:02d}-{i % 28 + 1:02d}", "true" if i % 3 else "false",
+                f"2024-05-{i % 28 + 1:02d}T{i % 24:02d}:{i % 60:02d}:00Z", str(i % 500),
+                CITIES[i % 8], f"{rng.random():.4f}",
+            ]  # fmt: skip
+            lines.append(",".join(f"{q}{v}{q}" for v in fields) + f',"note, {i % 101}"\n')
             if len(lines) == 10_000:
                 f.writelines(lines)
                 lines.clear()
@@ -172,6 +180,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--shape",
+        choices=["plain", "quoted"],
+        default="plain",
+        help="quoted: every field quoted, 15-digit decimals (an export's shape)",
+    )
     parser.add_argument("--run-job", metavar="UPLOAD_ID", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_job:
@@ -199,10 +213,11 @@ def main() -> int:
 
         chunk = settings.UPLOAD_CHUNK_BYTES
         small, large = tmp / "small.csv", tmp / "large.csv"
-        generate(small, args.small)
-        generate(large, args.rows)
+        quoted = args.shape == "quoted"
+        generate(small, args.small, quoted)
+        generate(large, args.rows, quoted)
         size_mb = large.stat().st_size / 1e6
-        print(f"file: {args.rows} rows x 10 columns, {size_mb:.1f} MB")
+        print(f"file: {args.rows} rows x 10 columns, {size_mb:.1f} MB, {args.shape}")
 
         # Best of --repeat runs each, interleaved, so a burst of load from other processes
         # on the machine hits every variant alike instead of one.

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.csvimport import passthrough, profile
+from tests.support.shared import CSV_DIR
 from tests.support.uploads import (
     chunk_count,
     error_rows,
@@ -93,6 +94,49 @@ def test_a_well_formed_file_is_parsed_by_copy_as_python_reads_it(
     assert [r[3] for r in out["rows"]] == ["Zoë", None, "  padded  ", "x"]
 
 
+def test_an_all_quoted_export_with_15_digit_decimals_takes_the_block_check(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every field quoted (csv.QUOTE_ALL, a database's ENCLOSED BY '"'), decimals of 15
+    # significant digits in 16-20 characters: the shapes of 538_congress_data_aging.csv and
+    # 538_mayweather_mcgregor_tweets.csv. Each block matches the regex, so the rows need no
+    # `csv` and no Checker.
+    data = (
+        b'"id","when","ok","age","note"\n'
+        b'"1","2017-08-27 00:05:34","True","53.7330595482546","a, b"\n'
+        b'"2","2017-08-27 00:06:00","false","-0.000012345678901234","x"\n'
+        b'"3",,,".5",\n'  # NULLs unquoted: a quoted empty cell is '' to COPY
+    )
+
+    def no_checker(self: passthrough.Checker, fields: object) -> None:
+        raise AssertionError("the block regex should have taken every row")
+
+    monkeypatch.setattr(passthrough.Checker, "check", no_checker)
+    out, way = both_ways(db, redis_client, data, caplog, monkeypatch)
+    assert way == "copy"
+    assert [r[4] for r in out["rows"]] == [53.7330595482546, -0.000012345678901234, 0.5]
+    assert [r[3] for r in out["rows"]] == [True, False, None]
+
+
+@pytest.mark.parametrize(
+    "name", ["538_congress_data_aging.csv", "538_antiquities_act_dates_thousands.csv"]
+)
+def test_shared_files_with_quoted_cells_and_long_decimals_are_parsed_by_copy(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    # Quoted typed cells, 15-digit decimals of 16 characters, "Grand Canyon ""II""": every
+    # block is plain rows, and the outcome is the Python path's.
+    _, way = both_ways(db, redis_client, (CSV_DIR / name).read_bytes(), caplog, monkeypatch)
+    assert way == "copy"
+
+
 def test_quoted_empty_text_is_null_after_copy(
     db: psycopg.Connection,
     redis_client: redis.Redis,
@@ -112,7 +156,6 @@ def test_quoted_empty_text_is_null_after_copy(
         b"a,b\n1,x\n2,y\n\n",
         b"a,b\n1,  \n2,y\n",  # all-whitespace text is NULL to Python
         b'a,b\n1,ab"c\n2,y\n',  # a stray quote is data to csv, a quote to COPY
-        b'a,b\n1,"say ""hi"""\n',
         b'a,b\n1,"x\n\\.\ny"\n2,z\n',  # COPY's end marker inside a quoted field
         b'"a\nx",b\n1,2\n',  # the header spans two lines
         b"a,b,c\n1,2,3\n4,5\n",  # ragged
@@ -121,6 +164,8 @@ def test_quoted_empty_text_is_null_after_copy(
         b"a,b\n1,x\nNA,y\n",  # a null token in an int column
         b"a,b\n1e5,x\n2.5,y\n",  # an exponent
         b"a,b\n0.1234567890123456,x\n",  # more digits than a double holds
+        b'a,b\n"1234567890.1234567",x\n',  # the same, quoted
+        b'a,b\n1,x\n"",y\n',  # a quoted empty typed cell: '' to COPY, NULL to Python
         b"a,b\n1/2/2024,x\n12/31/2024,y\n",  # not ISO
         b"a,b\nt,x\nf,y\n",  # booleans spelled t/f
         b"a,b\n1,x\x00y\n",  # NUL: the file cannot be stored
@@ -158,6 +203,7 @@ def test_a_misfit_after_the_first_mib_goes_the_python_way(
     "data",
     [
         b"a,b\n1,x\n2,y",  # no line break at the end
+        b'a,b\n1,"say ""hi"""\n2,""""\n',  # quotes doubled inside quotes (RFC 4180)
         b"a,b\n",  # a header and nothing else
         b"a\tb\n1\t2.5\n",
         b"\xef\xbb\xbfa,b\n1,x\n",  # BOM

@@ -21,7 +21,7 @@ from typing import Final
 
 from core.columntypes import ColumnType
 from jobs.csvimport.celltypes import ColumnSpec, Value, two_digit_year
-from jobs.csvimport.columntypes import BOOL_PLAIN, FLOAT_PLAIN_CHARS, RECORDS, parse_cell
+from jobs.csvimport.columntypes import BOOL_PLAIN, FLOAT_EXACT_DIGITS, RECORDS, parse_cell
 
 # A rejected value is kept for the error report up to this many characters.
 ERROR_VALUE_MAX_CHARS: Final = 1000
@@ -62,14 +62,14 @@ _MATCHERS: Final = {
         _whole(r.plain.cell) if r.plain.safe else None,
         re.compile(r.plain.cell).fullmatch,
         r.plain.calendar,
-        r.plain.max_chars,
+        None,
     )
     for name, r in RECORDS.items()
     if r.plain is not None
 }
-# With a decimal comma "1.5" is not a plain number but "15" is: integer digits, as short as a
-# float's plain form, so that no integer past float8's exact range (2**53) passes unread.
-_COMMA_FLOAT: Final = dataclasses.replace(_MATCHERS[ColumnType.INT], max_chars=FLOAT_PLAIN_CHARS)
+# With a decimal comma "1.5" is not a plain number but "15" is: integers as short as a float's
+# exact digits, so that no integer past float8's exact range (2**53) passes unread.
+_COMMA_FLOAT: Final = dataclasses.replace(_MATCHERS[ColumnType.INT], max_chars=FLOAT_EXACT_DIGITS)
 # Text cells holding one of these are quoted for CSV COPY (RFC 4180; PostgreSQL reads a bare
 # CR or LF as a line break).
 _CSV_SPECIAL: Final = ('"', ",", "\r", "\n")

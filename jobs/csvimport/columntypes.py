@@ -26,12 +26,25 @@ from jobs.csvimport.celltypes import (
 
 # Plain forms: cells PostgreSQL's input function reads to exactly the value the reader gives,
 # so they go to COPY as written. Integers of at most 18 digits (always inside bigint) without
-# a leading zero; decimals without exponent or leading zero (and at most FLOAT_PLAIN_CHARS
-# long, so exact and in range); ISO dates; ISO date-times (or bare dates) with zones up to
-# +-15:59, the range PostgreSQL's timestamptz input accepts (datetime.c).
+# a leading zero; decimals without exponent or leading zero, of at most FLOAT_EXACT_DIGITS
+# significant digits (so exact) and at most as many zeros after the point before the first
+# (so far inside float8's range); ISO dates; ISO date-times (or bare dates) with zones up to
+# +-15:59, the range PostgreSQL's timestamptz input accepts (datetime.c). No look-arounds:
+# the same regexes run on RE2 (jobs.csvimport.plainrows).
 _INT: Final = r"[+-]?(?:0|[1-9][0-9]{0,17})"
-_FLOAT: Final = r"[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)"
-FLOAT_PLAIN_CHARS: Final = 15  # <= 15 significant digits: exact in a double (C11 DBL_DIG)
+# A decimal of at most this many significant digits is exact in a double (C11 DBL_DIG).
+FLOAT_EXACT_DIGITS: Final = 15
+
+
+def _exact_float(digits: int) -> str:
+    """Decimals (no exponent, no leading zero) of at most `digits` significant digits."""
+    whole = "|".join(rf"[1-9][0-9]{{{k}}}(?:\.[0-9]{{0,{digits - 1 - k}}})?" for k in range(digits))
+    fraction = rf"0?\.0{{0,{digits}}}[1-9][0-9]{{0,{digits - 1}}}"
+    zero = rf"0(?:\.0{{0,{digits}}})?|\.0{{1,{digits}}}"
+    return rf"[+-]?(?:{whole}|{fraction}|{zero})"
+
+
+_FLOAT: Final = _exact_float(FLOAT_EXACT_DIGITS)
 # Bool spellings PostgreSQL's boolean input reads as the Python path does (docs 8.6), each
 # with the value's plain text.
 BOOL_PLAIN: Final = {
@@ -78,33 +91,16 @@ def _datetime(ymd: str, inner_ymd: str) -> str:
     return rf"(?:{ymd}(?:{_TIME}Z?)?|{inner_ymd}{_TIME}{_OFFSET})"
 
 
-def _float_within(chars: int) -> str:
-    """`_FLOAT`'s cells of at most `chars` characters, spelled out by length (RE2, which
-    runs the block regex, has no look-ahead to bound them)."""
-    forms = []
-    for sign, room in (("", chars), ("[+-]", chars - 1)):
-        parts = [rf"\.[0-9]{{1,{room - 1}}}"]
-        for k in range(1, room + 1):  # k digits before the point
-            whole = "(?:0|[1-9])" if k == 1 else f"[1-9][0-9]{{{k - 1}}}"
-            after = room - k - 1  # digits that still fit after a point
-            parts.append(whole + (rf"(?:\.[0-9]{{0,{after}}})?" if after >= 0 else ""))
-        forms.append(f"{sign}(?:{'|'.join(parts)})")
-    return f"(?:{'|'.join(forms)})"
-
-
 @dataclass(frozen=True, slots=True)
 class Plain:
     cell: str  # regex of one plain cell
     safe: str | None = None  # a stricter regex whose matches need no `calendar` check
     calendar: Callable[[str], object] | None = None  # raises ValueError off the calendar
-    max_chars: int | None = None
-    # `safe` (else `cell`) spelled for RE2, where that needs look-arounds (`max_chars`):
-    # what the pass-through's block check matches (jobs.csvimport.plainrows).
-    block: str | None = None
 
     @property
     def block_form(self) -> str:
-        return self.block or self.safe or self.cell
+        """What the pass-through's block check matches (jobs.csvimport.plainrows)."""
+        return self.safe or self.cell
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +135,7 @@ RECORDS: Final = {
             8,
             read_float,
             "not a number",
-            Plain(_FLOAT, max_chars=FLOAT_PLAIN_CHARS, block=_float_within(FLOAT_PLAIN_CHARS)),
+            Plain(_FLOAT),
             mean_key="{}",
         ),
         TypeRecord(ColumnType.BOOL, "boolean", 1, read_bool, "not a boolean", None, None),

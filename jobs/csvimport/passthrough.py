@@ -6,8 +6,9 @@ It applies when every cell is in its column's plain form (`batch.all_plain`: dig
 a leading zero, short exact decimals, ISO dates, true/false, ...), every row has the header's
 width, and no text cell holds a quote or is all whitespace (where PostgreSQL's CSV reading
 and Python's part ways: a quote inside an unquoted field, "" and "  " that Python reads as
-NULL). Anything else raises `Unsuitable` and the caller rolls back to its savepoint and loads
-the file through the Python path (jobs.csvimport.load), which rejects rows, re-decides
+NULL); in a block of plain rows (`plainrows`) a quote doubled inside a quoted cell is fine.
+Anything else raises `Unsuitable` and the caller rolls back to its savepoint and loads the
+file through the Python path (jobs.csvimport.load), which rejects rows, re-decides
 misguessed types and raises the format errors as before; a PostgreSQL error on the COPY does
 the same. The two processes overlap: PostgreSQL parses, types and stores block n while this
 one checks it (docs/csv.md, "PostgreSQL parses well-formed files").
