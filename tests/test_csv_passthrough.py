@@ -256,19 +256,24 @@ CELLS = st.one_of(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(st.lists(st.lists(CELLS, min_size=3, max_size=3), min_size=1, max_size=6))
+@given(
+    st.lists(st.lists(CELLS, min_size=3, max_size=3), min_size=1, max_size=6),
+    st.booleans(),
+)
 def test_any_file_loads_the_same_either_way(
     db: psycopg.Connection,
     redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
     rows: list[list[str]],
+    quote_all: bool,
 ) -> None:
     def field(cell: str) -> str:
-        # Quote some cells as a spreadsheet would, and write others raw to stress the readers.
+        # Quote some cells as a spreadsheet would (or every one, as a database export does),
+        # and write others raw to stress the readers.
         if cell.startswith('"') or cell in ("", " "):
             return cell
-        if any(ch in cell for ch in ',"\n\r'):
+        if quote_all or any(ch in cell for ch in ',"\n\r'):
             return '"' + cell.replace('"', '""') + '"'
         return cell
 
