@@ -1,7 +1,7 @@
 """CSV import throughput and memory, beside ``psql \\copy`` of the same file (issue 4).
 
     .venv/bin/python scripts/bench_csv.py [--rows 1000000] [--small 100000] [--repeat 2]
-                                          [--shape plain|quoted]
+                                          [--shape plain|quoted|multiline]
 
 Uses REDIS_URL / DATABASE_URL (defaults: this machine's servers) with a throwaway
 PostgreSQL schema and Redis key prefix. Each import runs in a fresh worker process
@@ -40,12 +40,16 @@ COLUMNS = (
 CITIES = ["Berlin", "Lyon", "Porto", "Oslo", "Turin", "Ghent", "Cork", "Brno"]
 
 
-def generate(path: Path, rows: int, quoted: bool = False) -> None:
+def generate(path: Path, rows: int, shape: str = "plain") -> None:
     """The benchmark file. `quoted`: the shape of many database and pandas exports, every
     field quoted (QUOTE_ALL) and `amount` a decimal of 15 significant digits in 16
-    characters (538_congress_data_aging.csv has both)."""
+    characters (538_congress_data_aging.csv has both); `multiline`: that, and a note of two
+    lines with a quoted word in it (538_mayweather_mcgregor_tweets.csv)."""
     rng = random.Random(4)
+    quoted = shape != "plain"
     q = '"' if quoted else ""
+    note = '"note, {}\nsecond ""line"""' if shape == "multiline" else '"note, {}"'
+
     with path.open("w", newline="") as f:
         names = ["id", "amount", "name", "day", "active", "seen", "qty", "city", "ratio", "note"]
         f.write(",".join(f"{q}{n}{q}" for n in names) + "\n")
@@ -58,7 +62,7 @@ def generate(path: Path, rows: int, quoted: bool = False) -> None:
                 f"2024-05-{i % 28 + 1:02d}T{i % 24:02d}:{i % 60:02d}:00Z", str(i % 500),
                 CITIES[i % 8], f"{rng.random():.4f}",
             ]  # fmt: skip
-            lines.append(",".join(f"{q}{v}{q}" for v in fields) + f',"note, {i % 101}"\n')
+            lines.append(",".join(f"{q}{v}{q}" for v in fields) + "," + note.format(i % 101) + "\n")
             if len(lines) == 10_000:
                 f.writelines(lines)
                 lines.clear()
@@ -182,9 +186,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument(
         "--shape",
-        choices=["plain", "quoted"],
+        choices=["plain", "quoted", "multiline"],
         default="plain",
-        help="quoted: every field quoted, 15-digit decimals (an export's shape)",
+        help="quoted: every field quoted, 15-digit decimals (an export's shape); multiline: "
+        "also notes of two lines",
     )
     parser.add_argument("--run-job", metavar="UPLOAD_ID", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -213,9 +218,8 @@ def main() -> int:
 
         chunk = settings.UPLOAD_CHUNK_BYTES
         small, large = tmp / "small.csv", tmp / "large.csv"
-        quoted = args.shape == "quoted"
-        generate(small, args.small, quoted)
-        generate(large, args.rows, quoted)
+        generate(small, args.small, args.shape)
+        generate(large, args.rows, args.shape)
         size_mb = large.stat().st_size / 1e6
         print(f"file: {args.rows} rows x 10 columns, {size_mb:.1f} MB, {args.shape}")
 

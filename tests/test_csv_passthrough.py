@@ -14,6 +14,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core import settings as herald_settings
 from jobs.csvimport import passthrough, profile
 from tests.support.shared import CSV_DIR
 from tests.support.uploads import (
@@ -111,10 +112,7 @@ def test_an_all_quoted_export_with_15_digit_decimals_takes_the_block_check(
         b'"3",,,".5",\n'  # NULLs unquoted: a quoted empty cell is '' to COPY
     )
 
-    def no_checker(self: passthrough.Checker, fields: object) -> None:
-        raise AssertionError("the block regex should have taken every row")
-
-    monkeypatch.setattr(passthrough.Checker, "check", no_checker)
+    no_checker(monkeypatch)
     out, way = both_ways(db, redis_client, data, caplog, monkeypatch)
     assert way == "copy"
     assert [r[4] for r in out["rows"]] == [53.7330595482546, -0.000012345678901234, 0.5]
@@ -122,9 +120,14 @@ def test_an_all_quoted_export_with_15_digit_decimals_takes_the_block_check(
 
 
 @pytest.mark.parametrize(
-    "name", ["538_congress_data_aging.csv", "538_antiquities_act_dates_thousands.csv"]
+    "name",
+    [
+        "538_congress_data_aging.csv",
+        "538_antiquities_act_dates_thousands.csv",
+        "538_mayweather_mcgregor_tweets.csv",
+    ],
 )
-def test_shared_files_with_quoted_cells_and_long_decimals_are_parsed_by_copy(
+def test_shared_exports_with_quotes_long_decimals_and_line_breaks_are_parsed_by_copy(
     db: psycopg.Connection,
     redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
@@ -135,6 +138,69 @@ def test_shared_files_with_quoted_cells_and_long_decimals_are_parsed_by_copy(
     # block is plain rows, and the outcome is the Python path's.
     _, way = both_ways(db, redis_client, (CSV_DIR / name).read_bytes(), caplog, monkeypatch)
     assert way == "copy"
+
+
+def no_checker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the load if any row reaches the Checker: the block regexes must take them all."""
+
+    def check(self: passthrough.Checker, fields: object) -> None:
+        raise AssertionError("the block regex should have taken every row")
+
+    monkeypatch.setattr(passthrough.Checker, "check", check)
+
+
+def test_line_breaks_in_quoted_text_take_the_block_check(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The shape of 538_mayweather_mcgregor_tweets.csv: text with line breaks and quotes.
+    data = (
+        b'"when","ok","id","text"\r\n'
+        b'"2017-08-27 00:05:34",True,1,"Hora cero !!!\n#Mayweather ""vs"" McGregor"\r\n'
+        b'"2017-08-27 00:05:39",False,2,"one line"\r\n'
+        b'"2017-08-27 00:05:46",True,3,"\r\n\r\nstarts blank, ends ,\r\n"\r\n'
+    )
+    no_checker(monkeypatch)
+    out, way = both_ways(db, redis_client, data, caplog, monkeypatch)
+    assert way == "copy"
+    assert [r[4] for r in out["rows"]] == [
+        'Hora cero !!!\n#Mayweather "vs" McGregor',
+        "one line",
+        "\r\n\r\nstarts blank, ends ,\r\n",
+    ]
+
+
+def test_records_across_block_boundaries_take_the_block_check(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ~3 MiB of three-line records: blocks (about 1 MiB, cut at line breaks) end inside one.
+    lines = b"".join(
+        b'%d,"line one of %d\nline two\nthree, ""quoted"""\n' % (i, i) for i in range(60_000)
+    )
+    no_checker(monkeypatch)
+    out, way = both_ways(db, redis_client, b"n,text\n" + lines, caplog, monkeypatch)
+    assert way == "copy"
+    assert out["result"]["rows_valid"] == 60_000
+    assert out["rows"][-1][2] == 'line one of 59999\nline two\nthree, "quoted"'
+
+
+def test_a_record_longer_than_the_field_limit_goes_the_python_way(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each line is short, the quoted field is not: `csv` refuses it, so must the fast path.
+    monkeypatch.setattr(herald_settings, "UPLOAD_MAX_FIELD_BYTES", 1000)
+    field = b"\n".join([b"x" * 50] * 40)  # 2,039 characters in lines of 50
+    out, way = both_ways(db, redis_client, b'a,b\n1,"' + field + b'"\n2,y\n', caplog, monkeypatch)
+    assert way != "copy"
+    assert out["status"] == "failed"
 
 
 def test_quoted_empty_text_is_null_after_copy(

@@ -79,6 +79,7 @@ def csv_rows(block: str, delimiter: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(block, newline=""), delimiter=delimiter))
 
 
+@pytest.mark.parametrize("multiline", [False, True])
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     st.lists(st.sampled_from(ELIGIBLE), min_size=2, max_size=4),
@@ -86,19 +87,24 @@ def csv_rows(block: str, delimiter: str) -> list[list[str]]:
     st.data(),
 )
 def test_an_accepted_block_is_whole_rows_the_checker_accepts(
-    columns: list[ColumnSpec], delimiter: str, data: st.DataObject
+    multiline: bool, columns: list[ColumnSpec], delimiter: str, data: st.DataObject
 ) -> None:
     # Mostly plain cells, so that many blocks match; awkward ones where the two readers differ.
     cells = st.tuples(*((PLAIN_CELLS[c.type] | AWKWARD).flatmap(quoted_sometimes) for c in columns))
     lines = data.draw(st.lists(cells, min_size=1, max_size=5))
     ends = st.sampled_from(["\n", "\r\n"])
     block = "".join(delimiter.join(row) + data.draw(ends) for row in lines)
-    matches = plainrows.block_matcher(columns, delimiter)
+    matches = plainrows.block_matcher(columns, delimiter, multiline)
     assert matches is not None
     if not matches(block.encode()):
         return
     rows = csv_rows(block, delimiter)
-    assert len(rows) == plainrows.rows_in(block.encode())
+    if multiline:  # rows told apart by the quotes before each line break
+        end, count, longest = plainrows.whole_records(block)
+        assert (end, count) == (len(block), len(rows))
+        assert longest >= max(len(v) for row in rows for v in row)
+    else:
+        assert len(rows) == plainrows.rows_in(block.encode())
     # The Checker refuses any quote in a text cell: it cannot tell a doubled one inside
     # quotes, which both readers read as one quote and the regex takes, from a stray one.
     undoubled = [
@@ -128,6 +134,35 @@ def test_plain_rows_match(columns: list[ColumnSpec], delimiter: str, data: st.Da
     matches = plainrows.block_matcher(columns, delimiter)
     assert matches is not None and matches(block.encode())
     assert plainrows.rows_in(block.encode()) == len(csv_rows(block, delimiter)) == len(rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(ELIGIBLE[:-1]), min_size=2, max_size=5),
+    st.sampled_from(sorted(plainrows.DELIMITERS)),
+    st.data(),
+)
+def test_rows_with_line_breaks_in_quoted_text_match_the_multiline_form(
+    columns: list[ColumnSpec], delimiter: str, data: st.DataObject
+) -> None:
+    spanning = st.sampled_from(['"first\nsecond"', '"a\r\nb ""c"""', '"\n x"', '"é\n\n"'])
+    typed = [
+        PLAIN_CELLS[c.type] | spanning if c.type == ColumnType.TEXT else PLAIN_CELLS[c.type]
+        for c in columns
+    ]
+    rows = data.draw(st.lists(st.tuples(*typed), min_size=1))
+    ending = data.draw(st.sampled_from(["\n", "\r\n", ""]))
+    block = "\n".join(delimiter.join(cells) for cells in rows) + ending
+    matches = plainrows.block_matcher(columns, delimiter, multiline=True)
+    assert matches is not None and matches(block.encode())
+    assert plainrows.whole_records(block)[:2] == (len(block), len(rows))
+    assert len(csv_rows(block, delimiter)) == len(rows)
+
+
+def test_a_record_left_open_ends_the_whole_records_before_it() -> None:
+    text = 'a,"one\ntwo"\nb,"three\n'
+    assert plainrows.whole_records(text) == (len('a,"one\ntwo"\n'), 1, len('a,"one\ntwo"\n'))
+    assert plainrows.whole_records('"open\n') == (0, 0, 0)
 
 
 NUMBERS = st.from_regex(

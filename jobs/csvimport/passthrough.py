@@ -133,17 +133,43 @@ def _skip_plain_blocks(
     blocks: Iterator[str], fmt: CsvFormat, checker: Checker, after_batch: Callable[[int], None]
 ) -> Iterator[str]:
     """Count the leading blocks of plain rows (`plainrows`); yield the first other block and
-    every block after it, for `csv` and the Checker."""
-    matches = plainrows.block_matcher(fmt.columns, fmt.delimiter)
+    every block after it, for `csv` and the Checker. A record a block leaves open (a quoted
+    line break in it) is checked with the next block."""
+    lines = plainrows.block_matcher(fmt.columns, fmt.delimiter)
+    records = plainrows.block_matcher(fmt.columns, fmt.delimiter, multiline=True)
     limit = settings.UPLOAD_MAX_FIELD_BYTES
+    carry = ""
     for block in blocks:
-        data = block.encode()  # RE2 reads UTF-8 bytes, as COPY does
-        if matches is None or not plainrows.lines_within(block, limit) or not matches(data):
-            yield block
+        text, carry = carry + block, ""
+        data = text.encode()  # RE2 reads UTF-8 bytes, as COPY does
+        if lines is not None and plainrows.lines_within(text, limit) and lines(data):
+            checker.rows += plainrows.rows_in(data)
+        elif (taken := _plain_records(records, text, limit)) is not None:
+            rows, carry = taken
+            checker.rows += rows
+        else:
+            yield text
             yield from blocks
             return
-        checker.rows += plainrows.rows_in(data)
         after_batch(checker.rows)
+    if carry:
+        yield carry  # a quoted field still open at the end of the file: `csv` decides
+
+
+def _plain_records(
+    records: plainrows.BlockMatcher | None, text: str, limit: int
+) -> tuple[int, str] | None:
+    """(rows, the open record left over) when `text`'s whole records are plain rows with
+    line breaks inside quoted text; None otherwise."""
+    if records is None or '"' not in text:
+        return None
+    end, rows, longest = plainrows.whole_records(text)
+    head, tail = text[:end], text[end:]
+    # A field is no longer than its record: within the csv field limit, as `csv` would have
+    # it. The open record is bounded too, so the carry is.
+    if longest > limit or len(tail) > limit or (head and not records(head.encode())):
+        return None
+    return rows, tail
 
 
 class Sent:

@@ -12,7 +12,10 @@ The regex accepts only cells both readers read alike, so what it accepts the Che
 let through too, with one exception: a quoted text cell with a doubled quote, which the
 Checker, seeing only the cell's value, cannot tell from a stray quote in an unquoted one.
 The rules:
-- cells never hold a CR or LF, so rows are lines and a block is whole rows;
+- cells never hold a CR or LF, so rows are lines and a block is whole rows; but a block the
+  first regex misses is tried again with one that lets quoted text hold line breaks
+  (`multiline`), its rows told apart by the quotes before each line break
+  (`whole_records`), and a record left open at its end carried into the next block;
 - typed cells are in `columntypes.Plain.block_form` (dates on the calendar), quoted or not,
   or empty and unquoted (NULL to both readers); bool cells are one of the spellings both
   read alike;
@@ -20,7 +23,8 @@ The rules:
   never empty when quoted nor all whitespace ("" and "  " are NULL to the Python path, ''
   to COPY);
 - a column with no values in the head of the file (`undecided`) matches only empty cells;
-- no line is longer than the csv field limit (checked without a scan, `lines_within`).
+- no line (with line breaks in cells: no record) is longer than the csv field limit
+  (`lines_within`, `whole_records`).
 Delimiters are limited to those no cell pattern can contain, so a row splits one way.
 
 It runs on RE2 (google-re2), over the UTF-8 bytes that go to COPY: a DFA reads the 89 MB
@@ -55,8 +59,9 @@ def _chars(chars: Iterable[str]) -> str:
     return "".join(f"\\x{{{ord(c):x}}}" for c in sorted(set(chars)))
 
 
-def _cell(col: ColumnSpec, delimiter: str) -> str:
-    """The RE2 regex of one cell of `col`, NULL (empty) included."""
+def _cell(col: ColumnSpec, delimiter: str, multiline: bool) -> str:
+    """The RE2 regex of one cell of `col`, NULL (empty) included; `multiline`: a quoted text
+    cell may hold line breaks."""
     if col.type == ColumnType.TEXT:
         if col.undecided:
             return ""
@@ -64,9 +69,10 @@ def _cell(col: ColumnSpec, delimiter: str) -> str:
         blank = set(WHITESPACE) - {"\r", "\n"}
         # Leading blanks, then a character that is not one (so never all whitespace), then
         # anything but a quote, the delimiter or a line break. Quoted, a quote is doubled
-        # (RFC 4180), which both readers read as one.
+        # (RFC 4180), which both readers read as one, and line breaks may be data.
         unquoted = f'[{_chars(blank - {delimiter})}]*[^{space}"{d}][^"{d}\\r\\n]*'
-        quoted = f'"[{_chars(blank)}]*(?:[^{space}"]|"")(?:[^"\\r\\n]|"")*"'
+        lead, other = (space, '[^"]') if multiline else (_chars(blank), '[^"\\r\\n]')
+        quoted = f'"[{lead}]*(?:[^{space}"]|"")(?:{other}|"")*"'
         return f"(?:{unquoted}|{quoted})?"
     if col.type == ColumnType.BOOL:
         form = "|".join(sorted(BOOL_PLAIN))
@@ -78,12 +84,15 @@ def _cell(col: ColumnSpec, delimiter: str) -> str:
     return f'(?:{form}|"(?:{form})")?'
 
 
-def block_matcher(columns: list[ColumnSpec], delimiter: str) -> BlockMatcher | None:
+def block_matcher(
+    columns: list[ColumnSpec], delimiter: str, multiline: bool = False
+) -> BlockMatcher | None:
     """A fullmatch of a block of whole plain rows (UTF-8 bytes), or None when the columns
-    cannot have one or the regex is past RE2's memory (hundreds of typed columns)."""
+    cannot have one or the regex is past RE2's memory (hundreds of typed columns).
+    `multiline`: quoted text cells may hold line breaks (count rows by `whole_records`)."""
     if delimiter not in DELIMITERS or len(columns) < 2:
         return None
-    row = f"[{_chars(delimiter)}]".join(_cell(c, delimiter) for c in columns)
+    row = f"[{_chars(delimiter)}]".join(_cell(c, delimiter, multiline) for c in columns)
     options = re2.Options()
     options.max_mem = RE2_MAX_MEM
     try:
@@ -109,3 +118,26 @@ def lines_within(block: str, limit: int) -> bool:
 def rows_in(block: bytes) -> int:
     """The rows of a block the matcher accepted: its lines, the last one maybe unended."""
     return block.count(b"\n") + (bool(block) and not block.endswith(b"\n"))
+
+
+def whole_records(text: str) -> tuple[int, int, int]:
+    """For `text` that starts at a record: (the end of its last whole record, how many
+    records end there, the longest of them in characters). A line break ends a record
+    unless the record so far holds an odd number of quotes (it is inside a quoted field);
+    so does the text's end when it has no line break (a file's last line). Exact for a
+    block the `multiline` matcher accepts, where every quote opens, closes or is doubled
+    inside a quoted cell. A line at a time: only blocks that hold a quoted line break."""
+    end = rows = longest = quotes = 0
+    pos = 0
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        last = i == len(lines) - 1
+        if last and not line:
+            break
+        quotes += line.count('"')
+        pos += len(line) + (not last)
+        if not quotes % 2:
+            rows += 1
+            longest = max(longest, pos - end)
+            end, quotes = pos, 0
+    return end, rows, longest
