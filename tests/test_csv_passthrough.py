@@ -125,9 +125,11 @@ def test_an_all_quoted_export_with_15_digit_decimals_takes_the_block_check(
         "538_congress_data_aging.csv",
         "538_antiquities_act_dates_thousands.csv",
         "538_mayweather_mcgregor_tweets.csv",
+        "538_pollster_raw_polls_2014.tsv",  # month-first dates
+        "plotly_olympic_winners_bom_dmy.csv",  # day-first dates
     ],
 )
-def test_shared_exports_with_quotes_long_decimals_and_line_breaks_are_parsed_by_copy(
+def test_shared_files_these_shapes_came_from_are_parsed_by_copy(
     db: psycopg.Connection,
     redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
@@ -203,6 +205,39 @@ def test_a_record_longer_than_the_field_limit_goes_the_python_way(
     assert out["status"] == "failed"
 
 
+@pytest.mark.parametrize(
+    ("data", "days"),
+    [
+        (b"day,n\n1/2/2024,1\n12/31/1999,2\n02/29/2000,3\n2024-07-04,4\n", ["2024-01-02"]),
+        (b"day;n\n31.12.1999;1\n1.2.2024;2\n29.02.2024;3\n13.01.2024;4\n", ["1999-12-31"]),
+        (b"day,n\n13/1/2024,1\n1/2/2024,2\n", ["2024-01-13"]),
+    ],
+)
+def test_month_or_day_first_dates_are_read_by_copy_under_their_datestyle(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    data: bytes,
+    days: list[str],
+) -> None:
+    no_checker(monkeypatch)
+    out, way = both_ways(db, redis_client, data, caplog, monkeypatch)
+    assert way == "copy"
+    assert out["rows"][0][1].isoformat() == days[0]
+
+
+def test_month_first_and_day_first_columns_in_one_file_go_the_python_way(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = b"us,eu\n12/31/2024,31/12/2024\n1/13/2024,13/1/2024\n"
+    _, way = both_ways(db, redis_client, data, caplog, monkeypatch)
+    assert way == "ineligible"
+
+
 def test_quoted_empty_text_is_null_after_copy(
     db: psycopg.Connection,
     redis_client: redis.Redis,
@@ -232,7 +267,7 @@ def test_quoted_empty_text_is_null_after_copy(
         b"a,b\n0.1234567890123456,x\n",  # more digits than a double holds
         b'a,b\n"1234567890.1234567",x\n',  # the same, quoted
         b'a,b\n1,x\n"",y\n',  # a quoted empty typed cell: '' to COPY, NULL to Python
-        b"a,b\n1/2/2024,x\n12/31/2024,y\n",  # not ISO
+        b"a,b\n1/2/24,x\n12/31/24,y\n",  # two-digit years: the pivot, and its warning
         b"a,b\nt,x\nf,y\n",  # booleans spelled t/f
         b"a,b\n1,x\x00y\n",  # NUL: the file cannot be stored
         b"a\n1\n2\n",  # one column

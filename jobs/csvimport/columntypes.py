@@ -80,6 +80,37 @@ def _calendar(year: str) -> str:
 
 
 _YMD_SAFE: Final = _calendar(_YEAR)
+
+
+def _numeric_calendar(order: str, sep: str) -> str:
+    """Dates written month or day first with a 4-digit year (1/2/2024, 31.12.1999), on the
+    calendar itself as `_calendar` is, each of month and day with or without its zero."""
+    long, short, feb = (
+        r"(?:0?[1-9]|[12][0-9]|3[01])",
+        r"(?:0?[1-9]|[12][0-9]|30)",
+        r"(?:0?[1-9]|1[0-9]|2[0-8])",
+    )
+    spans = [(r"(?:0?[13578]|1[02])", long), (r"(?:0?[469]|11)", short), ("0?2", feb)]
+    sep = "\\" + sep
+    if order == "mdy":
+        forms = [f"{m}{sep}{d}{sep}{_YEAR}" for m, d in spans] + [f"0?2{sep}29{sep}{_LEAP_YEAR}"]
+    else:
+        forms = [f"{d}{sep}{m}{sep}{_YEAR}" for m, d in spans] + [f"29{sep}0?2{sep}{_LEAP_YEAR}"]
+    return "(?:" + "|".join(forms) + ")"
+
+
+# Date patterns (celltypes' labels) that PostgreSQL reads as written under DateStyle's field
+# order (docs, 8.5.1.1 and B.1): the order to set, and the block form (ISO is read too).
+DAY_MONTH_ORDERS: Final = {
+    label: (order.upper(), f"(?:{_YMD_SAFE}|{_numeric_calendar(order, sep)})")
+    for label, order, sep in [
+        ("%m/%d/%Y", "mdy", "/"),
+        ("%d/%m/%Y", "dmy", "/"),
+        ("%m-%d-%Y", "mdy", "-"),
+        ("%d-%m-%Y", "dmy", "-"),
+        ("%d.%m.%Y", "dmy", "."),
+    ]
+}
 _TIME: Final = r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
 _OFFSET: Final = r"[+-](?:0[0-9]|1[0-5]):[0-5][0-9]"
 

@@ -31,7 +31,7 @@ from core.columntypes import ColumnType
 from jobs.csvimport import plainrows
 from jobs.csvimport.batch import all_plain
 from jobs.csvimport.celltypes import ColumnSpec
-from jobs.csvimport.columntypes import BOOL_PLAIN
+from jobs.csvimport.columntypes import BOOL_PLAIN, DAY_MONTH_ORDERS
 from jobs.csvimport.format import (
     QUOTECHAR,
     CsvFormat,
@@ -57,15 +57,27 @@ def eligible(fmt: CsvFormat) -> bool:
         and fmt.quotechar == QUOTECHAR
         and not is_wide(fmt.columns)
         and all(_column_eligible(c) for c in fmt.columns)
+        and len(_date_orders(fmt.columns)) <= 1  # one DateStyle for the whole COPY
     )
 
 
 def _column_eligible(col: ColumnSpec) -> bool:
     if col.type in (ColumnType.INT, ColumnType.FLOAT):
         return not col.decimal_comma and col.thousands_sep is None
-    if col.type in (ColumnType.DATE, ColumnType.DATETIME):
+    if col.type == ColumnType.DATE:
+        return col.date_format in (None, "%Y-%m-%d") or col.date_format in DAY_MONTH_ORDERS
+    if col.type == ColumnType.DATETIME:
         return col.date_format in (None, "%Y-%m-%d")
     return True  # text, bool
+
+
+def _date_orders(columns: list[ColumnSpec]) -> set[str]:
+    """The DateStyle field orders (MDY, DMY) the date columns need."""
+    return {
+        DAY_MONTH_ORDERS[c.date_format][0]
+        for c in columns
+        if c.type == ColumnType.DATE and c.date_format in DAY_MONTH_ORDERS
+    }
 
 
 class Checker:
@@ -223,6 +235,10 @@ def copy_checked(
         "COPY {} ({}) FROM STDIN (FORMAT csv, DELIMITER {}, ENCODING 'UTF8', FREEZE)"
     ).format(sql.Identifier(table), names, sql.Literal(fmt.delimiter))
     checker = Checker(fmt.columns)
+    for order in _date_orders(fmt.columns):
+        # Month or day first as the column's cells are; output stays ISO. Local to the
+        # transaction, and undone with the savepoint if the Python path takes over.
+        conn.execute("SELECT set_config('datestyle', %s, true)", (f"ISO, {order}",))
     try:
         with conn.cursor() as cur:
             with cur.copy(query) as copy:

@@ -41,7 +41,7 @@ import re2
 
 from core.columntypes import ColumnType
 from jobs.csvimport.celltypes import ColumnSpec
-from jobs.csvimport.columntypes import BOOL_PLAIN, RECORDS
+from jobs.csvimport.columntypes import BOOL_PLAIN, DAY_MONTH_ORDERS, RECORDS
 
 # Digits, signs, '.', ':', 'T', 'Z', ' ' and letters occur in plain cells; these never do.
 DELIMITERS: Final = frozenset(",;\t|")
@@ -76,6 +76,8 @@ def _cell(col: ColumnSpec, delimiter: str, multiline: bool) -> str:
         return f"(?:{unquoted}|{quoted})?"
     if col.type == ColumnType.BOOL:
         form = "|".join(sorted(BOOL_PLAIN))
+    elif col.type == ColumnType.DATE and col.date_format in DAY_MONTH_ORDERS:
+        form = DAY_MONTH_ORDERS[col.date_format][1]  # COPY runs under the matching DateStyle
     else:
         plain = RECORDS[col.type].plain
         assert plain is not None, col.type
