@@ -95,6 +95,15 @@ def test_a_well_formed_file_is_parsed_by_copy_as_python_reads_it(
     assert [r[3] for r in out["rows"]] == ["Zoë", None, "  padded  ", "x"]
 
 
+def no_checker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the load if any row reaches the Checker: the block regexes must take them all."""
+
+    def check(self: passthrough.Checker, fields: object) -> None:
+        raise AssertionError("the block regex should have taken every row")
+
+    monkeypatch.setattr(passthrough.Checker, "check", check)
+
+
 def test_an_all_quoted_export_with_15_digit_decimals_takes_the_block_check(
     db: psycopg.Connection,
     redis_client: redis.Redis,
@@ -136,19 +145,12 @@ def test_shared_files_these_shapes_came_from_are_parsed_by_copy(
     monkeypatch: pytest.MonkeyPatch,
     name: str,
 ) -> None:
-    # Quoted typed cells, 15-digit decimals of 16 characters, "Grand Canyon ""II""": every
-    # block is plain rows, and the outcome is the Python path's.
+    # Quoted typed cells, 15-digit decimals of 16 characters, "Grand Canyon ""II""", line
+    # breaks in quoted text, dates month or day first: every block is plain rows, and the
+    # outcome is the Python path's.
+    no_checker(monkeypatch)
     _, way = both_ways(db, redis_client, (CSV_DIR / name).read_bytes(), caplog, monkeypatch)
     assert way == "copy"
-
-
-def no_checker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail the load if any row reaches the Checker: the block regexes must take them all."""
-
-    def check(self: passthrough.Checker, fields: object) -> None:
-        raise AssertionError("the block regex should have taken every row")
-
-    monkeypatch.setattr(passthrough.Checker, "check", check)
 
 
 def test_line_breaks_in_quoted_text_take_the_block_check(
