@@ -99,18 +99,6 @@ def _numeric_calendar(order: str, sep: str) -> str:
     return "(?:" + "|".join(forms) + ")"
 
 
-# Date patterns (celltypes' labels) that PostgreSQL reads as written under DateStyle's field
-# order (docs, 8.5.1.1 and B.1): the order to set, and the block form (ISO is read too).
-DAY_MONTH_ORDERS: Final = {
-    label: (order.upper(), f"(?:{_YMD_SAFE}|{_numeric_calendar(order, sep)})")
-    for label, order, sep in [
-        ("%m/%d/%Y", "mdy", "/"),
-        ("%d/%m/%Y", "dmy", "/"),
-        ("%m-%d-%Y", "mdy", "-"),
-        ("%d-%m-%Y", "dmy", "-"),
-        ("%d.%m.%Y", "dmy", "."),
-    ]
-}
 _TIME: Final = r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
 _OFFSET: Final = r"[+-](?:0[0-9]|1[0-5]):[0-5][0-9]"
 
@@ -120,6 +108,39 @@ def _datetime(ymd: str, inner_ymd: str) -> str:
     0002-9998, since an offset in year 1 or 9999 could put the instant outside them in UTC
     (celltypes reads those as no datetime): such cells take the per-cell path."""
     return rf"(?:{ymd}(?:{_TIME}Z?)?|{inner_ymd}{_TIME}{_OFFSET})"
+
+
+@dataclass(frozen=True, slots=True)
+class DayMonth:
+    """A date pattern written month or day first, as PostgreSQL reads it under DateStyle."""
+
+    order: str  # DateStyle's field order: "MDY" or "DMY"
+    date: str  # block form of a date column with this pattern (ISO dates too)
+    datetime: str  # of a date-time column: such a date, then " H:MM[:SS[.ffffff]]" or not; ISO
+
+
+# What celltypes reads after such a date in a date-time column, within the clock's ranges
+# (PostgreSQL would also take 24:00 and second 60, which Python does not).
+_CLOCK: Final = r"(?:[01]?[0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
+_ISO_DATETIME_SAFE: Final = _datetime(_YMD_SAFE, _calendar(_INNER_YEAR))
+
+# Date patterns (celltypes' labels) that PostgreSQL reads as written once DateStyle names
+# their field order (docs, 8.5.1.1 and B.1). Four-digit years only: two-digit ones take the
+# Python path, its pivot and its warning.
+DAY_MONTH_ORDERS: Final = {
+    label: DayMonth(
+        order.upper(),
+        f"(?:{_YMD_SAFE}|{_numeric_calendar(order, sep)})",
+        f"(?:{_ISO_DATETIME_SAFE}|{_numeric_calendar(order, sep)}(?: {_CLOCK})?)",
+    )
+    for label, order, sep in [
+        ("%m/%d/%Y", "mdy", "/"),
+        ("%d/%m/%Y", "dmy", "/"),
+        ("%m-%d-%Y", "mdy", "-"),
+        ("%d-%m-%Y", "dmy", "-"),
+        ("%d.%m.%Y", "dmy", "."),
+    ]
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +210,7 @@ RECORDS: Final = {
             # A bare date is midnight UTC to both readers (the import's time zone is UTC).
             Plain(
                 _datetime(_YMD, _ymd(_INNER_YEAR)),
-                _datetime(_YMD_SAFE, _calendar(_INNER_YEAR)),
+                _ISO_DATETIME_SAFE,
                 dt.datetime.fromisoformat,
             ),
             mean_key="extract(epoch FROM {})",

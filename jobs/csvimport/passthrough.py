@@ -64,19 +64,17 @@ def eligible(fmt: CsvFormat) -> bool:
 def _column_eligible(col: ColumnSpec) -> bool:
     if col.type in (ColumnType.INT, ColumnType.FLOAT):
         return not col.decimal_comma and col.thousands_sep is None
-    if col.type == ColumnType.DATE:
+    if col.type in (ColumnType.DATE, ColumnType.DATETIME):
         return col.date_format in (None, "%Y-%m-%d") or col.date_format in DAY_MONTH_ORDERS
-    if col.type == ColumnType.DATETIME:
-        return col.date_format in (None, "%Y-%m-%d")
     return True  # text, bool
 
 
 def _date_orders(columns: list[ColumnSpec]) -> set[str]:
-    """The DateStyle field orders (MDY, DMY) the date columns need."""
+    """The DateStyle field orders (MDY, DMY) the date and date-time columns need."""
     return {
-        DAY_MONTH_ORDERS[c.date_format][0]
+        DAY_MONTH_ORDERS[c.date_format].order
         for c in columns
-        if c.type == ColumnType.DATE and c.date_format in DAY_MONTH_ORDERS
+        if c.type in (ColumnType.DATE, ColumnType.DATETIME) and c.date_format in DAY_MONTH_ORDERS
     }
 
 

@@ -52,6 +52,7 @@ WHITESPACE: Final = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
 RE2_MAX_MEM: Final = 64 << 20
 
 BlockMatcher = Callable[[bytes], object]
+DATED: Final = (ColumnType.DATE, ColumnType.DATETIME)
 
 
 def _chars(chars: Iterable[str]) -> str:
@@ -76,8 +77,9 @@ def _cell(col: ColumnSpec, delimiter: str, multiline: bool) -> str:
         return f"(?:{unquoted}|{quoted})?"
     if col.type == ColumnType.BOOL:
         form = "|".join(sorted(BOOL_PLAIN))
-    elif col.type == ColumnType.DATE and col.date_format in DAY_MONTH_ORDERS:
-        form = DAY_MONTH_ORDERS[col.date_format][1]  # COPY runs under the matching DateStyle
+    elif col.type in DATED and col.date_format in DAY_MONTH_ORDERS:  # under its DateStyle
+        forms = DAY_MONTH_ORDERS[col.date_format]
+        form = forms.date if col.type == ColumnType.DATE else forms.datetime
     else:
         plain = RECORDS[col.type].plain
         assert plain is not None, col.type
