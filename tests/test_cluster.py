@@ -374,42 +374,50 @@ async def test_failover_resumes_without_silent_gaps(
         stop = threading.Event()
         async with running_app() as app, anyio.create_task_group() as tg:
             clients = {user: Resumer(app, user) for user in users}
-            for resumer in clients.values():
-                tg.start_soon(resumer.run)
-            with anyio.fail_after(10):
-                while app.state.hub.connections < len(users):
-                    await anyio.sleep(0.02)
-            result: dict[str, dict[str, list[str]]] = {}
+            # A failure before `stop` is set must not leave the publishing thread running:
+            # the task group would wait for it forever (it cannot be cancelled), and its
+            # cluster client's use of `random` upsets Hypothesis in the tests after.
+            try:
+                for resumer in clients.values():
+                    tg.start_soon(resumer.run)
+                with anyio.fail_after(10):
+                    while app.state.hub.connections < len(users):
+                        await anyio.sleep(0.02)
+                result: dict[str, dict[str, list[str]]] = {}
 
-            async def publish() -> None:
-                result["acked"] = await anyio.to_thread.run_sync(publish_until, client, users, stop)
+                async def publish() -> None:
+                    result["acked"] = await anyio.to_thread.run_sync(
+                        publish_until, client, users, stop
+                    )
 
-            tg.start_soon(publish)
-            await anyio.sleep(0.5)
-            replica = local.replica_of(victim)
-            if replica_behind:
-                local.hold_back(victim, replica)
-                await anyio.sleep(0.3)  # events the clients see and the replica does not
-            await anyio.to_thread.run_sync(local.kill, victim)
-            if replica_behind:
-                local.resume(replica)
-            victim_key = events.user_stream(owned(by_owner[victim][0]))
-            await anyio.to_thread.run_sync(local.wait_owner_changed, victim_key, victim)
-            await anyio.sleep(1.0)  # events through the promoted replica
-            stop.set()
-            with anyio.fail_after(10):
-                while "acked" not in result:
-                    await anyio.sleep(0.02)
-            histories = {
-                user: [e[0].decode() for e in client.xrange(events.user_stream(owned(user)))]
-                for user in users
-            }
-            with anyio.fail_after(30):  # every client catches up with what survived
-                for user, resumer in clients.items():
-                    while histories[user][-1] not in [e.last_event_id for e in resumer.seen()]:
-                        await anyio.sleep(0.05)
-            for resumer in clients.values():
-                resumer.stop()
+                tg.start_soon(publish)
+                await anyio.sleep(0.5)
+                replica = local.replica_of(victim)
+                if replica_behind:
+                    local.hold_back(victim, replica)
+                    await anyio.sleep(0.3)  # events the clients see and the replica does not
+                await anyio.to_thread.run_sync(local.kill, victim)
+                if replica_behind:
+                    local.resume(replica)
+                victim_key = events.user_stream(owned(by_owner[victim][0]))
+                await anyio.to_thread.run_sync(local.wait_owner_changed, victim_key, victim)
+                await anyio.sleep(1.0)  # events through the promoted replica
+                stop.set()
+                with anyio.fail_after(10):
+                    while "acked" not in result:
+                        await anyio.sleep(0.02)
+                histories = {
+                    user: [e[0].decode() for e in client.xrange(events.user_stream(owned(user)))]
+                    for user in users
+                }
+                with anyio.fail_after(30):  # every client catches up with what survived
+                    for user, resumer in clients.items():
+                        while histories[user][-1] not in [e.last_event_id for e in resumer.seen()]:
+                            await anyio.sleep(0.05)
+                for resumer in clients.values():
+                    resumer.stop()
+            finally:
+                stop.set()
         client.close()
     finally:
         local.stop()
