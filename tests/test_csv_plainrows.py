@@ -242,7 +242,7 @@ def test_the_float_form_is_every_exact_decimal_of_15_digits(text: str) -> None:
     digits, zeros = exact_digits(text)
     expected = digits <= 15 and zeros <= 15
     assert (re.fullmatch(plain.cell, text) is not None) is expected, (digits, zeros)
-    assert (re2.fullmatch(plain.block_form, text) is not None) is expected  # same on RE2
+    assert (re2.fullmatch(plain.exact, text) is not None) is expected  # same on RE2
     if expected:  # exact: PostgreSQL's float8 output (shortest) reads back as the decimal
         assert Decimal(repr(float(text))) == Decimal(text)
 
@@ -257,7 +257,7 @@ def test_a_datetime_in_block_form_is_an_instant_python_reads(value: dt.datetime,
     plain = RECORDS[ColumnType.DATETIME].plain
     assert plain is not None
     text = value.isoformat(sep=sep).replace("+00:00", "Z" if value.tzinfo is dt.UTC else "+00:00")
-    if re.fullmatch(plain.block_form, text) is None:
+    if re.fullmatch(plain.exact, text) is None:
         # Only an offset in year 0001 or 9999 is left to the per-cell path.
         assert value.tzinfo not in (None, dt.UTC) and text[:4] in ("0001", "9999"), text
         return

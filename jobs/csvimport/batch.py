@@ -58,7 +58,7 @@ class _Matchers:
 
 _MATCHERS: Final = {
     name: _Matchers(
-        _whole(r.plain.safe or r.plain.cell),
+        _whole(r.plain.exact),
         _whole(r.plain.cell) if r.plain.safe else None,
         re.compile(r.plain.cell).fullmatch,
         r.plain.calendar,

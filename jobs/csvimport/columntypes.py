@@ -71,32 +71,39 @@ _LEAP_YEAR: Final = (
 )
 
 
+def _month_days(zero: str) -> list[tuple[str, str]]:
+    """(months, their days) of the calendar, 29 February aside; `zero` before one-digit
+    numbers: "0" (ISO) or "0?" (1/2/2024)."""
+    day = rf"{zero}[1-9]|[12][0-9]"
+    return [
+        (rf"{zero}[13578]|1[02]", rf"{day}|3[01]"),
+        (rf"{zero}[469]|11", rf"{day}|30"),
+        (f"{zero}2", rf"{zero}[1-9]|1[0-9]|2[0-8]"),
+    ]
+
+
+def _calendar_dates(order: str, sep: str, year: str, zero: str) -> str:
+    """Dates in field `order` ("ymd", "mdy", "dmy") joined by `sep`, on the calendar itself."""
+
+    def date(y: str, m: str, d: str) -> str:
+        fields = {"y": y, "m": f"(?:{m})", "d": f"(?:{d})"}
+        return sep.join(fields[f] for f in order)
+
+    forms = [date(year, m, d) for m, d in _month_days(zero)]
+    return "(?:" + "|".join([*forms, date(_LEAP_YEAR, f"{zero}2", "29")]) + ")"
+
+
 def _calendar(year: str) -> str:
-    return (
-        rf"(?:{year}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
-        r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
-        rf"|{_LEAP_YEAR}-02-29)"
-    )
+    return _calendar_dates("ymd", "-", year, "0")
 
 
 _YMD_SAFE: Final = _calendar(_YEAR)
 
 
 def _numeric_calendar(order: str, sep: str) -> str:
-    """Dates written month or day first with a 4-digit year (1/2/2024, 31.12.1999), on the
-    calendar itself as `_calendar` is, each of month and day with or without its zero."""
-    long, short, feb = (
-        r"(?:0?[1-9]|[12][0-9]|3[01])",
-        r"(?:0?[1-9]|[12][0-9]|30)",
-        r"(?:0?[1-9]|1[0-9]|2[0-8])",
-    )
-    spans = [(r"(?:0?[13578]|1[02])", long), (r"(?:0?[469]|11)", short), ("0?2", feb)]
-    sep = "\\" + sep
-    if order == "mdy":
-        forms = [f"{m}{sep}{d}{sep}{_YEAR}" for m, d in spans] + [f"0?2{sep}29{sep}{_LEAP_YEAR}"]
-    else:
-        forms = [f"{d}{sep}{m}{sep}{_YEAR}" for m, d in spans] + [f"29{sep}0?2{sep}{_LEAP_YEAR}"]
-    return "(?:" + "|".join(forms) + ")"
+    """Dates written month or day first with a 4-digit year (1/2/2024, 31.12.1999), each of
+    month and day with or without its zero."""
+    return _calendar_dates(order, "\\" + sep, _YEAR, "0?")
 
 
 _TIME: Final = r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
@@ -124,6 +131,7 @@ class DayMonth:
 _CLOCK: Final = r"(?:[01]?[0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
 _ISO_DATETIME_SAFE: Final = _datetime(_YMD_SAFE, _calendar(_INNER_YEAR))
 
+DATED: Final = (ColumnType.DATE, ColumnType.DATETIME)
 # Date patterns (celltypes' labels) that PostgreSQL reads as written once DateStyle names
 # their field order (docs, 8.5.1.1 and B.1). Four-digit years only: two-digit ones take the
 # Python path, its pivot and its warning.
@@ -150,8 +158,8 @@ class Plain:
     calendar: Callable[[str], object] | None = None  # raises ValueError off the calendar
 
     @property
-    def block_form(self) -> str:
-        """What the pass-through's block check matches (jobs.csvimport.plainrows)."""
+    def exact(self) -> str:
+        """A regex whose every match is plain, no `calendar` check needed: `safe` or `cell`."""
         return self.safe or self.cell
 
 

@@ -31,7 +31,7 @@ from core.columntypes import ColumnType
 from jobs.csvimport import plainrows
 from jobs.csvimport.batch import all_plain
 from jobs.csvimport.celltypes import ColumnSpec
-from jobs.csvimport.columntypes import BOOL_PLAIN, DAY_MONTH_ORDERS
+from jobs.csvimport.columntypes import BOOL_PLAIN, DATED, DAY_MONTH_ORDERS
 from jobs.csvimport.format import (
     QUOTECHAR,
     CsvFormat,
@@ -64,7 +64,7 @@ def eligible(fmt: CsvFormat) -> bool:
 def _column_eligible(col: ColumnSpec) -> bool:
     if col.type in (ColumnType.INT, ColumnType.FLOAT):
         return not col.decimal_comma and col.thousands_sep is None
-    if col.type in (ColumnType.DATE, ColumnType.DATETIME):
+    if col.type in DATED:
         return col.date_format in (None, "%Y-%m-%d") or col.date_format in DAY_MONTH_ORDERS
     return True  # text, bool
 
@@ -74,7 +74,7 @@ def _date_orders(columns: list[ColumnSpec]) -> set[str]:
     return {
         DAY_MONTH_ORDERS[c.date_format].order
         for c in columns
-        if c.type in (ColumnType.DATE, ColumnType.DATETIME) and c.date_format in DAY_MONTH_ORDERS
+        if c.type in DATED and c.date_format in DAY_MONTH_ORDERS
     }
 
 

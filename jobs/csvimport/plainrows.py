@@ -16,7 +16,7 @@ The rules:
   first regex misses is tried again with one that lets quoted text hold line breaks
   (`multiline`), its rows told apart by the quotes before each line break
   (`whole_records`), and a record left open at its end carried into the next block;
-- typed cells are in `columntypes.Plain.block_form` (dates on the calendar), quoted or not,
+- typed cells are in `columntypes.Plain.exact` form (dates on the calendar), quoted or not,
   or empty and unquoted (NULL to both readers); bool cells are one of the spellings both
   read alike;
 - text cells are unquoted without a quote, or quoted with every quote inside doubled, and
@@ -41,7 +41,7 @@ import re2
 
 from core.columntypes import ColumnType
 from jobs.csvimport.celltypes import ColumnSpec
-from jobs.csvimport.columntypes import BOOL_PLAIN, DAY_MONTH_ORDERS, RECORDS
+from jobs.csvimport.columntypes import BOOL_PLAIN, DATED, DAY_MONTH_ORDERS, RECORDS
 
 # Digits, signs, '.', ':', 'T', 'Z', ' ' and letters occur in plain cells; these never do.
 DELIMITERS: Final = frozenset(",;\t|")
@@ -52,7 +52,6 @@ WHITESPACE: Final = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
 RE2_MAX_MEM: Final = 64 << 20
 
 BlockMatcher = Callable[[bytes], object]
-DATED: Final = (ColumnType.DATE, ColumnType.DATETIME)
 
 
 def _chars(chars: Iterable[str]) -> str:
@@ -83,7 +82,7 @@ def _cell(col: ColumnSpec, delimiter: str, multiline: bool) -> str:
     else:
         plain = RECORDS[col.type].plain
         assert plain is not None, col.type
-        form = plain.block_form
+        form = plain.exact
     # Quoted or not, a typed cell is the same text to both readers; "" is not ('' to COPY).
     return f'(?:{form}|"(?:{form})")?'
 
