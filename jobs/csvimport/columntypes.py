@@ -168,7 +168,7 @@ class TypeRecord:
     name: ColumnType
     pg_type: str
     # Bytes per value in a heap tuple (docs, chapter 8); 0 for variable length, which
-    # counts as a TOAST pointer when deciding whether a row fits (jobs.csvimport.load).
+    # counts as a TOAST pointer when deciding whether a row fits (jobs.csvimport.table).
     fixed_bytes: int
     read: Callable[[str, ColumnSpec], Value | None]
     error: str  # why a cell that does not fit is rejected (forced types only)

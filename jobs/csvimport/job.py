@@ -45,8 +45,10 @@ from core.redisdriver import driver_info
 from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
 from jobs.csvimport import load as csvload
 from jobs.csvimport import passthrough
+from jobs.csvimport import table as csvtable
 from jobs.csvimport.format import CsvFormat, CsvFormatError, decode, detect_format, iter_rows
 from jobs.csvimport.inference import decide
+from jobs.csvimport.tally import Misguessed, Tally
 
 logger = logging.getLogger("herald.csv_import")
 
@@ -211,28 +213,28 @@ class Run:
         fmt: CsvFormat,
         rows: Iterator[tuple[int, list[str]]],
     ) -> dict[str, Any]:
-        csvload.create_table(conn, table, fmt.columns)
-        load = csvload.load_wide if csvload.is_wide(fmt.columns) else csvload.load_columns
+        csvtable.create_table(conn, table, fmt.columns)
+        load = csvload.load_wide if csvtable.is_wide(fmt.columns) else csvload.load_columns
         result = load(conn, table, fmt, rows, self.upload_id, self.after_batch)
         self.settle()
-        csvload.index_rows(conn, table)
+        csvtable.index_rows(conn, table)
         result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
-        result["storage"] = "jsonb" if csvload.is_wide(fmt.columns) else "columns"
+        result["storage"] = "jsonb" if csvtable.is_wide(fmt.columns) else "columns"
         return result
 
     def load_passthrough(
         self, conn: psycopg.Connection[Any], table: str, fmt: CsvFormat, chunks: Iterator[bytes]
     ) -> dict[str, Any]:
         """PostgreSQL parses the file (jobs.csvimport.passthrough); raises Unsuitable."""
-        csvload.create_table(conn, table, fmt.columns, numbered=True)
+        csvtable.create_table(conn, table, fmt.columns, numbered=True)
         texts = decode(chunks, fmt.encoding)
         checker = passthrough.copy_checked(conn, table, fmt, texts, self.after_batch)
         self.settle()
         passthrough.settle_table(conn, table, fmt.columns, checker)
-        csvload.index_rows(conn, table)
-        tally = csvload.Tally(fmt.columns, fmt.delimiter)
+        csvtable.index_rows(conn, table)
+        warnings = Tally(fmt.columns, fmt.delimiter).warnings(checker.rows, checker.rows)
         width = len(fmt.columns)
-        result = csvload.table_result(conn, table, fmt, tally, checker.rows, 0, [0] * width)
+        result = csvtable.table_result(conn, table, fmt, warnings, checker.rows, 0, [0] * width)
         result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
         result["storage"] = "columns"
         return result
@@ -267,7 +269,7 @@ class Run:
                 if result is None:
                     rows = iter_rows(itertools.chain(head, chunks), fmt)
                     result = self.load_table(conn, table, fmt, rows)
-        except csvload.Misguessed as wrong:
+        except Misguessed as wrong:
             columns = wrong.columns
             if columns is None:
                 self.next_pass(2)

@@ -39,7 +39,8 @@ from jobs.csvimport.format import (
     line_blocks,
     split_lines,
 )
-from jobs.csvimport.load import BATCH_MAX_CHARS, BATCH_SLICE_ROWS, is_wide
+from jobs.csvimport.load import BATCH_MAX_CHARS, BATCH_SLICE_ROWS
+from jobs.csvimport.table import is_wide
 
 # "\." alone on a line ends COPY's input even inside quotes (PostgreSQL docs, COPY); any
 # line starting with it sends the file the Python way.
@@ -101,7 +102,7 @@ class Checker:
             if '"' in "".join(cells) or any(map(str.isspace, cells)):
                 raise Unsuitable(f"column {col.name!r}: a quote or an all-whitespace cell")
             if col.undecided and any(cells):
-                # Typed from its values by the Python path (load.Tally.settle).
+                # Typed from its values by the Python path (tally.Tally.settle).
                 raise Unsuitable(f"column {col.name!r}: values after the first MiB only")
             if "" in cells:
                 self.empty_text.add(j)
