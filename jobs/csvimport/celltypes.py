@@ -1,5 +1,6 @@
 """How CSV cells are read: null tokens, number styles (decimal comma, digit grouping), date
-patterns, and one parser per column type (`jobs.csvimport.columntypes` ties each to its type).
+patterns (`jobs.csvimport.datecells`), and one parser per column type
+(`jobs.csvimport.columntypes` ties each to its type).
 
 Pure and per-cell hot: every regex is compiled at import time and each column carries the one
 date pattern / number style chosen at inference, so a parser does one or two `fullmatch`
@@ -21,6 +22,13 @@ from decimal import Decimal
 from typing import Final
 
 from core.columntypes import ColumnType
+from jobs.csvimport.datecells import (
+    DATE_BY_LABEL,
+    DATE_PATTERNS,
+    ISO_DATE,
+    parse_date,
+    parse_datetime,
+)
 
 # Spreadsheet / pandas / R spellings of "no value". Only typed columns treat them as NULL:
 # in a text column "NA" may be Namibia and "-" may be meaningful, so text keeps them verbatim
@@ -166,136 +174,6 @@ def _parse_float(v: str, style: _NumberStyle, strict: bool = False) -> float | N
     return f
 
 
-# --- dates ---------------------------------------------------------------------------------
-
-_MONTHS: Final = {
-    name: i
-    for i, names in enumerate(
-        [
-            ("jan", "january"),
-            ("feb", "february"),
-            ("mar", "march"),
-            ("apr", "april"),
-            ("may",),
-            ("jun", "june"),
-            ("jul", "july"),
-            ("aug", "august"),
-            ("sep", "sept", "september"),
-            ("oct", "october"),
-            ("nov", "november"),
-            ("dec", "december"),
-        ],
-        start=1,
-    )
-    for name in names
-}
-
-
-def _year(text: str) -> int:
-    y = int(text)
-    if len(text) == 2:
-        # POSIX strptime %y: "values in the range [69,99] refer to years 1969 to 1999 inclusive
-        # and values in the range [00,68] refer to years 2000 to 2068 inclusive".
-        return y + (1900 if y >= 69 else 2000)
-    return y
-
-
-@dataclass(frozen=True, slots=True)
-class _DatePattern:
-    label: str  # strptime-style, 4-digit-year form; the %y twin maps to the same pattern
-    regex: re.Pattern[str]
-    order: str  # positions of year/month/day in the three groups: "ymd", "mdy", "dmy", ...
-
-
-_Y = r"([0-9]{4}|[0-9]{2})"
-_D = r"([0-9]{1,2})"
-_B = r"([A-Za-z]{3,9})\.?"
-_DATE_PATTERNS: Final = [
-    _DatePattern("%Y-%m-%d", re.compile(r"([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})"), "ymd"),
-    _DatePattern("%Y/%m/%d", re.compile(r"([0-9]{4})/([0-9]{1,2})/([0-9]{1,2})"), "ymd"),
-    _DatePattern("%m/%d/%Y", re.compile(f"{_D}/{_D}/{_Y}"), "mdy"),
-    _DatePattern("%d/%m/%Y", re.compile(f"{_D}/{_D}/{_Y}"), "dmy"),
-    _DatePattern("%m-%d-%Y", re.compile(f"{_D}-{_D}-{_Y}"), "mdy"),
-    _DatePattern("%d-%m-%Y", re.compile(f"{_D}-{_D}-{_Y}"), "dmy"),
-    _DatePattern("%d.%m.%Y", re.compile(rf"{_D}\.{_D}\.{_Y}"), "dmy"),
-    _DatePattern("%b %d, %Y", re.compile(f"{_B} {_D},? {_Y}"), "bdy"),
-    _DatePattern("%d-%b-%Y", re.compile(f"{_D}-{_B}-{_Y}"), "dby"),
-    _DatePattern("%d %b %Y", re.compile(f"{_D} {_B} {_Y}"), "dby"),
-]
-_DATE_BY_LABEL: Final = {p.label: p for p in _DATE_PATTERNS} | {
-    p.label.replace("%Y", "%y"): p for p in _DATE_PATTERNS
-}
-_ISO_DATE: Final = _DATE_PATTERNS[0]
-
-
-def _parse_date(v: str, pat: _DatePattern) -> dt.date | None:
-    m = pat.regex.fullmatch(v)
-    if m is None:
-        return None
-    a, b, c = m.groups()
-    try:
-        if pat.order == "ymd":
-            return dt.date(int(a), int(b), int(c))
-        if pat.order == "mdy":
-            return dt.date(_year(c), int(a), int(b))
-        if pat.order == "dmy":
-            return dt.date(_year(c), int(b), int(a))
-        if pat.order == "bdy":
-            month = _MONTHS.get(a.lower())
-            return None if month is None else dt.date(_year(c), month, int(b))
-        month = _MONTHS.get(b.lower())
-        return None if month is None else dt.date(_year(c), month, int(a))
-    except ValueError:  # 31/02, month 13: a calendar-invalid date is not a date
-        return None
-
-
-# ISO 8601 date-time with "T" or " " (RFC 3339 section 5.6 allows the space), optional seconds,
-# fraction and zone. The regex gates datetime.fromisoformat, which on 3.11 also accepts
-# forms like "20240131" that should not make a column a datetime.
-_ISO_DATETIME: Final = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,6})?)?"
-    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
-)
-_TIME: Final = re.compile(r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,6}))?)?")
-
-
-def _parse_datetime(v: str, pat: _DatePattern | None) -> dt.datetime | None:
-    if pat is None or pat is _ISO_DATE:
-        if _ISO_DATETIME.fullmatch(v) is None:
-            return None
-        try:
-            ts = dt.datetime.fromisoformat(v)
-            if ts.tzinfo is not None:
-                # An instant before year 1 or after 9999 in UTC (0001-01-01T00:00+01:00) is
-                # no Python datetime; PostgreSQL would store it as BC, which cannot be read.
-                ts.astimezone(dt.UTC)
-        except (ValueError, OverflowError):
-            return None
-        return ts
-    # Non-ISO datetimes: "<column date pattern> H:MM[:SS[.ffffff]]", or a bare date.
-    date_part, _, time_part = v.rpartition(" ")
-    if not date_part:
-        d = _parse_date(v, pat)
-        return None if d is None else dt.datetime(d.year, d.month, d.day)
-    d = _parse_date(date_part, pat)
-    t = _TIME.fullmatch(time_part)
-    if d is None or t is None:
-        return None
-    hh, mm, ss, frac = t.groups()
-    try:
-        return dt.datetime(
-            d.year,
-            d.month,
-            d.day,
-            int(hh),
-            int(mm),
-            int(ss or 0),
-            int((frac or "0").ljust(6, "0")),
-        )
-    except ValueError:
-        return None
-
-
 # --- one parser per column type -------------------------------------------------------------
 
 Value = int | float | bool | dt.date | dt.datetime | str
@@ -334,18 +212,18 @@ def read_bool(v: str, col: ColumnSpec) -> bool | None:
 
 
 def read_date(v: str, col: ColumnSpec) -> dt.date | None:
-    pat = _DATE_BY_LABEL.get(col.date_format or "", _ISO_DATE)
-    d = _parse_date(v, pat)
-    if d is None and pat is not _ISO_DATE:
-        d = _parse_date(v, _ISO_DATE)  # ISO is unambiguous, so always acceptable
+    pat = DATE_BY_LABEL.get(col.date_format or "", ISO_DATE)
+    d = parse_date(v, pat)
+    if d is None and pat is not ISO_DATE:
+        d = parse_date(v, ISO_DATE)  # ISO is unambiguous, so always acceptable
     return d
 
 
 def read_datetime(v: str, col: ColumnSpec) -> dt.datetime | None:
-    pat = _DATE_BY_LABEL.get(col.date_format or "", _ISO_DATE)
-    ts = _parse_datetime(v, pat)
-    if ts is None and pat is not _ISO_DATE:
-        ts = _parse_datetime(v, None)
+    pat = DATE_BY_LABEL.get(col.date_format or "", ISO_DATE)
+    ts = parse_datetime(v, pat)
+    if ts is None and pat is not ISO_DATE:
+        ts = parse_datetime(v, None)
     return ts
 
 
@@ -355,7 +233,7 @@ def read_text(v: str, col: ColumnSpec) -> str:
 
 def two_digit_year(value: str, col: ColumnSpec) -> bool:
     """Does this date/datetime cell write its year with two digits (read with the pivot)?"""
-    pat = _DATE_BY_LABEL.get(col.date_format or "", _ISO_DATE)
+    pat = DATE_BY_LABEL.get(col.date_format or "", ISO_DATE)
     if pat.order == "ymd":
         return False
     v = value.strip()
@@ -387,8 +265,8 @@ def candidates(delimiter: str, only: ColumnType | None = None) -> list[Inferred]
             Inferred(ColumnType.INT, decimal_comma=dc, thousands_sep=sep),
             Inferred(ColumnType.FLOAT, decimal_comma=dc, thousands_sep=sep),
         ]
-    out += [Inferred(ColumnType.DATE, date_format=p.label) for p in _DATE_PATTERNS]
-    out += [Inferred(ColumnType.DATETIME, date_format=p.label) for p in _DATE_PATTERNS]
+    out += [Inferred(ColumnType.DATE, date_format=p.label) for p in DATE_PATTERNS]
+    out += [Inferred(ColumnType.DATETIME, date_format=p.label) for p in DATE_PATTERNS]
     if only is not None:
         return [c for c in out if c.type == only] or [Inferred(only)]
     return out
@@ -397,7 +275,7 @@ def candidates(delimiter: str, only: ColumnType | None = None) -> list[Inferred]
 def year_label(inferred: Inferred, values: list[str]) -> Inferred:
     """Label a date column "%y" when most of its years are written with two digits (display
     only: both labels parse 2- and 4-digit years, with the POSIX pivot for the former)."""
-    if inferred.date_format is None or _DATE_BY_LABEL[inferred.date_format].order == "ymd":
+    if inferred.date_format is None or DATE_BY_LABEL[inferred.date_format].order == "ymd":
         return inferred
     spec = ColumnSpec("", "", inferred.type, inferred.date_format)
     two = sum(1 for v in values if two_digit_year(v, spec))
