@@ -1,4 +1,5 @@
-"""The names of CSV column types (API.md "CSV uploads": the `columns` field).
+"""The names of CSV column types (API.md "CSV uploads": the `columns` field), and of the two
+layouts an upload's table can have (`result.storage`, docs/api.md).
 
 Names only: the web validates a client's `columns` against them and /openapi.json
 lists them; how each type parses and profiles lives in jobs/csvimport.
@@ -16,3 +17,11 @@ class ColumnType(StrEnum):
     DATE = "date"
     DATETIME = "datetime"
     TEXT = "text"
+
+
+class Storage(StrEnum):
+    """How an upload's rows are stored: one column per field, or one jsonb column per row
+    for files too wide for a heap tuple (jobs/csvimport/table.py)."""
+
+    COLUMNS = "columns"
+    JSONB = "jsonb"

@@ -29,12 +29,8 @@ from starlette.routing import Route
 from app.errors import BadRequest, Conflict, Forbidden, NotFound
 from app.ids import parse_id
 from app.openapi import (
-    INTEGER,
     STRING,
-    TIME,
-    Schema,
     content,
-    enum,
     errors,
     json_body,
     obj,
@@ -42,14 +38,15 @@ from app.openapi import (
     paging,
     query,
 )
+from app.routes.upload_schemas import ROWS, UPLOAD, UPLOAD_ACCEPTED, UPLOAD_LIST
 from app.security import ratelimit
 from app.security.auth import Principal, authenticate
 from app.upload_body import UploadBody, read_upload
 from core import events, jobkinds, settings
-from core.columntypes import ColumnType
+from core.columntypes import ColumnType, Storage
 from core.eventkinds import EventKind
 from core.principal import Identity
-from core.statuses import ACTIVE_UPLOAD_STATUSES, VISIBLE_UPLOAD_STATUSES, UploadStatus
+from core.statuses import ACTIVE_UPLOAD_STATUSES, UploadStatus
 from core.timestamps import rfc3339
 
 _TYPES = sorted(t.value for t in ColumnType)
@@ -92,98 +89,6 @@ def parse_columns(raw: str | None) -> dict[str, str] | None:
             details={"field": "columns", "types": _TYPES},
         )
     return value
-
-
-UPLOAD_ACCEPTED = Schema(
-    "UploadAccepted",
-    obj(
-        ["upload_id", "job_id", "status"], {"upload_id": STRING, "job_id": STRING, "status": STRING}
-    ),
-)
-_COLUMN_PROFILE = obj(
-    ["name", "type", "nulls", "invalid", "distinct"],
-    {
-        "name": STRING,
-        "type": enum(ColumnType),
-        "nulls": INTEGER,
-        "invalid": INTEGER,
-        "distinct": INTEGER,
-        "min": {},
-        "max": {},
-        "mean": {},  # a number, or an ISO date/time for date and datetime columns
-        "top": {
-            "type": "array",
-            "items": obj(["value", "count"], {"value": {}, "count": INTEGER}),
-        },
-    },
-)
-UPLOAD_RESULT = Schema(
-    "UploadResult",
-    obj(
-        ["rows_total", "rows_valid", "rows_invalid", "data_quality_score", "columns"],
-        {
-            "rows_total": INTEGER,
-            "rows_valid": INTEGER,
-            "rows_invalid": INTEGER,
-            "data_quality_score": {"type": "number", "minimum": 0, "maximum": 100},
-            "columns": {"type": "array", "items": _COLUMN_PROFILE},
-            # Things a person should check about how the file was read (docs/csv.md).
-            "warnings": {
-                "type": "array",
-                "items": obj(
-                    ["code", "message"],
-                    {"code": STRING, "message": STRING, "details": {"type": "object"}},
-                ),
-            },
-        },
-    ),
-)
-UPLOAD = Schema(
-    "Upload",
-    obj(
-        ["upload_id", "filename", "status", "created_at", "progress"],
-        {
-            "upload_id": STRING,
-            "filename": STRING,
-            "status": enum(VISIBLE_UPLOAD_STATUSES),
-            "created_at": TIME,
-            "progress": obj(
-                ["percent", "rows_processed"],
-                {
-                    "percent": {"type": "integer", "minimum": 0, "maximum": 100},
-                    "rows_processed": {"type": "integer", "minimum": 0},
-                },
-            ),
-            "result": {"oneOf": [UPLOAD_RESULT, {"type": "null"}]},
-            "error": {
-                "oneOf": [
-                    obj(["code", "message"], {"code": STRING, "message": STRING}),
-                    {"type": "null"},
-                ]
-            },
-        },
-    ),
-)
-UPLOAD_LIST = Schema(
-    "UploadList", obj(["uploads"], {"uploads": {"type": "array", "items": UPLOAD}})
-)
-ROWS = Schema(
-    "Rows",
-    obj(
-        ["upload_id", "columns", "rows", "limit", "offset", "total"],
-        {
-            "upload_id": STRING,
-            "columns": {
-                "type": "array",
-                "items": obj(["name", "type"], {"name": STRING, "type": enum(ColumnType)}),
-            },
-            "rows": {"type": "array", "items": {"type": "object"}},
-            "limit": INTEGER,
-            "offset": INTEGER,
-            "total": INTEGER,
-        },
-    ),
-)
 
 
 @operation(
@@ -346,7 +251,7 @@ async def get_rows(request: Request) -> Response:
         cur = await conn.execute(query, (limit, offset))
         records = await cur.fetchall()
     names = [c["name"] for c in columns]
-    wide = row["result"].get("storage") == "jsonb"  # jobs/csvimport: too wide for columns
+    wide = row["result"].get("storage") == Storage.JSONB  # too wide for columns
     return JSONResponse(
         {
             "upload_id": str(row["id"]),

@@ -38,6 +38,7 @@ from rq.timeouts import JobTimeoutException
 
 from core import events, jobmetrics, settings
 from core.collector import gen0_threshold
+from core.columntypes import Storage
 from core.eventclients import EventsClient, events_client_for
 from core.eventkinds import EventKind
 from core.principal import Identity
@@ -219,7 +220,7 @@ class Run:
         self.settle()
         csvtable.index_rows(conn, table)
         result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
-        result["storage"] = "jsonb" if csvtable.is_wide(fmt.columns) else "columns"
+        result["storage"] = Storage.JSONB if csvtable.is_wide(fmt.columns) else Storage.COLUMNS
         return result
 
     def load_passthrough(
@@ -236,7 +237,7 @@ class Run:
         width = len(fmt.columns)
         result = csvtable.table_result(conn, table, fmt, warnings, checker.rows, 0, [0] * width)
         result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
-        result["storage"] = "columns"
+        result["storage"] = Storage.COLUMNS
         return result
 
     def load(self, conn: psycopg.Connection[Any], column_types: dict[str, str] | None) -> Any:
