@@ -46,18 +46,11 @@ def enum(values: Iterable[str]) -> dict[str, Any]:
     return {"enum": [str(v) for v in values]}
 
 
-ERROR = Schema(
-    "Error",
-    obj(
-        ["error"],
-        {
-            "error": obj(
-                ["code", "message"],
-                {"code": STRING, "message": STRING, "details": {"type": "object"}},
-            )
-        },
-    ),
+# API.md's error body; an upload's `result.warnings` items have the same shape.
+PROBLEM: dict[str, Any] = obj(
+    ["code", "message"], {"code": STRING, "message": STRING, "details": {"type": "object"}}
 )
+ERROR = Schema("Error", obj(["error"], {"error": PROBLEM}))
 
 
 def content(media_type: str, schema: Schema | dict[str, Any], description: str) -> dict[str, Any]:

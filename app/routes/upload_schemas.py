@@ -3,7 +3,7 @@ their enums taken from core's vocabularies."""
 
 from __future__ import annotations
 
-from app.openapi import INTEGER, STRING, TIME, Schema, enum, obj
+from app.openapi import INTEGER, PROBLEM, STRING, TIME, Schema, enum, obj
 from core.columntypes import ColumnType, Storage
 from core.statuses import VISIBLE_UPLOAD_STATUSES
 
@@ -44,13 +44,7 @@ UPLOAD_RESULT = Schema(
             "format": obj(["encoding", "delimiter"], {"encoding": STRING, "delimiter": STRING}),
             "storage": enum(Storage),
             # Things a person should check about how the file was read (docs/csv.md).
-            "warnings": {
-                "type": "array",
-                "items": obj(
-                    ["code", "message"],
-                    {"code": STRING, "message": STRING, "details": {"type": "object"}},
-                ),
-            },
+            "warnings": {"type": "array", "items": PROBLEM},
         },
     ),
 )

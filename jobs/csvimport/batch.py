@@ -53,7 +53,7 @@ class _Matchers:
     whole_unsafe: Callable[[str], object] | None  # every cell plain, calendar to check
     one: Callable[[str], object]
     calendar: Callable[[str], object] | None
-    max_chars: int | None
+    max_chars: int | None = None  # only the decimal-comma integers (_COMMA_FLOAT) have one
 
 
 _MATCHERS: Final = {
@@ -62,7 +62,6 @@ _MATCHERS: Final = {
         _whole(r.plain.cell) if r.plain.safe else None,
         re.compile(r.plain.cell).fullmatch,
         r.plain.calendar,
-        None,
     )
     for name, r in RECORDS.items()
     if r.plain is not None
