@@ -34,8 +34,16 @@ BASE_DATABASE_URL = os.environ["DATABASE_URL"]
 REDIS_URL = BASE_REDIS_URL
 PREFIX = f"herald-test-{RUN_ID}"
 SCHEMA = f"test_{RUN_ID}"
-_sep = "&" if "?" in BASE_DATABASE_URL else "?"
-DATABASE_URL = f"{BASE_DATABASE_URL}{_sep}options={quote(f'-csearch_path={SCHEMA}')}"
+
+
+def schema_dsn(schema: str) -> str:
+    """The base database URL with `schema` as the search path; its other parameters (the
+    embedded server's socket `host`, say) kept."""
+    sep = "&" if "?" in BASE_DATABASE_URL else "?"
+    return f"{BASE_DATABASE_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+DATABASE_URL = schema_dsn(SCHEMA)
 
 if "rq" in sys.modules:  # rq fixes its key prefix when first imported
     raise RuntimeError("rq was imported before tests/conftest.py set RQ_KEY_PREFIX")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from app.migrations import MIGRATIONS_DIR, apply_migrations
 from core import events, settings
 from core.principal import Identity
-from tests.conftest import DATABASE_URL
+from tests.conftest import DATABASE_URL, schema_dsn
 from tests.support.asgi import StreamCall, app_client, running_app, token
 
 pytestmark = pytest.mark.anyio
@@ -176,8 +176,7 @@ def test_migration_moves_rows_of_the_old_shape() -> None:
     """002 on rows written by 001's code: a tenant of one stays one, a named org
     (even one spelled 'user:<sub>' by another user) becomes 'org:<name>'."""
     schema = f"migrate_{uuid.uuid4().hex[:8]}"
-    base = DATABASE_URL.split("?")[0]
-    conninfo = f"{base}?options={quote(f'-csearch_path={schema}')}"
+    conninfo = schema_dsn(schema)
     with psycopg.connect(DATABASE_URL, autocommit=True) as admin:
         admin.execute(f'CREATE SCHEMA "{schema}"')
     try:
