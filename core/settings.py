@@ -179,6 +179,9 @@ UPLOAD_PROFILE_WORK_MEM = config("UPLOAD_PROFILE_WORK_MEM", default="64MB")
 # Past 100,000 rows, distinct counts of typed columns are ANALYZE's estimates from a sample of
 # 300 x this many rows (PostgreSQL's default_statistics_target, SET LOCAL; its default 100).
 UPLOAD_PROFILE_STATISTICS_TARGET = config("UPLOAD_PROFILE_STATISTICS_TARGET", cast=int, default=30)
+# Past 100,000 rows the profile's aggregate scan is grouped by the text columns of few values
+# while their estimated combinations stay within this (each group holds every column's state).
+UPLOAD_PROFILE_MAX_GROUPS = config("UPLOAD_PROFILE_MAX_GROUPS", cast=int, default=1000)
 UPLOAD_ROWS_PAGE_MAX = config("UPLOAD_ROWS_PAGE_MAX", cast=int, default=1000)
 # Rows parsed per COPY batch; cancel is checked between batches (memory ~ batch size).
 UPLOAD_BATCH_ROWS = config("UPLOAD_BATCH_ROWS", cast=int, default=5000)

@@ -194,6 +194,27 @@ def test_records_across_block_boundaries_take_the_block_check(
     assert out["rows"][-1][2] == 'line one of 59999\nline two\nthree, "quoted"'
 
 
+def test_rows_numbered_here_then_by_postgresql_run_on_without_a_gap(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ~1.5 MiB of one-line rows (written with their `_row`), then a block with quoted line
+    # breaks and everything after it (numbered by the identity column, from where the first
+    # COPY stopped), plain lines again included.
+    head = b"".join(b"%d,name %d\n" % (i, i) for i in range(120_000))
+    tail = b'1,"two\nlines"\n' + b"".join(b"%d,after %d\n" % (i, i) for i in range(1000))
+    out, way = both_ways(db, redis_client, b"n,text\n" + head + tail, caplog, monkeypatch)
+    assert way == "copy"
+    assert [r[0] for r in out["rows"]] == list(range(1, 121_002))
+    assert out["rows"][119_999:120_002] == [
+        (120_000, 119_999, "name 119999"),
+        (120_001, 1, "two\nlines"),
+        (120_002, 0, "after 0"),
+    ]
+
+
 def test_a_record_longer_than_the_field_limit_goes_the_python_way(
     db: psycopg.Connection,
     redis_client: redis.Redis,

@@ -134,6 +134,12 @@ def test_plain_rows_match(columns: list[ColumnSpec], delimiter: str, data: st.Da
     matches = plainrows.block_matcher(columns, delimiter)
     assert matches is not None and matches(block.encode())
     assert plainrows.rows_in(block.encode()) == len(csv_rows(block, delimiter)) == len(rows)
+    # Numbered for the pass-through's COPY: each row gains its number as a first field.
+    first = data.draw(st.integers(1, 10**15))
+    numbered = plainrows.numbered(block.encode(), first, delimiter).decode()
+    assert csv_rows(numbered, delimiter) == [
+        [str(first + i), *row] for i, row in enumerate(csv_rows(block, delimiter))
+    ]
 
 
 @settings(max_examples=200, deadline=None)

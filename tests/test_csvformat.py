@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from jobs.csvimport.batch import fit_row
 from jobs.csvimport.celltypes import ColumnSpec
+from jobs.csvimport.columnprofile import DISTINCT_EXACT_CAP, ColumnProfile
 from jobs.csvimport.columntypes import parse_cell
 from jobs.csvimport.format import (
     CsvFormat,
@@ -26,7 +27,6 @@ from jobs.csvimport.format import (
     iter_rows,
 )
 from jobs.csvimport.inference import decide
-from jobs.csvimport.profile import DISTINCT_EXACT_CAP, ColumnProfile
 from tests.support.shared import CSV_DIR
 
 DATA = CSV_DIR
