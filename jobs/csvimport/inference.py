@@ -46,10 +46,12 @@ class ColumnGuess:
         only the first such candidate (`best`) is needed and the rest go untried."""
         if not self.present:
             self.present = any(not is_null(c, ColumnType.INT) for c in cells)
+        # Each value tried once: a bool or code column of 12,000 cells holds a few.
+        values = list(set(cells))
         if last:
-            self.alive = next(([c] for c in self.alive if fits(cells, c)), [])
+            self.alive = next(([c] for c in self.alive if fits(values, c)), [])
         else:
-            self.alive = [c for c in self.alive if fits(cells, c)]
+            self.alive = [c for c in self.alive if fits(values, c)]
         if len(self.two_digit_sample) < 1000:
             self.two_digit_sample += [c.strip() for c in cells[:1000] if c.strip()]
 
