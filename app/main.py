@@ -15,7 +15,7 @@ from app.headers import SecurityHeadersMiddleware
 from app.openapi import openapi_document
 from app.proxy import TrustedProxyMiddleware
 from app.resources import lifespan
-from app.routes import chat, events, health, page, replies, uploads
+from app.routes import chat, events, health, page, replies, upload_rows, uploads
 from core import settings
 from core.logs import configure_logging
 
@@ -29,6 +29,7 @@ def create_app() -> Starlette:
         *chat.routes,
         *replies.routes,
         *uploads.routes,
+        *upload_rows.routes,
     ]
     if settings.DEV_MODE:  # a token for anyone who asks: never outside local development
         # Imported here only: a production process never loads app.dev.
