@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core import settings as herald_settings
-from jobs.csvimport import passthrough, profile
+from jobs.csvimport import passthrough, plainrows, profile
 from tests.support.shared import CSV_DIR
 from tests.support.uploads import (
     chunk_count,
@@ -205,8 +205,20 @@ def test_rows_numbered_here_then_by_postgresql_run_on_without_a_gap(
     # COPY stopped), plain lines again included.
     head = b"".join(b"%d,name %d\n" % (i, i) for i in range(120_000))
     tail = b'1,"two\nlines"\n' + b"".join(b"%d,after %d\n" % (i, i) for i in range(1000))
-    out, way = both_ways(db, redis_client, b"n,text\n" + head + tail, caplog, monkeypatch)
+    numbered_from: list[int] = []
+    numbered = plainrows.numbered
+
+    def spy(block: bytes, first: int, delimiter: str) -> bytes:
+        numbered_from.append(first)
+        return numbered(block, first, delimiter)
+
+    monkeypatch.setattr(plainrows, "numbered", spy)
+    data = b"n,text\n" + head + tail
+    out, way = both_ways(db, redis_client, data, caplog, monkeypatch, chunk=1 << 18)
     assert way == "copy"
+    # Blocks of 256 KiB: the first several numbered here, the rest by PostgreSQL.
+    assert len(numbered_from) >= 4 and numbered_from[0] == 1
+    assert numbered_from[-1] < 120_000
     assert [r[0] for r in out["rows"]] == list(range(1, 121_002))
     assert out["rows"][119_999:120_002] == [
         (120_000, 119_999, "name 119999"),
