@@ -5,6 +5,7 @@ typed columns' distinct counts, which become ANALYZE's estimates."""
 
 from __future__ import annotations
 
+import decimal
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -109,3 +110,13 @@ def test_a_small_group_cap_leaves_every_text_column_its_own_query(
         if "mean" in a:  # typed: distinct counts are estimates from a random sample
             del a["distinct"], b["distinct"]
         assert a == b
+
+
+def test_group_sums_fold_as_postgresql_adds_them() -> None:
+    inf = decimal.Decimal("Infinity")
+    assert profile._fold("sum", [inf, -inf]).is_nan()  # PostgreSQL's sum gives NaN too
+    assert profile._fold("sum", [2**62, 2**62, None]) == 2**63  # ints stay exact ints
+    # Each double exactly, to 40 digits: no rounding to a double on the way.
+    assert str(profile._fold("sum", [0.1, 0.2])) == "0.3000000000000000166533453693773481063545"
+    assert profile._fold("sum", [None, None]) is None
+    assert (profile._fold("min", [None, 3, 1]), profile._fold("max", [])) == (1, None)

@@ -64,7 +64,8 @@ def _fold(kind: Fold, values: list[Any]) -> Any:
         return None
     if all(isinstance(v, int) for v in present):
         return sum(present)
-    return sum((decimal.Decimal(v) for v in present), _SUMS.create_decimal(0))
+    with decimal.localcontext(_SUMS):  # Decimal arithmetic uses the thread's context
+        return sum((decimal.Decimal(v) for v in present), decimal.Decimal(0))
 
 
 class _Scan:
