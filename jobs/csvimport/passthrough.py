@@ -10,8 +10,9 @@ NULL); in a block of plain rows (`plainrows`) a quote doubled inside a quoted ce
 Anything else raises `Unsuitable` and the caller rolls back to its savepoint and loads the
 file through the Python path (jobs.csvimport.load), which rejects rows, re-decides
 misguessed types and raises the format errors as before; a PostgreSQL error on the COPY does
-the same. The two processes overlap: PostgreSQL parses, types and stores block n while this
-one checks it (docs/csv.md, "PostgreSQL parses well-formed files").
+the same. The two processes overlap: PostgreSQL parses, types and stores one block while this
+one checks the next, or past the plain lines the same one (docs/csv.md, "PostgreSQL parses
+well-formed files").
 """
 
 from __future__ import annotations
