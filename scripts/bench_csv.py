@@ -129,15 +129,16 @@ def run_job(env: dict[str, str], upload_id: str, interval: str) -> JobRun:
 def job_process(upload_id: str) -> None:
     """``--run-job``: import one upload; print seconds, peak RSS (KiB), valid rows, and what
     progress reporting took: reports, the reporter thread's CPU seconds, and the seconds the
-    import waited for a report (``Run.settle``). Progress is measured directly because its
+    import waited for a report (``Upload.settle``). Progress is measured directly because its
     cost (a few ms a report) is below the run-to-run noise of the import's wall time."""
     sys.path.insert(0, str(ROOT))
-    from jobs.csvimport.job import Run, import_upload
+    from jobs.csvimport.job import import_upload
+    from jobs.csvimport.upload import Upload
 
     spent = {"reports": 0, "cpu": 0.0, "waited": 0.0}
-    progress, settle = Run.progress, Run.settle
+    progress, settle = Upload.progress, Upload.settle
 
-    def timed_progress(run: Run, percent: int, rows_processed: int) -> None:
+    def timed_progress(run: Upload, percent: int, rows_processed: int) -> None:
         started = time.thread_time()
         try:
             progress(run, percent, rows_processed)
@@ -145,14 +146,14 @@ def job_process(upload_id: str) -> None:
             spent["reports"] += 1
             spent["cpu"] += time.thread_time() - started
 
-    def timed_settle(run: Run) -> None:
+    def timed_settle(run: Upload) -> None:
         started = time.perf_counter()
         try:
             settle(run)
         finally:
             spent["waited"] += time.perf_counter() - started
 
-    Run.progress, Run.settle = timed_progress, timed_settle  # type: ignore[method-assign]
+    Upload.progress, Upload.settle = timed_progress, timed_settle  # type: ignore[method-assign,assignment]
     started = time.perf_counter()
     result = import_upload(upload_id)
     elapsed = time.perf_counter() - started
