@@ -44,10 +44,10 @@ class ColumnGuess:
     def feed(self, cells: Sequence[str], *, last: bool = False) -> None:
         """Narrow to the candidates every cell fits; `last`: these are all the cells, so
         only the first such candidate (`best`) is needed and the rest go untried."""
-        if not self.present:
-            self.present = any(not is_null(c, ColumnType.INT) for c in cells)
         # Each value tried once: a bool or code column of 12,000 cells holds a few.
         values = list(set(cells))
+        if not self.present:
+            self.present = any(not is_null(c, ColumnType.INT) for c in values)
         if last:
             self.alive = next(([c] for c in self.alive if fits(values, c)), [])
         else:

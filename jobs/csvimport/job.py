@@ -81,9 +81,7 @@ def load_table(
     result = load(conn, table, fmt, rows, upload.upload_id, upload.after_batch)
     upload.settle()
     csvtable.index_rows(conn, table)
-    result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
-    result["storage"] = Storage.JSONB if csvtable.is_wide(fmt.columns) else Storage.COLUMNS
-    return result
+    return _with_layout(result, fmt)
 
 
 def load_passthrough(
@@ -103,8 +101,13 @@ def load_passthrough(
     warnings = Tally(fmt.columns, fmt.delimiter).warnings(checker.rows, checker.rows)
     width = len(fmt.columns)
     result = csvtable.table_result(conn, table, fmt, warnings, checker.rows, 0, [0] * width)
+    return _with_layout(result, fmt)
+
+
+def _with_layout(result: dict[str, Any], fmt: CsvFormat) -> dict[str, Any]:
+    """The result with how the file was read and how its rows are stored."""
     result["format"] = {"encoding": fmt.encoding, "delimiter": fmt.delimiter}
-    result["storage"] = Storage.COLUMNS
+    result["storage"] = Storage.JSONB if csvtable.is_wide(fmt.columns) else Storage.COLUMNS
     return result
 
 

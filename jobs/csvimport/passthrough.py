@@ -141,20 +141,29 @@ def _body(blocks: Iterator[str], delimiter: str) -> Iterator[str]:
         yield block
 
 
+def _plain_lines(lines: plainrows.BlockMatcher | None, text: str, data: bytes) -> bool:
+    """Is the block `text` (`data` its UTF-8 bytes) whole plain rows, one per line?"""
+    limit = settings.UPLOAD_MAX_FIELD_BYTES
+    return lines is not None and plainrows.lines_within(text, limit) and bool(lines(data))
+
+
 def _skip_plain_blocks(
-    blocks: Iterator[str], fmt: CsvFormat, checker: Checker, after_batch: Callable[[int], None]
+    blocks: Iterator[str],
+    fmt: CsvFormat,
+    lines: plainrows.BlockMatcher | None,
+    checker: Checker,
+    after_batch: Callable[[int], None],
 ) -> Iterator[str]:
     """Count the leading blocks of plain rows (`plainrows`); yield the first other block and
     every block after it, for `csv` and the Checker. A record a block leaves open (a quoted
     line break in it) is checked with the next block."""
-    lines = plainrows.block_matcher(fmt.columns, fmt.delimiter)
     records = plainrows.block_matcher(fmt.columns, fmt.delimiter, multiline=True)
     limit = settings.UPLOAD_MAX_FIELD_BYTES
     carry = ""
     for block in blocks:
         text, carry = carry + block, ""
         data = text.encode()  # RE2 reads UTF-8 bytes, as COPY does
-        if lines is not None and plainrows.lines_within(text, limit) and lines(data):
+        if _plain_lines(lines, text, data):
             checker.rows += plainrows.rows_in(data)
         elif (taken := _plain_records(records, text, limit)) is not None:
             rows, carry = taken
@@ -235,19 +244,18 @@ def _copy_query(table: str, fmt: CsvFormat, numbered: bool) -> sql.Composed:
 def _copy_plain_lines(
     copy: psycopg.Copy,
     blocks: Iterator[str],
-    fmt: CsvFormat,
+    lines: plainrows.BlockMatcher | None,
+    delimiter: str,
     checker: Checker,
     after_batch: Callable[[int], None],
 ) -> str | None:
     """COPY the leading blocks of plain lines (`plainrows`), each row numbered here; returns
     the first other block, or None at the end of the file."""
-    lines = plainrows.block_matcher(fmt.columns, fmt.delimiter)
-    limit = settings.UPLOAD_MAX_FIELD_BYTES
     for block in blocks:
         data = block.encode()  # RE2 reads UTF-8 bytes, as COPY does
-        if lines is None or not (plainrows.lines_within(block, limit) and lines(data)):
+        if not _plain_lines(lines, block, data):
             return block
-        copy.write(plainrows.numbered(data, checker.rows + 1, fmt.delimiter))
+        copy.write(plainrows.numbered(data, checker.rows + 1, delimiter))
         checker.rows += plainrows.rows_in(data)
         after_batch(checker.rows)
     return None
@@ -273,10 +281,11 @@ def copy_checked(
         # transaction, and undone with the savepoint if the Python path takes over.
         conn.execute("SELECT set_config('datestyle', %s, true)", (f"ISO, {order}",))
     blocks = _body(line_blocks(texts), fmt.delimiter)
+    lines = plainrows.block_matcher(fmt.columns, fmt.delimiter)  # one RE2 compile, both COPYs
     try:
         with conn.cursor() as cur:
             with cur.copy(_copy_query(table, fmt, numbered=True)) as copy:
-                rest = _copy_plain_lines(copy, blocks, fmt, checker, after_batch)
+                rest = _copy_plain_lines(copy, blocks, lines, fmt.delimiter, checker, after_batch)
             copied = cur.rowcount
             if rest is not None:
                 conn.execute(
@@ -286,7 +295,7 @@ def copy_checked(
                 with cur.copy(_copy_query(table, fmt, numbered=False)) as copy:
                     sent = Sent(copy)
                     body = sent(itertools.chain([rest], blocks))
-                    body = _skip_plain_blocks(body, fmt, checker, after_batch)
+                    body = _skip_plain_blocks(body, fmt, lines, checker, after_batch)
                     # The reader's rows go straight into slices: a generator step per row
                     # (as in format._records) cost ~0.3 s per 1M rows.
                     csv.field_size_limit(settings.UPLOAD_MAX_FIELD_BYTES)
