@@ -76,12 +76,12 @@ assert orphans.become_subreaper()
 r, w = os.pipe()
 child = os.fork()
 if child == 0:  # a worker that forks a stubborn child, then dies
-    grandchild = os.fork()
-    if grandchild == 0:
+    if os.fork() == 0:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Its pid only once SIGTERM is ignored: sent earlier, it would simply die.
+        os.write(w, str(os.getpid()).encode())
         time.sleep(60)
         os._exit(0)
-    os.write(w, str(grandchild).encode())
     os._exit(0)
 os.waitpid(child, 0)
 grandchild = int(os.read(r, 32))
