@@ -15,7 +15,16 @@ from app.headers import SecurityHeadersMiddleware
 from app.openapi import openapi_document
 from app.proxy import TrustedProxyMiddleware
 from app.resources import lifespan
-from app.routes import chat, events, health, page, replies, upload_rows, uploads
+from app.routes import (
+    chat,
+    conversations,
+    events,
+    health,
+    page,
+    replies,
+    upload_rows,
+    uploads,
+)
 from core import settings
 from core.logs import configure_logging
 
@@ -27,6 +36,7 @@ def create_app() -> Starlette:
         *health.routes,
         *events.routes,
         *chat.routes,
+        *conversations.routes,
         *replies.routes,
         *uploads.routes,
         *upload_rows.routes,

@@ -1,4 +1,4 @@
-"""Reply pieces into chat.chunk events (jobs/chat/job.py, ChunkPublisher), on real Redis.
+"""Reply pieces into chat.chunk events (jobs/chat/chunks.py, ChunkPublisher), on real Redis.
 
 The first piece leaves at once; after it no piece waits for a write: while an event is
 being written (slow under load) the pieces that arrive wait together and leave as one
@@ -17,7 +17,7 @@ import redis.asyncio
 
 from core import settings
 from core.principal import Identity
-from jobs.chat.job import ChunkPublisher
+from jobs.chat.chunks import ChunkPublisher
 from jobs.chat.outbox import Outbox, Write
 from tests.test_chat_job import chat_events
 

@@ -18,15 +18,9 @@ from jobs.csvimport.batch import fit_row
 from jobs.csvimport.celltypes import ColumnSpec
 from jobs.csvimport.columnprofile import DISTINCT_EXACT_CAP, ColumnProfile
 from jobs.csvimport.columntypes import parse_cell
-from jobs.csvimport.format import (
-    CsvFormat,
-    CsvFormatError,
-    clean_header,
-    detect_encoding,
-    detect_format,
-    iter_rows,
-)
+from jobs.csvimport.format import CsvFormat, clean_header, detect_format, iter_rows
 from jobs.csvimport.inference import decide
+from jobs.csvimport.records import CsvFormatError, detect_encoding
 from tests.support.shared import CSV_DIR
 
 DATA = CSV_DIR

@@ -13,6 +13,7 @@ SOURCES = [
     "app/metrics.py",
     "core/jobmetrics.py",
     "jobs/chat/job.py",
+    "jobs/chat/chunks.py",
     "jobs/chat/breaker.py",
     "jobs/csvimport/job.py",
 ]

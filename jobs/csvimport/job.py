@@ -46,8 +46,9 @@ from core.statuses import UploadStatus
 from jobs.csvimport import load as csvload
 from jobs.csvimport import passthrough
 from jobs.csvimport import table as csvtable
-from jobs.csvimport.format import CsvFormat, CsvFormatError, decode, detect_format, iter_rows
+from jobs.csvimport.format import CsvFormat, detect_format, iter_rows
 from jobs.csvimport.inference import decide
+from jobs.csvimport.records import CsvFormatError, decode
 from jobs.csvimport.tally import Misguessed, Tally
 from jobs.csvimport.upload import ACTIVE, Cancelled, Upload
 

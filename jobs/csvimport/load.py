@@ -23,7 +23,8 @@ from jobs.csvimport.batch import ERROR_VALUE_MAX_CHARS, Checked, check_batch, fi
 from jobs.csvimport.celltypes import ColumnSpec, two_digit_year
 from jobs.csvimport.columnprofile import ColumnProfile
 from jobs.csvimport.columntypes import parse_cell
-from jobs.csvimport.format import CsvFormat, CsvFormatError
+from jobs.csvimport.format import CsvFormat
+from jobs.csvimport.records import CsvFormatError
 from jobs.csvimport.table import is_wide, summarise, table_result
 from jobs.csvimport.tally import Tally
 

@@ -33,14 +33,9 @@ from jobs.csvimport import plainrows
 from jobs.csvimport.batch import all_plain
 from jobs.csvimport.celltypes import ColumnSpec
 from jobs.csvimport.columntypes import BOOL_PLAIN, DATED, DAY_MONTH_ORDERS
-from jobs.csvimport.format import (
-    QUOTECHAR,
-    CsvFormat,
-    CsvFormatError,
-    line_blocks,
-    split_lines,
-)
+from jobs.csvimport.format import CsvFormat
 from jobs.csvimport.load import BATCH_MAX_CHARS, BATCH_SLICE_ROWS
+from jobs.csvimport.records import QUOTECHAR, CsvFormatError, line_blocks, split_lines
 from jobs.csvimport.table import is_wide
 
 # "\." alone on a line ends COPY's input even inside quotes (PostgreSQL docs, COPY); any
@@ -297,7 +292,7 @@ def copy_checked(
                     body = sent(itertools.chain([rest], blocks))
                     body = _skip_plain_blocks(body, fmt, lines, checker, after_batch)
                     # The reader's rows go straight into slices: a generator step per row
-                    # (as in format._records) cost ~0.3 s per 1M rows.
+                    # (as in records.read_records) cost ~0.3 s per 1M rows.
                     csv.field_size_limit(settings.UPLOAD_MAX_FIELD_BYTES)
                     reader = csv.reader(
                         split_lines(body), delimiter=fmt.delimiter, quotechar=QUOTECHAR
