@@ -29,9 +29,6 @@ from core.statuses import MessageStatus
 _BODY_OVERHEAD = 4096
 
 
-# --- Input ---------------------------------------------------------------------------------
-
-
 async def read_message(request: Request) -> tuple[str, str | None]:
     limit = settings.CHAT_MAX_CHARS * 12 + _BODY_OVERHEAD
     declared = request.headers.get("content-length", "")
