@@ -234,15 +234,20 @@ class LocalCluster:
             client.close()
         raise LookupError(f"slot {slot} has no owner")
 
-    def replica_of(self, primary: int) -> int:
-        client = self._admin(self.alive()[0])
-        try:
-            for _, _, owner, *replicas in client.execute_command("CLUSTER", "SLOTS"):
-                if int(owner[1]) == primary and replicas:
-                    return int(replicas[0][1])
-        finally:
-            client.close()
-        raise LookupError(f"{primary} has no replica")
+    def replica_of(self, primary: int, timeout: float = 5.0) -> int:
+        # A replica can be online on its primary before the node asked has learned its
+        # role by gossip (CLUSTER SLOTS is that node's view), so the answer is awaited.
+        def listed() -> int:
+            client = self._admin(self.alive()[0])
+            try:
+                for _, _, owner, *replicas in client.execute_command("CLUSTER", "SLOTS"):
+                    if int(owner[1]) == primary and replicas:
+                        return int(replicas[0][1])
+            finally:
+                client.close()
+            return 0
+
+        return wait_until(listed, timeout, f"a replica of {primary} in CLUSTER SLOTS")
 
     def hold_back(self, primary: int, replica: int) -> None:
         """Stop ``replica`` (SIGSTOP) and cut its replication link, so writes made on
@@ -282,7 +287,7 @@ class LocalCluster:
         what = f"a new owner for {key!r}"
         with contextlib.suppress(TimeoutError):
             return wait_until(promoted, takeover_after, what)
-        with contextlib.suppress(redis.RedisError, LookupError):
+        with contextlib.suppress(redis.RedisError, TimeoutError):
             client = self._admin(self.replica_of(old))
             try:
                 client.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
